@@ -1,0 +1,58 @@
+# The two commands (README): `make demo` and `make test`. Both create .venv when missing.
+#
+# DDS stays on this machine and lossless: shared-memory transport only (no UDP, no
+# multicast off the box) and a ROS domain of our own per run.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_PIN ?= torch==2.13.0
+STAMP := $(VENV)/.refinenet_ros-installed
+
+export FASTDDS_BUILTIN_TRANSPORTS := SHM?max_msg_size=8MB&sockets_size=64MB
+export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
+# One domain per make invocation (derived from its PID), unless the caller picked one.
+ROS_DOMAIN_ID ?= $(shell echo $$(( $$$$ % 100 + 100 )))
+export ROS_DOMAIN_ID
+export PYTHONUNBUFFERED := 1
+
+.PHONY: demo test lint typecheck unit venv clean
+
+venv: $(STAMP)
+
+# With a sourced system ROS 2 whose rclpy imports, the venv sees system packages and we
+# install no ros-* wheels over it; otherwise the Kilted wheels from PyPI provide rclpy.
+# torch is installed first and pinned: unpinned, pip would pull a multi-GB CUDA build.
+$(STAMP): setup.py setup.cfg
+	@set -e; \
+	if [ -n "$$ROS_DISTRO" ] && python3 -c 'import rclpy' 2>/dev/null; then \
+	  echo "[venv] system ROS 2 $$ROS_DISTRO detected: using its rclpy, no ros-* wheels"; \
+	  [ -x $(PY) ] || python3 -m venv --system-site-packages $(VENV); extras=dev; \
+	else \
+	  echo "[venv] no system ROS 2: installing the ROS 2 Kilted wheels from PyPI"; \
+	  [ -x $(PY) ] || python3 -m venv $(VENV); extras=dev,ros; \
+	fi; \
+	$(PIP) install -q --upgrade pip; \
+	$(PY) -c 'import torch' 2>/dev/null || $(PIP) install -q $(TORCH_PIN); \
+	$(PIP) install -q -e ".[$$extras]"; \
+	$(PIP) install -q --no-deps tensorrt-stubs==10.13.0.35.1; \
+	touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/refinenet-ros segment --samples --out demo_out
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check refinenet_ros test launch
+	$(VENV)/bin/ruff format --check refinenet_ros test launch
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy refinenet_ros
+	$(VENV)/bin/pyright refinenet_ros/backends/tensorrt.py
+
+unit: $(STAMP)
+	$(PY) -m pytest -q
+
+test: lint typecheck unit
+
+clean:
+	rm -rf demo_out .pytest_cache .mypy_cache .ruff_cache

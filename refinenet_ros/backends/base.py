@@ -1,0 +1,58 @@
+"""The one small protocol every inference backend implements.
+
+Backends take what the camera gives (uint8 RGB, NHWC) and return only what the node
+publishes (labels + confidence), so preprocessing and the argmax live inside the
+backend — inside the ONNX graph / TensorRT engine for the compiled ones. That keeps
+4x fewer bytes crossing into the accelerator and 1/C bytes coming back.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+BACKEND_KINDS: tuple[str, ...] = ("auto", "torch", "onnxruntime", "tensorrt")
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+
+
+class BackendError(RuntimeError):
+    """A backend could not be created or run; the message says what to change."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """``infer(uint8 [N,H,W,3] RGB) -> (labels [N,H,W] int, confidence [N,H,W] float32)``.
+
+    ``input_size`` is the (H, W) the backend was built for, or None when it takes any
+    size (eager torch, dynamic-shape graphs). ``max_batch`` bounds N.
+    """
+
+    name: str
+    device: str
+    num_classes: int
+    input_size: tuple[int, int] | None
+    max_batch: int
+
+    def infer(
+        self, images: npt.NDArray[np.uint8]
+    ) -> tuple[npt.NDArray[np.integer], npt.NDArray[np.float32]]: ...
+
+
+def check_batch(images: npt.NDArray[np.uint8], backend: Backend) -> None:
+    """Validate a batch against a backend's contract with an error that names the fix."""
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
+        raise BackendError(
+            f"{backend.name}: expected uint8 [N,H,W,3] RGB, got {images.dtype} {images.shape}"
+        )
+    if images.shape[0] > backend.max_batch:
+        raise BackendError(
+            f"{backend.name}: batch {images.shape[0]} exceeds max_batch {backend.max_batch}; "
+            "rebuild with a larger --batch or split the batch"
+        )
+    if backend.input_size is not None and tuple(images.shape[1:3]) != backend.input_size:
+        raise BackendError(
+            f"{backend.name}: built for {backend.input_size[0]}x{backend.input_size[1]} (HxW), "
+            f"got {images.shape[1]}x{images.shape[2]}; set network_size to match or rebuild"
+        )

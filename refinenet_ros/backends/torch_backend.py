@@ -1,0 +1,69 @@
+"""Eager PyTorch backend: CPU (channels_last) or CUDA, any input size.
+
+It is the reference the compiled backends are checked against, and the fallback when
+neither TensorRT nor ONNX Runtime is available.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from refinenet_ros.backends.base import BackendError, check_batch
+from refinenet_ros.backends.pipeline import InferencePipeline
+from refinenet_ros.models import IMAGENET_MEAN, IMAGENET_STD
+
+
+class TorchBackend:
+    """Runs :class:`InferencePipeline` under ``torch.inference_mode``."""
+
+    name = "torch"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        *,
+        device: str = "cpu",
+        input_size: tuple[int, int] | None = None,
+        max_batch: int = 16,
+        threads: int = 0,
+        precision: str = "fp32",
+    ) -> None:
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise BackendError(f"torch backend: device {device!r} asked for but CUDA is not available")
+        if precision not in ("fp32", "fp16"):
+            raise BackendError(f"torch backend supports precision fp32|fp16, not {precision!r}")
+        if precision == "fp16" and not device.startswith("cuda"):
+            raise BackendError("torch backend: fp16 needs a CUDA device; use fp32 on CPU")
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.device = device
+        self.num_classes = num_classes
+        self.input_size = input_size
+        self.max_batch = max_batch
+        self._dtype = torch.float16 if precision == "fp16" else torch.float32
+        pipeline = InferencePipeline(model.eval(), IMAGENET_MEAN, IMAGENET_STD)
+        # channels_last: 1.9x faster convolutions on this CPU (oneDNN NHWC kernels).
+        self._pipeline = pipeline.to(device=device, memory_format=torch.channels_last)
+        if self._dtype == torch.float16:
+            self._pipeline.model.half()
+
+    @property
+    def pipeline(self) -> InferencePipeline:
+        return self._pipeline
+
+    def infer(
+        self, images: npt.NDArray[np.uint8]
+    ) -> tuple[npt.NDArray[np.integer], npt.NDArray[np.float32]]:
+        check_batch(images, self)
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device, non_blocking=True)
+            if self._dtype == torch.float16:
+                with torch.autocast("cuda", dtype=torch.float16):
+                    labels, confidence = self._pipeline(x)
+            else:
+                labels, confidence = self._pipeline(x)
+            return labels.cpu().numpy(), confidence.float().cpu().numpy()

@@ -1,0 +1,132 @@
+"""``refinenet-ros``: one command line for every job, one module per subcommand.
+
+Each subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int`` and
+keeps heavy imports (torch, onnx, rclpy) inside ``run`` so ``--help`` stays fast.
+Options shared by many subcommands (model, backend) are defined once here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from refinenet_ros import __version__
+
+if TYPE_CHECKING:
+    from refinenet_ros.backends.factory import BackendOptions
+    from refinenet_ros.config import ModelConfig
+
+# name -> (module, one-line help). Modules are imported only when building the parser.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "segment": ("refinenet_ros.segment_images", "segment image files (or the bundled samples)"),
+}
+
+MODEL_CHOICES_HELP = (
+    "refinenet_resnet50|101|152, lw_refinenet_resnet50|101|152, lw_refinenet_mobilenetv2"
+)
+
+
+class CliError(Exception):
+    """A user error: printed as one line without a traceback, exit status 2."""
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", default=None, help=f"network ({MODEL_CHOICES_HELP}); "
+                   "default: from the checkpoint, else lw_refinenet_mobilenetv2")  # fmt: skip
+    g.add_argument("--labels", default=None, help="label set (cityscapes, voc, nyud40, sunrgbd, "
+                   "ade20k, pascal_context, person_part); default: from the checkpoint, else voc")  # fmt: skip
+    g.add_argument("--weights", default=None, help="checkpoint file; without it the model "
+                   "uses seeded random weights and its labels are meaningless")  # fmt: skip
+    g.add_argument("--seed", type=int, default=0, help="seed of the random init without --weights")
+
+
+def model_config_from_args(args: argparse.Namespace) -> ModelConfig:
+    from refinenet_ros.config import ModelConfig
+    from refinenet_ros.labels import get_label_set
+    from refinenet_ros.models import MODEL_NAMES
+
+    if args.model is not None and args.model not in MODEL_NAMES:
+        raise CliError(f"unknown --model {args.model!r}; choose one of: {', '.join(MODEL_NAMES)}")
+    if args.labels is not None:
+        try:
+            get_label_set(args.labels)
+        except ValueError as exc:
+            raise CliError(f"--labels: {exc}") from None
+    if args.weights is not None:
+        from pathlib import Path
+
+        if not Path(args.weights).is_file():
+            raise CliError(f"--weights {args.weights}: no such file")
+    return ModelConfig(model=args.model, labels=args.labels, weights=args.weights, seed=args.seed)
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser, *, batch: bool = True) -> None:
+    g = parser.add_argument_group("backend")
+    g.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"),
+                   help="inference backend (auto: TensorRT with CUDA, else ONNX Runtime, else torch)")  # fmt: skip
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: best available)")
+    g.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"))
+    g.add_argument("--network-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="resize inputs to this network size (default: run at each image's size)")  # fmt: skip
+    g.add_argument("--threads", type=int, default=0, help="CPU threads (0: library default)")
+    g.add_argument("--engine-dir", default="engines", help="TensorRT engine cache directory")
+    if batch:
+        g.add_argument("--batch", type=int, default=1, help="images per backend call")
+
+
+def backend_options_from_args(args: argparse.Namespace) -> BackendOptions:
+    from refinenet_ros.backends.factory import BackendOptions
+
+    size = tuple(args.network_size) if args.network_size else None
+    if size is not None and min(size) < 32:
+        raise CliError(f"--network-size {size[0]} {size[1]}: both sides must be >= 32 pixels")
+    return BackendOptions(
+        kind=args.backend,
+        device=args.device,
+        precision=args.precision,
+        input_size=size,  # type: ignore[arg-type]
+        max_batch=max(1, getattr(args, "batch", 1)),
+        threads=args.threads,
+        engine_dir=args.engine_dir,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="refinenet-ros",
+        description="RefineNet semantic segmentation for ROS 2: node, offline tools, engines.",
+    )
+    parser.add_argument("--version", action="version", version=f"refinenet_ros {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="[%(levelname)s] %(message)s",
+    )
+    try:
+        return int(args._run(args) or 0)
+    except CliError as exc:
+        print(f"refinenet-ros {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"refinenet-ros {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

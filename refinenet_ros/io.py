@@ -1,0 +1,94 @@
+"""Atomic image and file writes: a crash or Ctrl-C never leaves a half-written file.
+
+Everything is written to a temporary file in the destination folder and renamed over the
+target (``os.replace`` is atomic on POSIX within one filesystem).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+import numpy.typing as npt
+
+from refinenet_ros.labels import LabelSet
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]:  # type: ignore[type-arg]
+    """Open a temp file beside ``path``; rename it over ``path`` only on success."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    with atomic_write(path) as f:
+        f.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def write_rgb_png(path: str | os.PathLike[str], rgb: npt.NDArray[np.uint8]) -> None:
+    import cv2
+
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
+    if not ok:
+        raise OSError(f"could not encode {path} as PNG")
+    atomic_write_bytes(path, buf.tobytes())
+
+
+def write_mono_png(path: str | os.PathLike[str], mono: npt.NDArray[np.uint8 | np.uint16]) -> None:
+    import cv2
+
+    ok, buf = cv2.imencode(".png", mono)
+    if not ok:
+        raise OSError(f"could not encode {path} as PNG")
+    atomic_write_bytes(path, buf.tobytes())
+
+
+def write_label_png(
+    path: str | os.PathLike[str], labels: npt.NDArray[np.unsignedinteger], label_set: LabelSet
+) -> None:
+    """Palette-mode PNG (class ids as pixel values, shown in colour) for uint8 labels;
+    16-bit greyscale PNG above 255 classes, where palettes cannot reach."""
+    if labels.dtype != np.uint8:
+        write_mono_png(path, labels.astype(np.uint16, copy=False))
+        return
+    import io
+
+    from PIL import Image
+
+    img = Image.frombytes("P", (labels.shape[1], labels.shape[0]), np.ascontiguousarray(labels).tobytes())
+    img.putpalette(label_set.lut().reshape(-1).tolist())
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_label_png(path: str | os.PathLike[str]) -> npt.NDArray[np.unsignedinteger]:
+    """Class ids from a label PNG (palette, 8-bit or 16-bit greyscale) without colour mapping."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        if img.mode not in ("P", "L", "I;16", "I;16B", "I"):
+            raise ValueError(f"{path}: label PNG must be palette or greyscale, not mode {img.mode}")
+        arr = np.array(img)
+    return arr.astype(np.uint16) if arr.dtype not in (np.uint8, np.uint16) else arr

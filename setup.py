@@ -1,0 +1,73 @@
+"""ament_python package that also installs with plain pip.
+
+colcon builds it like any ament_python package (data files below go to
+share/refinenet_ros, executables to lib/refinenet_ros); `pip install -e .[dev,ros]`
+gives the same console scripts in a virtualenv, with the ROS 2 Kilted wheels from PyPI
+when no system ROS is present (the Makefile decides).
+"""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "refinenet_ros"
+
+# Pinned: these are the versions the test suite runs against.
+ROS_WHEELS = [
+    "ros-rclpy==9.1.2",
+    "ros-sensor-msgs==5.5.1",
+    "ros-std-msgs==5.5.1",
+    "ros-diagnostic-msgs==5.5.1",
+    "ros-lifecycle-msgs==2.3.0",
+    "ros-rmw-fastrtps-cpp==9.3.3",
+]
+DEV = [
+    "pytest==9.2.0",
+    "pytest-timeout==2.4.0",
+    "ruff==0.17.5",
+    "mypy==2.4.1",
+    "pyright==1.1.414",
+    "scikit-image==0.26.0",
+]
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    description="RefineNet semantic segmentation for ROS 2 (TensorRT / ONNX Runtime / PyTorch)",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(exclude=["test", "test.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml") + glob("config/*.rviz")),
+        (f"share/{PACKAGE}/engines", ["engines/README.md"]),
+    ],
+    install_requires=[
+        # torch is deliberately unpinned here: the Makefile installs the CPU build first,
+        # a robot keeps its own (Jetson/CUDA) build.
+        "torch>=2.1",
+        "numpy>=1.24",
+        "opencv-python-headless>=4.8",
+        "pillow>=10",
+        "onnx>=1.16",
+        "onnxruntime>=1.18",
+        "onnxscript>=0.2",
+        "rosbags>=0.10",
+        "tqdm>=4.66",
+        "PyYAML>=6",
+    ],
+    extras_require={
+        "ros": ROS_WHEELS,
+        "dev": DEV,
+        "samples": ["scikit-image==0.26.0"],
+    },
+    zip_safe=True,
+    entry_points={
+        "console_scripts": [
+            "refinenet-ros = refinenet_ros.cli:main",
+            "segmentation_node = refinenet_ros.ros.node:main",
+        ],
+    },
+)
