@@ -25,9 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "segment": ("refinenet_ros.segment_images", "segment image files (or the bundled samples)"),
 }
 
-MODEL_CHOICES_HELP = (
-    "refinenet_resnet50|101|152, lw_refinenet_resnet50|101|152, lw_refinenet_mobilenetv2"
-)
+MODEL_CHOICES_HELP = "refinenet_resnet50|101|152, lw_refinenet_resnet50|101|152, lw_refinenet_mobilenetv2"
 
 
 class CliError(Exception):
@@ -36,12 +34,23 @@ class CliError(Exception):
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
-    g.add_argument("--model", default=None, help=f"network ({MODEL_CHOICES_HELP}); "
-                   "default: from the checkpoint, else lw_refinenet_mobilenetv2")  # fmt: skip
-    g.add_argument("--labels", default=None, help="label set (cityscapes, voc, nyud40, sunrgbd, "
-                   "ade20k, pascal_context, person_part); default: from the checkpoint, else voc")  # fmt: skip
-    g.add_argument("--weights", default=None, help="checkpoint file; without it the model "
-                   "uses seeded random weights and its labels are meaningless")  # fmt: skip
+    g.add_argument(
+        "--model",
+        default=None,
+        help=f"network ({MODEL_CHOICES_HELP}); default: from the checkpoint, else lw_refinenet_mobilenetv2",
+    )
+    g.add_argument(
+        "--labels",
+        default=None,
+        help="label set (cityscapes, voc, nyud40, sunrgbd, "
+        "ade20k, pascal_context, person_part); default: from the checkpoint, else voc",
+    )
+    g.add_argument(
+        "--weights",
+        default=None,
+        help="checkpoint file; without it the model "
+        "uses seeded random weights and its labels are meaningless",
+    )
     g.add_argument("--seed", type=int, default=0, help="seed of the random init without --weights")
 
 
@@ -67,12 +76,22 @@ def model_config_from_args(args: argparse.Namespace) -> ModelConfig:
 
 def add_backend_arguments(parser: argparse.ArgumentParser, *, batch: bool = True) -> None:
     g = parser.add_argument_group("backend")
-    g.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"),
-                   help="inference backend (auto: TensorRT with CUDA, else ONNX Runtime, else torch)")  # fmt: skip
+    g.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "torch", "onnxruntime", "tensorrt"),
+        help="inference backend (auto: TensorRT with CUDA, else ONNX Runtime, else torch)",
+    )
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: best available)")
     g.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"))
-    g.add_argument("--network-size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                   help="resize inputs to this network size (default: run at each image's size)")  # fmt: skip
+    g.add_argument(
+        "--network-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        default=None,
+        help="resize inputs to this network size (default: run at each image's size)",
+    )
     g.add_argument("--threads", type=int, default=0, help="CPU threads (0: library default)")
     g.add_argument("--engine-dir", default="engines", help="TensorRT engine cache directory")
     if batch:

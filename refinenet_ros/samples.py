@@ -22,22 +22,22 @@ def sample_images() -> list[tuple[str, npt.NDArray[np.uint8]]]:
     return [(name, np.ascontiguousarray(getattr(data, name)()[..., :3])) for name in SAMPLE_NAMES]
 
 
-def sample_sequence(
-    count: int, size: tuple[int, int] = (480, 640)
-) -> list[npt.NDArray[np.uint8]]:
+def sample_sequence(count: int, size: tuple[int, int] = (480, 640)) -> list[npt.NDArray[np.uint8]]:
     """A camera-like sequence: a window panning across the samples, ``size`` = (H, W).
 
     Gives a player something that changes from frame to frame without shipping video.
     """
     import cv2
 
-    frames: list[npt.NDArray[np.uint8]] = []
-    images = [img for _, img in sample_images()]
     h, w = size
-    for i in range(count):
-        src = images[(i // 30) % len(images)]
+    # Each sample scaled once so the window can pan 25 % beyond the frame size.
+    panned = []
+    for _, src in sample_images():
         scale = max(h / src.shape[0], w / src.shape[1]) * 1.25
-        big = cv2.resize(src, (int(src.shape[1] * scale) + 1, int(src.shape[0] * scale) + 1))
+        panned.append(cv2.resize(src, (int(src.shape[1] * scale) + 1, int(src.shape[0] * scale) + 1)))
+    frames: list[npt.NDArray[np.uint8]] = []
+    for i in range(count):
+        big = panned[(i // 30) % len(panned)]
         t = (i % 30) / 29.0
         y = int(t * (big.shape[0] - h))
         x = int(t * (big.shape[1] - w))

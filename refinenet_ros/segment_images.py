@@ -33,8 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", action="store_true", help="segment the bundled sample images")
     parser.add_argument("--out", default="segment_out", help="output folder (created if missing)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colours")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="run each image N times and report the median time (warm-up excluded)")  # fmt: skip
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run each image N times and report the median time (warm-up excluded)",
+    )
     add_model_arguments(parser)
     add_backend_arguments(parser, batch=False)
 
@@ -72,7 +76,7 @@ def read_rgb(path: Path) -> npt.NDArray[np.uint8]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from refinenet_ros.io import write_label_png, write_rgb_png, write_mono_png
+    from refinenet_ros.io import write_label_png, write_mono_png, write_rgb_png
     from refinenet_ros.samples import sample_images
     from refinenet_ros.segmenter import build_segmenter
 
@@ -81,8 +85,9 @@ def run(args: argparse.Namespace) -> int:
     items = collect_inputs(args)
     model_cfg = model_config_from_args(args)
     segmenter = build_segmenter(model_cfg, backend_options_from_args(args))
-    log.info("model %s, backend %s on %s", model_cfg.describe(), segmenter.backend.name,
-             segmenter.backend.device)  # fmt: skip
+    log.info(
+        "model %s, backend %s on %s", model_cfg.describe(), segmenter.backend.name, segmenter.backend.device
+    )
     samples = dict(sample_images()) if any(p is None for _, p in items) else {}
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

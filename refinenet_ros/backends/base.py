@@ -43,9 +43,7 @@ class Backend(Protocol):
 def check_batch(images: npt.NDArray[np.uint8], backend: Backend) -> None:
     """Validate a batch against a backend's contract with an error that names the fix."""
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
-        raise BackendError(
-            f"{backend.name}: expected uint8 [N,H,W,3] RGB, got {images.dtype} {images.shape}"
-        )
+        raise BackendError(f"{backend.name}: expected uint8 [N,H,W,3] RGB, got {images.dtype} {images.shape}")
     if images.shape[0] > backend.max_batch:
         raise BackendError(
             f"{backend.name}: batch {images.shape[0]} exceeds max_batch {backend.max_batch}; "

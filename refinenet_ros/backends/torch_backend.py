@@ -55,9 +55,7 @@ class TorchBackend:
     def pipeline(self) -> InferencePipeline:
         return self._pipeline
 
-    def infer(
-        self, images: npt.NDArray[np.uint8]
-    ) -> tuple[npt.NDArray[np.integer], npt.NDArray[np.float32]]:
+    def infer(self, images: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.integer], npt.NDArray[np.float32]]:
         check_batch(images, self)
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device, non_blocking=True)

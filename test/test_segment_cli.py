@@ -1,0 +1,93 @@
+"""`refinenet-ros segment`: the demo's main job until the node demo, and a user tool."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from refinenet_ros.io import read_label_png
+
+CLI = [sys.executable, "-m", "refinenet_ros.cli"]
+SMALL = ["--model", "lw_refinenet_mobilenetv2", "--labels", "voc", "--backend", "torch"]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=240, env=dict(os.environ))
+
+
+def test_segment_writes_labels_color_overlay_confidence_per_image(tmp_path):
+    images = tmp_path / "in"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(images / "a.png"), rng.integers(0, 256, (50, 70, 3), dtype=np.uint8))
+    cv2.imwrite(str(images / "b.jpg"), rng.integers(0, 256, (41, 33, 3), dtype=np.uint8))
+    out = tmp_path / "out"
+    proc = run_cli("segment", str(images), "--out", str(out), *SMALL)
+    assert proc.returncode == 0, proc.stderr
+    # one honest line about random weights, once per run
+    assert proc.stderr.count("seeded random weights") == 1
+    assert "labels are meaningless" in proc.stderr
+    for name, (h, w) in {"a": (50, 70), "b": (41, 33)}.items():
+        with Image.open(out / f"{name}_labels.png") as img:
+            assert img.mode == "P" and img.size == (w, h)
+        labels = read_label_png(out / f"{name}_labels.png")
+        assert labels.max() < 21
+        color = cv2.imread(str(out / f"{name}_color.png"))
+        assert color.shape == (h, w, 3)
+        assert cv2.imread(str(out / f"{name}_overlay.png")).shape == (h, w, 3)
+        assert cv2.imread(str(out / f"{name}_confidence.png"), cv2.IMREAD_UNCHANGED).shape == (h, w)
+        assert f"{name}: {w}x{h} -> " in proc.stdout and " ms " in proc.stdout
+    assert "2 images ->" in proc.stdout
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "temp files left behind"
+
+
+def test_segment_bundled_samples_at_a_network_size(tmp_path):
+    proc = run_cli("segment", "--samples", "--out", str(tmp_path), "--network-size", "64", "64", *SMALL)
+    assert proc.returncode == 0, proc.stderr
+    # labels come back at each sample's own resolution (astronaut is 512x512)
+    assert read_label_png(tmp_path / "astronaut_labels.png").shape == (512, 512)
+    assert len(list(tmp_path.glob("*_labels.png"))) == 4
+
+
+def test_segment_user_errors_exit_2_with_one_clear_line(tmp_path):
+    missing = run_cli("segment", str(tmp_path / "nope.png"), "--out", str(tmp_path))
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    bad_model = run_cli("segment", "--samples", "--model", "segnet")
+    assert bad_model.returncode == 2 and "unknown --model 'segnet'" in bad_model.stderr
+    bad_labels = run_cli("segment", "--samples", "--labels", "kitti")
+    assert bad_labels.returncode == 2 and "unknown label set 'kitti'" in bad_labels.stderr
+    not_image = tmp_path / "x.png"
+    not_image.write_text("hello")
+    proc = run_cli("segment", str(not_image), "--out", str(tmp_path / "o"), *SMALL)
+    assert proc.returncode == 2 and "not an image" in proc.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_cli("segment", str(empty))
+    assert proc.returncode == 2 and "holds no images" in proc.stderr
+
+
+def test_segment_with_weights_loads_them_and_drops_the_random_warning(tmp_path):
+    from refinenet_ros.models import IMAGENET_MEAN, IMAGENET_STD, build_model, save_checkpoint
+
+    ckpt = tmp_path / "model.pth"
+    model = build_model("lw_refinenet_mobilenetv2", 7, seed=5)
+    save_checkpoint(
+        ckpt, model, model_name="lw_refinenet_mobilenetv2", label_set="person_part", num_classes=7,
+        mean=IMAGENET_MEAN, std=IMAGENET_STD, network_size=None,
+    )  # fmt: skip
+    img = tmp_path / "p.png"
+    cv2.imwrite(str(img), np.full((40, 40, 3), 128, np.uint8))
+    # model and label set come from the checkpoint's metadata
+    proc = run_cli(
+        "segment", str(img), "--out", str(tmp_path / "o"), "--weights", str(ckpt), "--backend", "torch"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "random weights" not in proc.stderr
+    assert read_label_png(Path(tmp_path / "o" / "p_labels.png")).max() < 7
