@@ -1,0 +1,305 @@
+"""Labelled image sets in the layouts users have, and the training augmentation.
+
+Readers only list (image, label) file pairs up front — failing early, with the folder
+they looked in, when a layout is wrong or a label is missing — and decode lazily, so a
+5000-image Cityscapes split costs nothing until it is iterated.
+
+Every reader yields labels as network class ids with :data:`IGNORE_INDEX` for pixels
+not to score: Cityscapes ``labelIds`` go through ``CITYSCAPES_ID_TO_TRAINID``; VOC
+palette PNGs already hold class ids (255 = boundary); exports that reserve 0 for
+"unlabelled" (ADE20K, NYUDv2-40, SUN-RGBD) take ``label_offset=1`` (value - 1, 0 → ignore).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from refinenet_ros.labels import CITYSCAPES_ID_TO_TRAINID, IGNORE_INDEX
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+LABEL_SUFFIXES = (".png", ".tif", ".tiff", ".pgm", ".bmp")
+DATASET_FORMATS: tuple[str, ...] = ("cityscapes", "voc", "ade20k", "folders")
+DEFAULT_SPLITS = {"cityscapes": "val", "voc": "val", "ade20k": "validation", "folders": ""}
+
+
+class DatasetError(ValueError):
+    """The data set layout is not what the reader expects; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    image: Path
+    label: Path
+
+
+def _lut_from_mapping(mapping: dict[int, int], size: int = 65536) -> npt.NDArray[np.uint16]:
+    lut = np.full(size, IGNORE_INDEX, dtype=np.uint16)
+    for src, dst in mapping.items():
+        lut[src] = dst
+    return lut
+
+
+def _offset_lut(offset: int, size: int = 65536) -> npt.NDArray[np.uint16]:
+    values = np.arange(size, dtype=np.int64) - offset
+    lut = np.where(values < 0, IGNORE_INDEX, values).astype(np.uint16)
+    lut[IGNORE_INDEX] = IGNORE_INDEX  # an explicit ignore stays ignore
+    return lut
+
+
+def read_rgb(path: Path) -> npt.NDArray[np.uint8]:
+    """Any image file -> HxWx3 uint8 RGB (greyscale and alpha are converted)."""
+    import cv2
+
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise DatasetError(f"{path}: not an image OpenCV can read")
+    return np.ascontiguousarray(bgr[..., ::-1])
+
+
+def read_label(path: Path) -> npt.NDArray[np.uint16]:
+    """Label image -> HxW class values without colour mapping (palette or greyscale)."""
+    from refinenet_ros.io import read_label_png
+
+    try:
+        arr = read_label_png(path)
+    except ValueError as exc:
+        raise DatasetError(
+            f"{exc}; colour-coded (RGB) label images must first be converted to class ids"
+        ) from None
+    if arr.ndim != 2:
+        raise DatasetError(f"{path}: label image must be single-channel, got shape {arr.shape}")
+    return arr.astype(np.uint16, copy=False)
+
+
+class SegmentationDataset:
+    """A list of (image, label) files plus the label mapping; indexable, lazy."""
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        *,
+        description: str,
+        lut: npt.NDArray[np.uint16] | None = None,
+    ) -> None:
+        if not samples:
+            raise DatasetError(f"{description}: no labelled images found")
+        self.samples = list(samples)
+        self.description = description
+        self.lut = lut
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint16]]:
+        """(RGB uint8 HxWx3, labels uint16 HxW with IGNORE_INDEX for unscored pixels)."""
+        s = self.samples[index]
+        image = read_rgb(s.image)
+        label = read_label(s.label)
+        if self.lut is not None:
+            label = self.lut[label]
+        if image.shape[:2] != label.shape:
+            raise DatasetError(
+                f"{s.name}: image {s.image.name} is {image.shape[1]}x{image.shape[0]} but label "
+                f"{s.label.name} is {label.shape[1]}x{label.shape[0]}"
+            )
+        return image, label
+
+    def subset(self, count: int) -> SegmentationDataset:
+        """The first ``count`` samples (quick checks on a big split)."""
+        return SegmentationDataset(self.samples[:count], description=self.description, lut=self.lut)
+
+
+def _files(folder: Path, suffixes: Sequence[str]) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+
+
+def _require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise DatasetError(f"{what}: folder {path} does not exist")
+    return path
+
+
+def cityscapes(root: str | Path, split: str = "val") -> SegmentationDataset:
+    """ROOT/leftImg8bit/SPLIT/CITY/*_leftImg8bit.png + ROOT/gtFine/SPLIT/CITY/*_gtFine_labelIds.png."""
+    root = Path(root)
+    img_dir = _require_dir(root / "leftImg8bit" / split, "cityscapes images")
+    gt_dir = _require_dir(root / "gtFine" / split, "cityscapes labels")
+    samples: list[Sample] = []
+    missing: list[str] = []
+    for img in sorted(img_dir.rglob("*_leftImg8bit.png")):
+        stem = img.name[: -len("_leftImg8bit.png")]
+        label = gt_dir / img.parent.relative_to(img_dir) / f"{stem}_gtFine_labelIds.png"
+        if label.is_file():
+            samples.append(Sample(stem, img, label))
+        else:
+            missing.append(str(label))
+    if missing:
+        raise DatasetError(f"cityscapes: {len(missing)} images have no gtFine labelIds, e.g. {missing[0]}")
+    return SegmentationDataset(
+        samples, description=f"cityscapes {split} ({root})", lut=_lut_from_mapping(CITYSCAPES_ID_TO_TRAINID)
+    )
+
+
+def voc(root: str | Path, split: str = "val") -> SegmentationDataset:
+    """ROOT/JPEGImages/ID.jpg + ROOT/SegmentationClass/ID.png for the ids in the split file.
+
+    ROOT may be ``VOC2012`` or the ``VOCdevkit`` above it; ``split`` is a name under
+    ImageSets/Segmentation (train, val, trainval) or a path to any split file.
+    """
+    root = Path(root)
+    if not (root / "JPEGImages").is_dir() and (root / "VOC2012" / "JPEGImages").is_dir():
+        root = root / "VOC2012"
+    img_dir = _require_dir(root / "JPEGImages", "voc images")
+    gt_dir = _require_dir(root / "SegmentationClass", "voc labels")
+    split_file = (
+        Path(split) if Path(split).is_file() else root / "ImageSets" / "Segmentation" / f"{split}.txt"
+    )
+    if not split_file.is_file():
+        raise DatasetError(f"voc: split file {split_file} does not exist (pass --split train|val|FILE)")
+    ids = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
+    samples = []
+    for sid in ids:
+        img, label = img_dir / f"{sid}.jpg", gt_dir / f"{sid}.png"
+        if not img.is_file():
+            raise DatasetError(f"voc: {split_file.name} lists {sid} but {img} does not exist")
+        if not label.is_file():
+            raise DatasetError(f"voc: {split_file.name} lists {sid} but {label} does not exist")
+        samples.append(Sample(sid, img, label))
+    return SegmentationDataset(samples, description=f"voc {split_file.stem} ({root})")
+
+
+def folder_pairs(
+    images: str | Path, labels: str | Path, *, label_offset: int = 0, description: str | None = None
+) -> SegmentationDataset:
+    """Any image folder + label folder, matched by relative path without suffix (or file stem).
+
+    Label files may carry a suffix after the image stem (``0001.jpg`` ↔ ``0001_label.png``).
+    """
+    img_dir = _require_dir(Path(images), "--images")
+    lab_dir = _require_dir(Path(labels), "--labels")
+    label_files = _files(lab_dir, LABEL_SUFFIXES)
+    by_key = {str(p.relative_to(lab_dir).with_suffix("")): p for p in label_files}
+    by_stem: dict[str, list[Path]] = {}
+    for p in label_files:
+        by_stem.setdefault(p.stem, []).append(p)
+    samples = []
+    unmatched: list[Path] = []
+    for img in _files(img_dir, IMAGE_SUFFIXES):
+        key = str(img.relative_to(img_dir).with_suffix(""))
+        label = by_key.get(key)
+        if label is None:
+            exact = by_stem.get(img.stem, [])
+            prefixed = [p for s, ps in by_stem.items() if s.startswith(img.stem + "_") for p in ps]
+            candidates = exact or prefixed
+            label = candidates[0] if len(candidates) == 1 else None
+        if label is None:
+            unmatched.append(img)
+        else:
+            samples.append(Sample(key, img, label))
+    if unmatched and not samples:
+        raise DatasetError(
+            f"no image in {img_dir} has a label in {lab_dir} (matched by name without suffix), "
+            f"e.g. {unmatched[0].name}"
+        )
+    if unmatched:
+        raise DatasetError(
+            f"{len(unmatched)} of {len(unmatched) + len(samples)} images in {img_dir} have no label "
+            f"in {lab_dir}, e.g. {unmatched[0].name}"
+        )
+    lut = _offset_lut(label_offset) if label_offset else None
+    return SegmentationDataset(samples, description=description or f"{img_dir} + {lab_dir}", lut=lut)
+
+
+def folders(root: str | Path, split: str = "", *, label_offset: int = 0) -> SegmentationDataset:
+    """ROOT/images[/SPLIT] + ROOT/labels[/SPLIT] (``annotations`` also accepted for labels)."""
+    root = Path(root)
+    img_dir = _require_dir(root / "images", "folders images") / split
+    lab_root = root / "labels" if (root / "labels").is_dir() else root / "annotations"
+    lab_dir = _require_dir(lab_root, "folders labels (labels/ or annotations/)") / split
+    return folder_pairs(img_dir, lab_dir, label_offset=label_offset, description=f"{root} {split}".strip())
+
+
+def ade20k(root: str | Path, split: str = "validation") -> SegmentationDataset:
+    """ADEChallengeData2016: images/SPLIT/*.jpg + annotations/SPLIT/*.png, 0 = other (ignored)."""
+    return folders(root, split, label_offset=1)
+
+
+def open_dataset(
+    fmt: str,
+    root: str | Path | None = None,
+    split: str | None = None,
+    *,
+    images: str | Path | None = None,
+    labels: str | Path | None = None,
+    label_offset: int | None = None,
+) -> SegmentationDataset:
+    """One entry point for the CLI: a named layout under ``root``, or ``images`` + ``labels``."""
+    if images is not None or labels is not None:
+        if images is None or labels is None:
+            raise DatasetError("--images and --labels go together: give both folders")
+        return folder_pairs(images, labels, label_offset=label_offset or 0)
+    if root is None:
+        raise DatasetError("give a data set: --dataset FORMAT --root DIR, or --images DIR --labels DIR")
+    if fmt not in DATASET_FORMATS:
+        raise DatasetError(f"unknown data set format {fmt!r}; choose one of {', '.join(DATASET_FORMATS)}")
+    split = DEFAULT_SPLITS[fmt] if split is None else split
+    if fmt == "cityscapes":
+        return cityscapes(root, split)
+    if fmt == "voc":
+        return voc(root, split)
+    if fmt == "ade20k":
+        return folders(root, split, label_offset=1 if label_offset is None else label_offset)
+    return folders(root, split, label_offset=label_offset or 0)
+
+
+@dataclass(frozen=True)
+class TrainAugment:
+    """Random scale, pad, crop and horizontal flip to a fixed crop size (the RefineNet recipe).
+
+    Images are padded with the ImageNet mean colour (zero after normalisation) and labels
+    with the ignore index, so padding never teaches the network anything.
+    """
+
+    crop_size: tuple[int, int]
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    flip: bool = True
+    ignore_index: int = IGNORE_INDEX
+    pad_color: tuple[int, int, int] = (124, 116, 104)
+
+    def __call__(
+        self,
+        image: npt.NDArray[np.uint8],
+        label: npt.NDArray[np.integer],
+        rng: random.Random,
+    ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
+        import cv2
+
+        img: npt.NDArray[Any] = image
+        lab: npt.NDArray[Any] = label
+        lo, hi = self.scale_range
+        s = rng.uniform(lo, hi)
+        h, w = lab.shape
+        nh, nw = max(1, round(h * s)), max(1, round(w * s))
+        if (nh, nw) != (h, w):
+            img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+            lab = cv2.resize(lab, (nw, nh), interpolation=cv2.INTER_NEAREST)
+        ch, cw = self.crop_size
+        ph, pw = max(0, ch - nh), max(0, cw - nw)
+        if ph or pw:
+            img = cv2.copyMakeBorder(img, 0, ph, 0, pw, cv2.BORDER_CONSTANT, value=self.pad_color)
+            lab = cv2.copyMakeBorder(lab, 0, ph, 0, pw, cv2.BORDER_CONSTANT, value=self.ignore_index)
+        y = rng.randint(0, img.shape[0] - ch)
+        x = rng.randint(0, img.shape[1] - cw)
+        img = img[y : y + ch, x : x + cw]
+        lab = lab[y : y + ch, x : x + cw]
+        if self.flip and rng.random() < 0.5:
+            img, lab = img[:, ::-1], lab[:, ::-1]
+        return np.ascontiguousarray(img, dtype=np.uint8), np.ascontiguousarray(lab).astype(np.int64)
