@@ -1,0 +1,163 @@
+"""Where the milliseconds go: ``bench model``, ``bench node``, ``bench bag``.
+
+- ``model``: backend-only latency p50/p95, throughput and achieved GFLOP/s against this
+  machine's FP32 peak, per backend, precision, resolution and batch.
+- ``node``: a publisher -> the ``segmentation_node`` executable -> a subscriber over
+  shared-memory DDS; input->labels latency p50/p95/p99, throughput, drops, the node's own
+  per-stage times from /diagnostics and node overhead = end-to-end - backend time.
+- ``bag``: the bag tool's frames/s against backend-only frames/s on the same frames.
+
+Each prints a table and, with ``--json PATH``, writes machine info (CPU, FP32 peak and
+how it was derived), versions, settings and every figure (atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from refinenet_ros.cli import (
+    CliError,
+    add_backend_arguments,
+    add_model_arguments,
+    model_config_from_args,
+)
+
+log = logging.getLogger("refinenet_ros")
+
+NODE_OUTPUTS: tuple[str, ...] = ("labels", "color", "overlay", "confidence")
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    """'640x480' -> (640, 480): width x height, as camera drivers name their modes."""
+    w, sep, h = text.lower().partition("x")
+    if not sep or not w.isdigit() or not h.isdigit() or int(w) < 32 or int(h) < 32:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected WIDTHxHEIGHT, each >= 32, e.g. 640x480")
+    return int(w), int(h)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be >= 1")
+    return value
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("report")
+    g.add_argument("--json", metavar="PATH", default=None, help="also write every figure as JSON")
+    g.add_argument("--fma-units", type=_positive, default=None,
+                   help="FP32 FMA pipes per core for the peak (default: assumed from the CPU)")  # fmt: skip
+    g.add_argument("--clock-ghz", type=float, default=None,
+                   help="core clock for the peak (default: cpufreq base, else /proc/cpuinfo)")  # fmt: skip
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
+
+    m = sub.add_parser("model", help="backend-only latency, throughput, GFLOP/s vs FP32 peak",
+                       description="Backend-only latency p50/p95, throughput and achieved GFLOP/s "
+                       "(torch FlopCounterMode) against this machine's FP32 peak.")  # fmt: skip
+    add_model_arguments(m)
+    g = m.add_argument_group("configurations (every combination is measured)")
+    g.add_argument("--backend", nargs="+", default=["torch"],
+                   choices=("auto", "torch", "onnxruntime", "tensorrt"), help="default: torch")  # fmt: skip
+    g.add_argument("--precision", nargs="+", default=["fp32"], choices=("fp32", "fp16", "int8"))
+    g.add_argument("--resolution", nargs="+", type=parse_resolution, default=[(640, 480)],
+                   metavar="WxH", help="network input sizes (default: 640x480)")  # fmt: skip
+    g.add_argument("--batch", nargs="+", type=_positive, default=[1], help="images per call (default: 1)")
+    g.add_argument("--iterations", type=_positive, default=10, help="timed calls per configuration")
+    g.add_argument("--warmup", type=int, default=2, help="untimed calls first (allocator, kernel choice)")
+    g.add_argument("--threads", type=int, default=0, help="CPU threads (0: library default)")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: best available)")
+    g.add_argument("--engine-dir", default="engines", help="TensorRT engine cache directory")
+    _add_common(m)
+
+    n = sub.add_parser("node", help="publisher -> segmentation_node -> subscriber latency and overhead",
+                       description="End-to-end latency through the real node executable over "
+                       "shared-memory DDS, its per-stage times from /diagnostics, and node overhead "
+                       "= end-to-end - backend time.")  # fmt: skip
+    add_model_arguments(n)
+    add_backend_arguments(n, batch=False)
+    g = n.add_argument_group("stream")
+    g.add_argument("--resolution", type=parse_resolution, default=(640, 480), metavar="WxH",
+                   help="camera image size published (default: 640x480)")  # fmt: skip
+    g.add_argument("--frames", type=_positive, default=60, help="frames published (default: 60)")
+    g.add_argument("--rate", type=float, default=0.0,
+                   help="publish rate in Hz (default 0: closed loop, next frame when the last one's "
+                   "labels arrive: latency without queueing)")  # fmt: skip
+    g.add_argument("--outputs", nargs="+", default=list(NODE_OUTPUTS), choices=NODE_OUTPUTS,
+                   help="node outputs subscribed (unsubscribed outputs cost the node nothing)")  # fmt: skip
+    g.add_argument("--encoding", default="rgb8", choices=("rgb8", "bgr8"), help="published encoding")
+    g.add_argument("--domain-id", type=int, default=None,
+                   help="ROS_DOMAIN_ID (default: a private one derived from the PID, 100..199)")  # fmt: skip
+    g.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for the node")
+    g.add_argument("--node-arg", action="append", default=[], metavar="NAME:=VALUE",
+                   help="extra node parameter (repeatable)")  # fmt: skip
+    _add_common(n)
+
+    b = sub.add_parser("bag", help="bag tool frames/s vs backend-only frames/s",
+                       description="Throughput of `refinenet-ros bag` against backend-only "
+                       "throughput on the same frames (a generated bag unless one is given).")  # fmt: skip
+    add_model_arguments(b)
+    add_backend_arguments(b, batch=True)
+    g = b.add_argument_group("input")
+    g.add_argument("bag", nargs="?", default=None, help="input bag (default: generate one)")
+    g.add_argument("--topic", default=None, help="image topic in the given bag")
+    g.add_argument("--resolution", type=parse_resolution, default=(640, 480), metavar="WxH",
+                   help="frame size of the generated bag (default: 640x480)")  # fmt: skip
+    g.add_argument("--frames", type=_positive, default=30, help="frames in the generated bag")
+    g.add_argument("--storage", default="mcap", choices=("mcap", "sqlite3"), help="generated bag storage")
+    g.add_argument("--keep", metavar="DIR", default=None, help="keep the generated/output bags in DIR")
+    _add_common(b)
+
+
+def run(args: argparse.Namespace) -> int:
+    from refinenet_ros.bench_machine import cpu_info
+
+    cpu = cpu_info(fma_units=args.fma_units, clock_ghz=args.clock_ghz)
+    print(f"CPU: {cpu.model}; FP32 peak: {cpu.derivation()}")
+    if args.bench_command == "model":
+        return _run_model(args, cpu)
+    if args.bench_command == "node":
+        from refinenet_ros.bench_node import run_node_command
+
+        return run_node_command(args, cpu)
+    if args.bench_command == "bag":
+        from refinenet_ros.bench_bag import run_bag_command
+
+        return run_bag_command(args, cpu)
+    raise CliError(f"unknown bench {args.bench_command!r}")  # pragma: no cover - argparse guards
+
+
+def _run_model(args: argparse.Namespace, cpu: Any) -> int:
+    from refinenet_ros.bench_model import ModelBenchSettings, results_table, run_model_bench
+    from refinenet_ros.bench_report import Report
+
+    settings = ModelBenchSettings(
+        model_cfg=model_config_from_args(args),
+        backends=tuple(dict.fromkeys(args.backend)),
+        precisions=tuple(dict.fromkeys(args.precision)),
+        resolutions=tuple(dict.fromkeys(args.resolution)),
+        batches=tuple(dict.fromkeys(args.batch)),
+        iterations=args.iterations,
+        warmup=max(0, args.warmup),
+        threads=args.threads,
+        device=args.device,
+        engine_dir=args.engine_dir,
+    )
+    figures = run_model_bench(settings, cpu)
+    print()
+    print(f"{figures['model']}: backend-only, {settings.iterations} timed calls each")
+    print(results_table(figures["results"]))
+    report = Report("model", cpu, settings.to_json(), figures)
+    if args.json:
+        report.write(args.json)
+        print(f"wrote {args.json}")
+    if all("error" in r for r in figures["results"]):
+        raise CliError("no configuration could run (see the errors above)")
+    return 0

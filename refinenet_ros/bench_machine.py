@@ -1,0 +1,212 @@
+"""What machine a benchmark ran on, and the FP32 peak its figures are compared against.
+
+A GFLOP/s figure means little without the ceiling, so ``bench`` derives the FP32 peak
+from what the kernel reports and prints the derivation, not just the number:
+
+    peak = physical cores x FMA units per core x FP32 SIMD lanes x 2 FLOP per FMA x clock
+
+The FMA unit count is not visible in ``/proc/cpuinfo``; it is assumed from the vendor,
+family and SIMD flags (see :func:`fma_units_per_core`) and can be overridden
+(``--fma-units``, ``--clock-ghz``) when the assumption is wrong for a given part.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+CPUINFO = Path("/proc/cpuinfo")
+
+# Distributions whose versions change the figures; missing ones are reported as absent.
+VERSIONED_DISTRIBUTIONS: tuple[str, ...] = (
+    "refinenet_ros",
+    "torch",
+    "onnxruntime",
+    "onnx",
+    "numpy",
+    "opencv-python-headless",
+    "rosbags",
+    "ros-rclpy",
+    "ros-rmw-fastrtps-cpp",
+)
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    """The CPU facts the FP32 peak is derived from, with where each one came from."""
+
+    model: str
+    vendor: str
+    family: int | None
+    physical_cores: int
+    logical_cpus: int
+    simd: str
+    fp32_lanes: int
+    fma: bool
+    fma_units: int
+    fma_units_source: str
+    clock_ghz: float
+    clock_source: str
+
+    @property
+    def peak_gflops(self) -> float:
+        """FP32 FLOP/s the cores can issue at ``clock_ghz``, in GFLOP/s."""
+        return self.physical_cores * self.fma_units * self.fp32_lanes * 2 * self.clock_ghz
+
+    def derivation(self) -> str:
+        """The peak as a formula a reader can check against the CPU's datasheet."""
+        op = "FLOP/FMA" if self.fma else "FLOP/cycle (mul + add)"
+        return (
+            f"{self.physical_cores} cores x {self.fma_units} FMA units x {self.fp32_lanes} FP32 lanes "
+            f"({self.simd}) x 2 {op} x {self.clock_ghz:.3f} GHz = {self.peak_gflops:.1f} GFLOP/s "
+            f"[clock: {self.clock_source}; FMA units: {self.fma_units_source}]"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["peak_gflops"] = round(self.peak_gflops, 2)
+        d["peak_derivation"] = self.derivation()
+        return d
+
+
+def _cpuinfo_blocks(text: str) -> list[dict[str, str]]:
+    blocks: list[dict[str, str]] = []
+    for raw in text.strip().split("\n\n"):
+        block: dict[str, str] = {}
+        for line in raw.splitlines():
+            key, sep, value = line.partition(":")
+            if sep:
+                block[key.strip()] = value.strip()
+        if block:
+            blocks.append(block)
+    return blocks
+
+
+def simd_lanes(flags: set[str]) -> tuple[str, int]:
+    """Widest FP32 vector extension and its lane count."""
+    if "avx512f" in flags:
+        return "avx512f", 16
+    if "avx2" in flags or "avx" in flags:
+        return ("avx2" if "avx2" in flags else "avx"), 8
+    if "sse" in flags or "sse2" in flags:
+        return "sse", 4
+    return "scalar", 1
+
+
+def fma_units_per_core(vendor: str, family: int | None, simd: str, fma: bool) -> tuple[int, str]:
+    """Assumed FP32 FMA pipes per core at the ``simd`` width, and why.
+
+    - AMD Zen 4 (family 0x19 with AVX-512) runs 512-bit ops on its two 256-bit pipes, so it
+      retires one 16-lane FMA per cycle: counted as 1 unit of 16 lanes.
+    - Every other FMA-capable x86 core since Haswell / Zen 1 (Zen 1 at 128-bit lanes is
+      not distinguished) has two FMA pipes at its widest width; some Xeon Silver/Bronze
+      parts have one 512-bit unit, which this assumption overestimates by 2x.
+    - Without FMA (Sandy/Ivy Bridge, old Atoms) one multiply and one add pipe: counted as
+      1 unit doing 2 FLOP per lane per cycle.
+    """
+    if not fma:
+        return 1, "no FMA flag: one multiply + one add pipe assumed"
+    if vendor == "AuthenticAMD" and family == 0x19 and simd == "avx512f":
+        return 1, "AMD Zen 4: AVX-512 double-pumped on 2x256-bit pipes, counted as 1 x 16 lanes"
+    return 2, "assumed 2 FMA pipes per core (Intel Haswell+ / AMD Zen 2+); override with --fma-units"
+
+
+def _clock_ghz(blocks: list[dict[str, str]], model: str) -> tuple[float, str]:
+    """Sustained clock: cpufreq base frequency, else the kernel's 'cpu MHz', else the model name."""
+    base = Path("/sys/devices/system/cpu/cpu0/cpufreq/base_frequency")
+    try:
+        return int(base.read_text().strip()) / 1e6, f"{base} (kHz)"
+    except (OSError, ValueError):
+        pass
+    mhz = [float(b["cpu MHz"]) for b in blocks if "cpu MHz" in b]
+    if mhz:
+        return max(mhz) / 1e3, "max 'cpu MHz' in /proc/cpuinfo (current clock, no cpufreq here)"
+    m = re.search(r"@\s*([0-9.]+)\s*GHz", model)
+    if m:
+        return float(m.group(1)), "nominal clock in the CPU model name"
+    return 0.0, "unknown (pass --clock-ghz)"
+
+
+def cpu_info(
+    cpuinfo_text: str | None = None,
+    *,
+    fma_units: int | None = None,
+    clock_ghz: float | None = None,
+) -> CpuInfo:
+    """Read /proc/cpuinfo (or ``cpuinfo_text``) for the CPUs this process may run on."""
+    if cpuinfo_text is None:
+        try:
+            cpuinfo_text = CPUINFO.read_text()
+        except OSError:
+            cpuinfo_text = ""
+    blocks = [b for b in _cpuinfo_blocks(cpuinfo_text) if "processor" in b]
+    try:
+        allowed = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        allowed = set(range(os.cpu_count() or 1))
+    mine = [b for b in blocks if int(b["processor"]) in allowed] or blocks
+    first = mine[0] if mine else {}
+    model = first.get("model name", platform.processor() or "unknown")
+    vendor = first.get("vendor_id", "unknown")
+    family = int(first["cpu family"]) if first.get("cpu family", "").isdigit() else None
+    flags = set(first.get("flags", "").split())
+    cores = {(b.get("physical id", "0"), b.get("core id", b["processor"])) for b in mine}
+    physical = len(cores) if mine else (os.cpu_count() or 1)
+    simd, lanes = simd_lanes(flags)
+    fma = "fma" in flags
+    units, units_source = fma_units_per_core(vendor, family, simd, fma)
+    if fma_units is not None:
+        units, units_source = fma_units, "given with --fma-units"
+    clock, clock_source = _clock_ghz(mine, model)
+    if clock_ghz is not None:
+        clock, clock_source = clock_ghz, "given with --clock-ghz"
+    return CpuInfo(
+        model=model,
+        vendor=vendor,
+        family=family,
+        physical_cores=physical,
+        logical_cpus=len(mine) or (os.cpu_count() or 1),
+        simd=simd,
+        fp32_lanes=lanes,
+        fma=fma,
+        fma_units=units,
+        fma_units_source=units_source,
+        clock_ghz=clock,
+        clock_source=clock_source,
+    )
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions of everything that moves the figures (None: not installed)."""
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for dist in VERSIONED_DISTRIBUTIONS:
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found[dist] = None
+    return found
+
+
+def machine_info(cpu: CpuInfo) -> dict[str, Any]:
+    """Everything about the host a reader needs to compare two benchmark files."""
+    mem_gib: float | None = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_gib = round(int(line.split()[1]) / 2**20, 1)
+                break
+    except OSError:
+        pass
+    return {
+        "hostname": platform.node(),
+        "os": f"{platform.system()} {platform.release()}",
+        "machine": platform.machine(),
+        "memory_gib": mem_gib,
+        "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "cpu": cpu.to_json(),
+    }

@@ -1,0 +1,202 @@
+"""``bench model``: backend-only latency, throughput and achieved GFLOP/s.
+
+Each (backend, precision, resolution, batch) gets its own backend (compiled backends are
+built for one shape), a warm-up, then timed ``Backend.infer`` calls on real images (the
+bundled samples at that size), so the figure is what the node's worker thread pays per
+call. The FLOP count is torch's ``FlopCounterMode`` over the bare network forward on the
+meta device (no compute, exact shapes): convolutions and matmuls only, 2 FLOP per
+multiply-add; the pipeline's cast/normalise/upsample/argmax are not counted, so GFLOP/s
+is a slight underestimate of the work done. When several configurations share a
+resolution and batch, the labels of each are compared with the first one's (pixel
+agreement), which is how INT8 is checked against FP32.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from refinenet_ros.bench_machine import CpuInfo
+from refinenet_ros.bench_report import format_table, percentiles
+from refinenet_ros.config import ModelConfig
+
+log = logging.getLogger("refinenet_ros")
+
+
+@dataclass(frozen=True)
+class ModelBenchSettings:
+    model_cfg: ModelConfig
+    backends: tuple[str, ...] = ("torch",)
+    precisions: tuple[str, ...] = ("fp32",)
+    resolutions: tuple[tuple[int, int], ...] = ((640, 480),)  # (W, H)
+    batches: tuple[int, ...] = (1,)
+    iterations: int = 10
+    warmup: int = 2
+    threads: int = 0
+    device: str = "auto"
+    engine_dir: str = "engines"
+
+    def to_json(self) -> dict[str, Any]:
+        cfg = self.model_cfg.resolved()
+        return {
+            "model": cfg.model,
+            "labels": cfg.labels,
+            "weights": cfg.weights,
+            "backends": list(self.backends),
+            "precisions": list(self.precisions),
+            "resolutions": [f"{w}x{h}" for w, h in self.resolutions],
+            "batches": list(self.batches),
+            "iterations": self.iterations,
+            "warmup": self.warmup,
+            "threads": self.threads,
+            "device": self.device,
+        }
+
+
+def count_flops(model_cfg: ModelConfig, height: int, width: int) -> int:
+    """FLOPs of one forward pass at H x W (batch 1), counted on the meta device."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from refinenet_ros.models import build_model
+
+    cfg = model_cfg.resolved()
+    assert cfg.model is not None
+    with torch.device("meta"):
+        model = build_model(cfg.model, cfg.label_set.num_classes, seed=cfg.seed, cascaded=cfg.cascaded)
+        x = torch.zeros(1, 3, height, width)
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return int(counter.get_total_flops())
+
+
+def input_batch(batch: int, height: int, width: int) -> npt.NDArray[np.uint8]:
+    """Real images (the bundled samples panned at this size), so data-dependent paths run."""
+    from refinenet_ros.samples import sample_sequence
+
+    return np.ascontiguousarray(np.stack(sample_sequence(batch, (height, width))))
+
+
+def bench_one(
+    settings: ModelBenchSettings,
+    kind: str,
+    precision: str,
+    width: int,
+    height: int,
+    batch: int,
+    gflop_per_image: float,
+    peak_gflops: float,
+) -> tuple[dict[str, Any], npt.NDArray[np.integer] | None]:
+    """One configuration's figures (or its error) and its labels for the agreement check."""
+    from refinenet_ros.backends import BackendError, BackendOptions, create_backend
+
+    row: dict[str, Any] = {
+        "backend": kind,
+        "precision": precision,
+        "width": width,
+        "height": height,
+        "batch": batch,
+        "gflop_per_image": round(gflop_per_image, 3),
+    }
+    options = BackendOptions(
+        kind=kind,
+        device=settings.device,
+        precision=precision,
+        input_size=(height, width),
+        max_batch=batch,
+        threads=settings.threads,
+        engine_dir=settings.engine_dir,
+    )
+    t0 = time.perf_counter()
+    try:
+        backend = create_backend(settings.model_cfg, options)
+    except BackendError as exc:
+        row["error"] = str(exc)
+        log.error("bench model: %s %s %dx%d batch %d: %s", kind, precision, width, height, batch, exc)
+        return row, None
+    row["setup_s"] = round(time.perf_counter() - t0, 2)
+    row["backend"] = backend.name
+    row["device"] = backend.device
+    images = input_batch(batch, height, width)
+    labels: npt.NDArray[np.integer] | None = None
+    for _ in range(settings.warmup):
+        labels, _conf = backend.infer(images)
+    times: list[float] = []
+    for _ in range(settings.iterations):
+        t = time.perf_counter()
+        labels, _conf = backend.infer(images)
+        times.append((time.perf_counter() - t) * 1e3)
+    lat = percentiles(times, (50, 95))
+    mean_ms = float(np.mean(times))
+    row["iterations"] = len(times)
+    row["latency_ms"] = {**lat, "mean": round(mean_ms, 2), "min": round(min(times), 2)}
+    row["throughput_fps"] = round(batch * 1e3 / mean_ms, 2)
+    gflops = gflop_per_image * batch / (lat["p50"] / 1e3)
+    row["gflops"] = round(gflops, 1)
+    row["peak_fraction"] = round(gflops / peak_gflops, 3) if peak_gflops > 0 else None
+    return row, labels
+
+
+def run_model_bench(settings: ModelBenchSettings, cpu: CpuInfo) -> dict[str, Any]:
+    """Every configuration in ``settings``; returns the JSON figures (``results`` list)."""
+    cfg = settings.model_cfg.resolved()
+    settings = replace(settings, model_cfg=cfg)
+    results: list[dict[str, Any]] = []
+    reference: dict[tuple[int, int, int], tuple[str, npt.NDArray[np.integer]]] = {}
+    for width, height in settings.resolutions:
+        gflop = count_flops(cfg, height, width) / 1e9
+        log.info("%s at %dx%d: %.2f GFLOP per image", cfg.model, width, height, gflop)
+        for batch in settings.batches:
+            for kind in settings.backends:
+                for precision in settings.precisions:
+                    row, labels = bench_one(
+                        settings, kind, precision, width, height, batch, gflop, cpu.peak_gflops
+                    )
+                    key = (width, height, batch)
+                    if labels is not None:
+                        if key not in reference:
+                            reference[key] = (f"{row['backend']} {precision}", labels)
+                        else:
+                            ref_name, ref_labels = reference[key]
+                            row["agreement_with"] = ref_name
+                            row["pixel_agreement"] = round(float(np.mean(labels == ref_labels)), 5)
+                    results.append(row)
+                    print(_row_line(row), flush=True)
+    return {"model": cfg.model, "results": results}
+
+
+def _row_line(row: dict[str, Any]) -> str:
+    where = f"{row['backend']:<12} {row['precision']:<5} {row['width']}x{row['height']} b{row['batch']}"
+    if "error" in row:
+        return f"{where}: error: {row['error']}"
+    lat = row["latency_ms"]
+    return (
+        f"{where}: p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, {row['throughput_fps']:.2f} img/s, "
+        f"{row['gflops']:.1f} GFLOP/s"
+    )
+
+
+def results_table(results: list[dict[str, Any]]) -> str:
+    headers = ["backend", "prec", "WxH", "batch", "p50 ms", "p95 ms", "img/s", "GFLOP/img", "GFLOP/s",
+               "% peak", "agree"]  # fmt: skip
+    rows = []
+    for r in results:
+        if "error" in r:
+            rows.append([r["backend"], r["precision"], f"{r['width']}x{r['height']}", r["batch"],
+                         None, None, None, r["gflop_per_image"], None, None, "error"])  # fmt: skip
+            continue
+        frac = r.get("peak_fraction")
+        agree = r.get("pixel_agreement")
+        rows.append([
+            r["backend"], r["precision"], f"{r['width']}x{r['height']}", r["batch"],
+            r["latency_ms"]["p50"], r["latency_ms"]["p95"], r["throughput_fps"], r["gflop_per_image"],
+            r["gflops"], None if frac is None else 100 * frac,
+            "-" if agree is None else f"{100 * agree:.2f} %",
+        ])  # fmt: skip
+    return format_table(headers, rows)
