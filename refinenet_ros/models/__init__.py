@@ -1,0 +1,64 @@
+"""PyTorch RefineNet family: builders, metadata, checkpoint I/O, multi-scale inference.
+
+Public API (other modules code against these names)::
+
+    build_model(name, num_classes, *, seed=0, cascaded=False, **options) -> nn.Module
+    MODEL_NAMES, MODEL_SPECS, ModelSpec, IMAGENET_MEAN, IMAGENET_STD, count_parameters
+    load_checkpoint(model, path_or_state_dict, *, strict=True, map_location="cpu") -> LoadReport
+    save_checkpoint(path, model, *, model_name, label_set, num_classes, mean, std, network_size, extra=None)
+    read_checkpoint_metadata(path) -> dict | None, CheckpointError, LoadReport
+    predict_probs(model, x, *, scales=(1.0,), flip=False) -> Tensor, PAPER_SCALES
+
+Models take normalised float NCHW RGB and return logits at ``ceil(H/4) x ceil(W/4)``.
+"""
+
+from __future__ import annotations
+
+from .checkpoint import (
+    CheckpointError,
+    LoadReport,
+    checkpoint_num_classes,
+    guess_model_name,
+    load_checkpoint,
+    read_checkpoint_metadata,
+    save_checkpoint,
+)
+from .multiscale import PAPER_SCALES, predict_probs
+from .refinenet import (
+    CASCADE_SCALES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MODEL_NAMES,
+    MODEL_SPECS,
+    CascadedRefineNet,
+    LWRefineNet,
+    LWRefineNetMobileNetV2,
+    ModelSpec,
+    RefineNet,
+    build_model,
+    count_parameters,
+)
+
+__all__ = [
+    "CASCADE_SCALES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "MODEL_NAMES",
+    "MODEL_SPECS",
+    "PAPER_SCALES",
+    "CascadedRefineNet",
+    "CheckpointError",
+    "LWRefineNet",
+    "LWRefineNetMobileNetV2",
+    "LoadReport",
+    "ModelSpec",
+    "RefineNet",
+    "build_model",
+    "checkpoint_num_classes",
+    "count_parameters",
+    "guess_model_name",
+    "load_checkpoint",
+    "predict_probs",
+    "read_checkpoint_metadata",
+    "save_checkpoint",
+]
