@@ -1,0 +1,83 @@
+"""Counters and per-stage timings of the node, and their diagnostic_msgs rendering.
+
+The worker thread writes, the 1 Hz diagnostics timer reads; plain ints and bounded deques
+make that safe enough under the GIL (a sample more or less in a percentile is harmless).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+from refinenet_ros.ros.scheduling import RateMeter, Rolling
+
+STAGES = ("decode", "preprocess", "infer", "postprocess", "publish")
+
+
+@dataclass
+class NodeStats:
+    """What ``/diagnostics`` reports; ``skipped`` lives in the frame slots' counters."""
+
+    frames_out: int = 0
+    stale: int = 0
+    malformed: int = 0
+    errors: int = 0
+    unsubscribed: int = 0
+    last_problem: str = ""
+    stages: dict[str, Rolling] = field(default_factory=lambda: {s: Rolling() for s in STAGES})
+    input_age_ms: Rolling = field(default_factory=Rolling)
+    latency_ms: Rolling = field(default_factory=Rolling)
+    rate_in: RateMeter = field(default_factory=RateMeter)
+    rate_out: RateMeter = field(default_factory=RateMeter)
+
+
+def _fmt(v: float) -> str:
+    return "nan" if v != v else f"{v:.2f}"
+
+
+def diagnostic_array(
+    stamp: object,
+    name: str,
+    hardware_id: str,
+    stats: NodeStats,
+    frames_in: int,
+    skipped: int,
+    info: dict[str, str],
+    active: bool,
+) -> DiagnosticArray:
+    """One DiagnosticStatus: OK when active and clean, WARN on drops of malformed frames/errors."""
+    values: list[tuple[str, str]] = [
+        ("state", "active" if active else "inactive"),
+        ("rate_in_hz", _fmt(stats.rate_in.rate())),
+        ("rate_out_hz", _fmt(stats.rate_out.rate())),
+        ("frames_in", str(frames_in)),
+        ("frames_out", str(stats.frames_out)),
+        ("dropped_skipped", str(skipped)),
+        ("dropped_stale", str(stats.stale)),
+        ("malformed", str(stats.malformed)),
+        ("errors", str(stats.errors)),
+        ("no_subscriber", str(stats.unsubscribed)),
+    ]
+    for stage, rolling in stats.stages.items():
+        for q, v in zip((50, 95, 99), rolling.percentiles(), strict=True):
+            values.append((f"{stage}_ms_p{q}", _fmt(v)))
+    for label, rolling in (("input_age_ms", stats.input_age_ms), ("latency_ms", stats.latency_ms)):
+        for q, v in zip((50, 95, 99), rolling.percentiles(), strict=True):
+            values.append((f"{label}_p{q}", _fmt(v)))
+    values.extend(info.items())
+    values.append(("last_problem", stats.last_problem))
+    status = DiagnosticStatus(name=name, hardware_id=hardware_id)
+    if not active:
+        status.level, status.message = DiagnosticStatus.WARN, "not active (lifecycle)"
+    elif stats.errors:
+        status.level, status.message = DiagnosticStatus.ERROR, f"inference errors: {stats.last_problem}"
+    elif stats.malformed:
+        status.level, status.message = DiagnosticStatus.WARN, f"malformed frames: {stats.last_problem}"
+    else:
+        status.level, status.message = DiagnosticStatus.OK, "segmenting"
+    status.values = [KeyValue(key=k, value=v) for k, v in values]
+    array = DiagnosticArray()
+    array.header.stamp = stamp
+    array.status = [status]
+    return array

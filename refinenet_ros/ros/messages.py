@@ -1,0 +1,105 @@
+"""sensor_msgs <-> numpy: decode incoming images, fill outgoing ones in place, rescale CameraInfo.
+
+Measured with rclpy 9.1.2 at 640x480 rgb8 (see the node's notes): assigning an ndarray to
+``msg.data`` costs ~70 ms (the generated setter validates every element), building an
+``array.array`` from bytes ~0.8 ms, writing through an ``np.frombuffer`` view of an
+existing ``array.array('B')`` 0.05 ms, ``publish`` 0.17 ms. So each output topic keeps
+one message whose ``data`` is allocated once per image size and overwritten in place:
+``publish`` serialises synchronously, so reusing the buffer right after it returns is safe.
+Incoming ``msg.data`` (an ``array.array``) is read through a zero-copy ``np.frombuffer``.
+"""
+
+from __future__ import annotations
+
+import array
+import sys
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+
+from refinenet_ros.ros.encodings import decode_compressed, decode_image
+
+__all__ = ["OutgoingImage", "image_to_rgb", "scale_camera_info"]
+
+_LITTLE = sys.byteorder == "little"
+
+
+def image_to_rgb(msg: Image | CompressedImage) -> npt.NDArray[np.uint8]:
+    """Decode an Image or CompressedImage to HxWx3 RGB (raises ``MalformedImage``)."""
+    if isinstance(msg, CompressedImage):
+        return decode_compressed(msg.data, msg.format)
+    return decode_image(msg.data, msg.encoding, msg.width, msg.height, msg.step, bool(msg.is_bigendian))
+
+
+class OutgoingImage:
+    """One reusable ``sensor_msgs/Image`` for one output topic, filled in place.
+
+    ``view(header, height, width, encoding)`` returns a writable ndarray over the message's
+    own buffer (reallocated only when the size or encoding changes); write the pixels into
+    it, then publish :attr:`msg`.
+    """
+
+    _CHANNELS: ClassVar[dict[str, tuple[int, type[np.unsignedinteger[Any]]]]] = {
+        "mono8": (1, np.uint8),
+        "mono16": (1, np.uint16),
+        "rgb8": (3, np.uint8),
+    }
+
+    def __init__(self) -> None:
+        self.msg = Image()
+        self._view: npt.NDArray[Any] | None = None
+        self._key: tuple[int, int, str] | None = None
+
+    def view(self, header: Any, height: int, width: int, encoding: str) -> npt.NDArray[Any]:
+        channels, dtype = self._CHANNELS[encoding]
+        key = (height, width, encoding)
+        msg = self.msg
+        if key != self._key or self._view is None:
+            itemsize = np.dtype(dtype).itemsize
+            msg.height, msg.width, msg.encoding = height, width, encoding
+            msg.step = width * channels * itemsize
+            msg.is_bigendian = not _LITTLE
+            msg.data = array.array("B", bytes(msg.step * height))
+            shape = (height, width, channels) if channels > 1 else (height, width)
+            self._view = np.frombuffer(msg.data, dtype=dtype).reshape(shape)
+            self._key = key
+        msg.header = header
+        return self._view
+
+
+def scale_camera_info(
+    info: CameraInfo, image_size: tuple[int, int], label_size: tuple[int, int], out: CameraInfo | None = None
+) -> CameraInfo:
+    """CameraInfo of an image of ``image_size`` (H, W) -> the same camera at ``label_size``.
+
+    Scales K, P (focal lengths, principal point, Tx/Ty) and the ROI like image_proc's
+    resize; D and R are resolution independent. The header is kept (the caller sets the
+    input image's). ``image_size`` is the size of the image actually received, which is
+    what the intrinsics must describe (after any binning/ROI of the driver).
+    """
+    sy = label_size[0] / image_size[0]
+    sx = label_size[1] / image_size[1]
+    out = CameraInfo() if out is None else out
+    out.header = info.header
+    out.height, out.width = label_size
+    out.distortion_model = info.distortion_model
+    out.d = info.d
+    out.r = info.r
+    k = np.array(info.k, dtype=np.float64)
+    k[[0, 1, 2]] *= sx
+    k[[3, 4, 5]] *= sy
+    out.k = k
+    p = np.array(info.p, dtype=np.float64)
+    p[[0, 1, 2, 3]] *= sx
+    p[[4, 5, 6, 7]] *= sy
+    out.p = p
+    out.binning_x, out.binning_y = info.binning_x, info.binning_y
+    roi = info.roi
+    out.roi.x_offset = round(roi.x_offset * sx)
+    out.roi.y_offset = round(roi.y_offset * sy)
+    out.roi.width = round(roi.width * sx)
+    out.roi.height = round(roi.height * sy)
+    out.roi.do_rectify = roi.do_rectify
+    return out

@@ -1,0 +1,404 @@
+"""``refinenet_segmentation``: the lifecycle node (executable ``segmentation_node``).
+
+configure builds the Segmenter (backend + model, engine build progress in the log);
+activate creates the subscriptions, the lifecycle publishers start publishing and the
+worker thread starts; deactivate stops both; cleanup frees the backend. ``autostart``
+(default) walks it to active by itself for plain ``ros2 run``/launch use.
+
+Callbacks never touch images: they drop the message into its camera's latest-frame slot.
+The worker decodes, segments (one backend call for all cameras' frames), builds only the
+outputs someone subscribes to, fills the reused messages in place and publishes them with
+the input header. Malformed frames are counted and logged once per problem, never fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecyclePublisher, LifecycleState, TransitionCallbackReturn
+from rclpy.subscription import Subscription
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+
+from refinenet_ros.ros.diagnostics import NodeStats, diagnostic_array
+from refinenet_ros.ros.encodings import MalformedImage
+from refinenet_ros.ros.messages import OutgoingImage, image_to_rgb, scale_camera_info
+from refinenet_ros.ros.params import LIVE, NodeConfig, declare_parameters, read_config, validate_change
+from refinenet_ros.ros.qos import publisher_callbacks, qos_profile, subscription_callbacks
+from refinenet_ros.ros.scheduling import Frame, LatestFrameSlots, Throttle
+
+NODE_NAME = "refinenet_segmentation"
+OUTPUTS = ("labels", "color", "overlay", "confidence")
+
+
+@dataclass
+class CameraIO:
+    """One camera's topics, publishers and reusable outgoing messages."""
+
+    name: str  # "" for the single-camera case
+    publishers: dict[str, LifecyclePublisher[Any]] = field(default_factory=dict)
+    info_pub: LifecyclePublisher[CameraInfo] | None = None
+    buffers: dict[str, OutgoingImage] = field(default_factory=lambda: {k: OutgoingImage() for k in OUTPUTS})
+    info_out: CameraInfo = field(default_factory=CameraInfo)
+    camera_info: CameraInfo | None = None
+
+    def topic(self, leaf: str) -> str:
+        """Input topic ``leaf`` under this camera's namespace (relative unless given absolute)."""
+        return f"{self.name.rstrip('/')}/{leaf}" if self.name else leaf
+
+    def output(self, leaf: str) -> str:
+        return f"~/{self.name.strip('/')}/{leaf}" if self.name else f"~/{leaf}"
+
+
+class _RosLogHandler(logging.Handler):
+    """Forward the package's Python logging (model/backend/engine build) to the node's log."""
+
+    def __init__(self, node: LifecycleNode) -> None:
+        super().__init__()
+        self._logger = node.get_logger()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.levelno >= logging.ERROR:
+            self._logger.error(text)
+        elif record.levelno >= logging.WARNING:
+            self._logger.warning(text)
+        elif record.levelno >= logging.INFO:
+            self._logger.info(text)
+        else:
+            self._logger.debug(text)
+
+
+class SegmentationNode(LifecycleNode):
+    """RefineNet semantic segmentation of one or more camera streams."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        declare_parameters(self)
+        self.add_on_set_parameters_callback(validate_change)
+        self.add_post_set_parameters_callback(self._on_params_set)
+        self._log_handler = _RosLogHandler(self)
+        pkg_log = logging.getLogger("refinenet_ros")
+        pkg_log.addHandler(self._log_handler)
+        pkg_log.setLevel(logging.INFO)
+        pkg_log.propagate = False
+        self.cfg = NodeConfig()  # read (and validated) on configure
+        self.autostart = bool(self.get_parameter("autostart").value)
+        self.segmenter: Any = None
+        self.cameras: list[CameraIO] = []
+        self._subs: list[Subscription[Any]] = []
+        self._slots = LatestFrameSlots(1)
+        self._worker: threading.Thread | None = None
+        self._active = False
+        self.stats = NodeStats()
+        self._throttle = Throttle(5.0)
+        self._info: dict[str, str] = {}
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag_timer = self.create_timer(1.0, self._publish_diagnostics)
+
+    # ---- lifecycle -------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self.cfg = read_config(self)
+            self.segmenter = self._build_segmenter(self.cfg)
+        except Exception as exc:
+            self.get_logger().error(f"configure failed: {exc}")
+            self.segmenter = None
+            return TransitionCallbackReturn.FAILURE
+        qos = qos_profile(self.cfg.qos)
+        names = [c.strip() for c in self.cfg.cameras] or [""]
+        self.cameras = []
+        for name in names:
+            cam = CameraIO(name)
+            warn = self.get_logger().warning
+            for leaf in OUTPUTS:
+                topic = cam.output(leaf)
+                cam.publishers[leaf] = self.create_lifecycle_publisher(
+                    Image, topic, qos, event_callbacks=publisher_callbacks(topic, self.cfg.qos, warn)
+                )
+            topic = cam.output("labels/camera_info")
+            cam.info_pub = self.create_lifecycle_publisher(
+                CameraInfo, topic, qos, event_callbacks=publisher_callbacks(topic, self.cfg.qos, warn)
+            )
+            self.cameras.append(cam)
+        self._slots = LatestFrameSlots(len(self.cameras))
+        self.stats = NodeStats()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        qos = qos_profile(self.cfg.qos)
+        compressed = self.cfg.input_transport == "compressed"
+        warn = self.get_logger().warning
+        for index, cam in enumerate(self.cameras):
+            topic = cam.topic("image/compressed" if compressed else "image")
+            self._subs.append(
+                self.create_subscription(
+                    CompressedImage if compressed else Image,
+                    topic,
+                    lambda msg, i=index: self._on_image(i, msg),
+                    qos,
+                    event_callbacks=subscription_callbacks(topic, self.cfg.qos, warn),
+                )
+            )
+            self._subs.append(
+                self.create_subscription(
+                    CameraInfo,
+                    cam.topic("camera_info"),
+                    lambda msg, c=cam: setattr(c, "camera_info", msg),
+                    qos,
+                )
+            )
+        self._slots.reopen()
+        self._active = True
+        self._worker = threading.Thread(target=self._work, name="refinenet-worker", daemon=True)
+        self._worker.start()
+        inputs = ", ".join(self.resolve_topic_name(c.topic("image/compressed" if compressed else "image"))
+                           for c in self.cameras)  # fmt: skip
+        self.get_logger().info(f"active: segmenting {inputs}")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_worker()
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        self._subs = []
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_worker()
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        self._subs = []
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _release(self) -> None:
+        for cam in self.cameras:
+            for pub in cam.publishers.values():
+                self.destroy_lifecycle_publisher(pub)
+            if cam.info_pub is not None:
+                self.destroy_lifecycle_publisher(cam.info_pub)
+        self.cameras = []
+        self.segmenter = None
+
+    def _stop_worker(self) -> None:
+        self._active = False
+        self._slots.close()
+        if self._worker is not None:
+            self._worker.join(timeout=1.5)
+            self._worker = None
+
+    # ---- setup -------------------------------------------------------------------------
+    def _build_segmenter(self, cfg: NodeConfig) -> Any:
+        from refinenet_ros.backends.factory import BackendOptions
+        from refinenet_ros.config import ModelConfig
+        from refinenet_ros.segmenter import build_segmenter
+
+        model_cfg = ModelConfig(
+            model=cfg.model or None, labels=cfg.labels or None, weights=cfg.weights or None, seed=cfg.seed
+        )
+        options = BackendOptions(
+            kind=cfg.backend,
+            device=cfg.device,
+            precision=cfg.precision,
+            input_size=cfg.network_size,
+            max_batch=max(1, len(cfg.cameras)),
+            threads=cfg.threads,
+            engine_dir=cfg.engine_dir,
+        )
+        self.get_logger().info(f"configuring {model_cfg.describe()} on backend {cfg.backend} ...")
+        t0 = time.monotonic()
+        segmenter = build_segmenter(model_cfg, options, output_resolution=cfg.output_resolution)  # type: ignore[arg-type]
+        backend = segmenter.backend
+        self._info = {
+            "model": model_cfg.describe(),
+            "labels": segmenter.label_set.name,
+            "backend": backend.name,
+            "device": backend.device,
+            "precision": cfg.precision,
+            "network_size": "x".join(map(str, cfg.network_size)) if cfg.network_size else "input",
+            "output_resolution": cfg.output_resolution,
+        }
+        self.get_logger().info(
+            f"backend {backend.name} on {backend.device} ready in {time.monotonic() - t0:.1f} s "
+            f"({segmenter.label_set.num_classes} classes)"
+        )
+        return segmenter
+
+    def _on_params_set(self, params: list[Any]) -> None:
+        for p in params:
+            if p.name in LIVE:
+                setattr(self.cfg, p.name, p.value)
+
+    # ---- callbacks (never block) ---------------------------------------------------------
+    def _on_image(self, camera: int, msg: Image | CompressedImage) -> None:
+        self.stats.rate_in.tick()
+        self._slots.put(Frame(camera, msg, time.monotonic()))
+
+    # ---- worker --------------------------------------------------------------------------
+    def _work(self) -> None:
+        timeout = self.cfg.batch_timeout_ms / 1e3
+        while not self._slots.closed:
+            frames = self._slots.take(0.25, timeout)
+            if not frames:
+                continue
+            try:
+                self._process(frames)
+            except Exception as exc:
+                self.stats.errors += 1
+                self.stats.last_problem = f"{type(exc).__name__}: {exc}"
+                if self._throttle.allow(f"error:{type(exc).__name__}"):
+                    self.get_logger().error(f"processing failed: {self.stats.last_problem}")
+
+    def _age_ms(self, msg: Any) -> float | None:
+        stamp = msg.header.stamp
+        if stamp.sec == 0 and stamp.nanosec == 0:
+            return None  # unstamped: age unknown
+        now = self.get_clock().now().nanoseconds
+        return (now - (stamp.sec * 1_000_000_000 + stamp.nanosec)) / 1e6
+
+    def _wanted(self, cam: CameraIO) -> dict[str, bool]:
+        cfg = self.cfg
+        enabled = {
+            "labels": True,
+            "color": cfg.publish_color,
+            "overlay": cfg.publish_overlay,
+            "confidence": cfg.publish_confidence,
+        }
+        wanted = {k: on and cam.publishers[k].get_subscription_count() > 0 for k, on in enabled.items()}
+        assert cam.info_pub is not None
+        wanted["camera_info"] = cam.info_pub.get_subscription_count() > 0
+        return wanted
+
+    def _process(self, frames: Sequence[Frame]) -> None:
+        stats = self.stats
+        max_age = self.cfg.max_input_age_ms
+        todo: list[tuple[Frame, npt.NDArray[np.uint8], dict[str, bool]]] = []
+        t0 = time.perf_counter()
+        for frame in frames:
+            cam = self.cameras[frame.camera]
+            age = self._age_ms(frame.msg)
+            if age is not None:
+                stats.input_age_ms.add(age)
+                if max_age > 0 and age > max_age:
+                    stats.stale += 1
+                    continue
+            wanted = self._wanted(cam)
+            if not any(wanted.values()):
+                stats.unsubscribed += 1
+                continue
+            try:
+                rgb = image_to_rgb(frame.msg)
+            except MalformedImage as exc:
+                stats.malformed += 1
+                stats.last_problem = str(exc)
+                topic = self.resolve_topic_name(cam.topic("image"))
+                if self._throttle.allow(f"{frame.camera}:{exc}"):
+                    self.get_logger().error(f"dropping frame from {topic}: {exc}")
+                continue
+            todo.append((frame, rgb, wanted))
+        if not todo:
+            return
+        t1 = time.perf_counter()
+        stats.stages["decode"].add((t1 - t0) * 1e3 / len(todo))
+        results = self.segmenter.segment_batch([rgb for _, rgb, _ in todo])
+        timings = results[0].timings_ms
+        for stage in ("preprocess", "infer", "postprocess"):
+            stats.stages[stage].add(timings[stage])
+        for (frame, rgb, wanted), result in zip(todo, results, strict=True):
+            t2 = time.perf_counter()
+            self._publish(self.cameras[frame.camera], frame.msg.header, rgb, result, wanted)
+            stats.stages["publish"].add((time.perf_counter() - t2) * 1e3)
+            stats.frames_out += 1
+            stats.rate_out.tick()
+            age = self._age_ms(frame.msg)
+            if age is not None:
+                stats.latency_ms.add(age)
+
+    def _publish(
+        self, cam: CameraIO, header: Any, rgb: npt.NDArray[np.uint8], result: Any, wanted: dict[str, bool]
+    ) -> None:
+        h, w = result.size
+        if wanted["labels"]:
+            encoding = "mono8" if result.labels.dtype == np.uint8 else "mono16"
+            np.copyto(cam.buffers["labels"].view(header, h, w, encoding), result.labels)
+            cam.publishers["labels"].publish(cam.buffers["labels"].msg)
+        if wanted["camera_info"] and cam.camera_info is not None and cam.info_pub is not None:
+            info = scale_camera_info(cam.camera_info, result.input_size, (h, w), out=cam.info_out)
+            info.header = header
+            cam.info_pub.publish(info)
+        color = None
+        if wanted["color"] or wanted["overlay"]:
+            if wanted["color"]:
+                color = result.color(out=cam.buffers["color"].view(header, h, w, "rgb8"))
+                cam.publishers["color"].publish(cam.buffers["color"].msg)
+            else:
+                color = result.color()
+        if wanted["overlay"]:
+            out = cam.buffers["overlay"].view(header, h, w, "rgb8")
+            result.overlay(rgb, float(self.cfg.overlay_alpha), out=out, color=color)
+            cam.publishers["overlay"].publish(cam.buffers["overlay"].msg)
+        if wanted["confidence"]:
+            result.confidence_u8(out=cam.buffers["confidence"].view(header, h, w, "mono8"))
+            cam.publishers["confidence"].publish(cam.buffers["confidence"].msg)
+
+    # ---- diagnostics ---------------------------------------------------------------------
+    def _publish_diagnostics(self) -> None:
+        counters = self._slots.counters
+        msg = diagnostic_array(
+            self.get_clock().now().to_msg(),
+            f"{self.get_fully_qualified_name()}: segmentation",
+            self._info.get("device", "unconfigured"),
+            self.stats,
+            frames_in=sum(c.received for c in counters),
+            skipped=sum(c.skipped for c in counters),
+            info=self._info,
+            active=self._active,
+        )
+        self._diag_pub.publish(msg)
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    """Entry point of ``segmentation_node``: spin until SIGINT/SIGTERM, exit within 2 s."""
+    rclpy.init(args=list(args) if args is not None else None)
+    node: SegmentationNode | None = None
+    code = 0
+    try:
+        node = SegmentationNode()
+        if node.autostart:
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                node.get_logger().fatal("autostart: configure failed (see above); exiting")
+                return 2
+            node.trigger_activate()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C during teardown kills at once
+        if node is not None:
+            node._stop_worker()
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.try_shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""The node's parameters: declared once with descriptors and ranges, read into a dataclass.
+
+Everything a launch file or params file can set is listed in :data:`PARAMETERS`, so the
+declaration, the ranges ``ros2 param describe`` shows, the validation and the defaults
+cannot drift apart. Values are read on ``configure``; the cheap output switches
+(:data:`LIVE`) also apply immediately when changed at runtime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    ParameterType,
+    SetParametersResult,
+)
+from rclpy.exceptions import ParameterUninitializedException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+
+from refinenet_ros.config import DEFAULT_MODEL
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "backend": ("auto", "torch", "onnxruntime", "tensorrt"),
+    "precision": ("fp32", "fp16", "int8"),
+    "output_resolution": ("input", "network"),
+    "input_transport": ("raw", "compressed"),
+    "qos": ("sensor_data", "reliable"),
+}
+LIVE = ("publish_color", "publish_overlay", "publish_confidence", "overlay_alpha", "max_input_age_ms")
+"""Parameters that take effect at once; the others on the next configure."""
+
+
+@dataclass
+class NodeConfig:
+    """The node's parameters as plain values (see :data:`PARAMETERS` for their meaning)."""
+
+    model: str = DEFAULT_MODEL
+    weights: str = ""
+    labels: str = ""
+    seed: int = 0
+    backend: str = "auto"
+    device: str = "auto"
+    precision: str = "fp32"
+    engine_dir: str = "engines"
+    network_height: int = 0
+    network_width: int = 0
+    output_resolution: str = "input"
+    input_transport: str = "raw"
+    qos: str = "sensor_data"
+    max_input_age_ms: float = 0.0
+    publish_color: bool = True
+    publish_overlay: bool = True
+    publish_confidence: bool = True
+    overlay_alpha: float = 0.5
+    cameras: list[str] = field(default_factory=list)
+    batch_timeout_ms: float = 10.0
+    autostart: bool = True
+    threads: int = 0
+
+    @property
+    def network_size(self) -> tuple[int, int] | None:
+        if self.network_height > 0 and self.network_width > 0:
+            return (self.network_height, self.network_width)
+        return None
+
+
+def _int(lo: int, hi: int) -> dict[str, Any]:
+    return {"integer_range": [IntegerRange(from_value=lo, to_value=hi, step=1)]}
+
+
+def _float(lo: float, hi: float) -> dict[str, Any]:
+    return {"floating_point_range": [FloatingPointRange(from_value=lo, to_value=hi, step=0.0)]}
+
+
+S, INT, D, B = (
+    ParameterType.PARAMETER_STRING,
+    ParameterType.PARAMETER_INTEGER,
+    ParameterType.PARAMETER_DOUBLE,
+    ParameterType.PARAMETER_BOOL,
+)
+# name -> (type, description, extra descriptor fields)
+PARAMETERS: dict[str, tuple[int, str, dict[str, Any]]] = {
+    "model": (S, "network architecture, e.g. lw_refinenet_mobilenetv2", {}),
+    "weights": (S, "checkpoint file; empty = seeded random weights (meaningless labels)", {}),
+    "labels": (S, "label set (voc, cityscapes, nyud40, ...); empty = from the checkpoint, else voc", {}),
+    "seed": (INT, "seed of the random init without weights", _int(0, 2**31 - 1)),
+    "backend": (S, "inference backend", {}),
+    "device": (S, "auto, cpu, cuda, cuda:N", {}),
+    "precision": (S, "numeric precision of the backend", {}),
+    "engine_dir": (S, "TensorRT engine cache directory", {}),
+    "network_height": (INT, "network input height; 0 = each image's own size", _int(0, 8192)),
+    "network_width": (INT, "network input width; 0 = each image's own size", _int(0, 8192)),
+    "output_resolution": (S, "size of the published images", {}),
+    "input_transport": (S, "raw subscribes image, compressed image/compressed", {}),
+    "qos": (S, "sensor_data = best effort, reliable = reliable (subscriptions and outputs)", {}),
+    "max_input_age_ms": (
+        D,
+        "drop frames older than this (header stamp to processing); 0 = off",
+        _float(0, 1e6),
+    ),
+    "publish_color": (B, "publish ~/color", {}),
+    "publish_overlay": (B, "publish ~/overlay", {}),
+    "publish_confidence": (B, "publish ~/confidence", {}),
+    "overlay_alpha": (D, "opacity of the colours in ~/overlay", _float(0.0, 1.0)),
+    "cameras": (ParameterType.PARAMETER_STRING_ARRAY, "camera namespaces; empty = one camera", {}),
+    "batch_timeout_ms": (D, "how long to wait for the other cameras' frames to batch them", _float(0, 1000)),
+    "autostart": (B, "configure and activate on start", {}),
+    "threads": (INT, "CPU inference threads; 0 = library default", _int(0, 256)),
+}
+_READ_ONLY = ("autostart",)
+
+
+def declare_parameters(node: Node) -> None:
+    """Declare every parameter with its descriptor; defaults come from :class:`NodeConfig`."""
+    defaults = NodeConfig()
+    for name, (ptype, description, extra) in PARAMETERS.items():
+        choices = CHOICES.get(name)
+        if choices:
+            description = f"{description} (one of {', '.join(choices)})"
+        descriptor = ParameterDescriptor(
+            name=name, type=ptype, description=description, read_only=name in _READ_ONLY, **extra
+        )
+        value: Any = getattr(defaults, name)
+        if ptype == ParameterType.PARAMETER_STRING_ARRAY:
+            value = Parameter.Type.STRING_ARRAY  # an empty list has no type of its own
+        node.declare_parameter(name, value, descriptor)
+
+
+def read_config(node: Node) -> NodeConfig:
+    """Current parameter values -> :class:`NodeConfig` (validated: raises ValueError)."""
+    values: dict[str, Any] = {}
+    for name in PARAMETERS:
+        try:
+            value = node.get_parameter(name).value
+        except ParameterUninitializedException:  # a string array left at its empty default
+            value = None
+        values[name] = list(value or []) if name == "cameras" else value
+    cfg = NodeConfig(**values)
+    problems = [p for p in (check_value(k, getattr(cfg, k)) for k in CHOICES) if p]
+    if (cfg.network_height > 0) != (cfg.network_width > 0):
+        problems.append("set both network_height and network_width (or both to 0)")
+    if cfg.network_size is not None and min(cfg.network_size) < 32:
+        problems.append(f"network size {cfg.network_size} is below 32 pixels")
+    if cfg.output_resolution == "network" and cfg.network_size is None:
+        problems.append("output_resolution 'network' needs network_height and network_width")
+    names = [c.strip("/") for c in cfg.cameras]
+    if any(not n for n in names) or len(set(names)) != len(names):
+        problems.append(f"cameras {cfg.cameras} must be distinct non-empty namespaces")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return cfg
+
+
+def check_value(name: str, value: Any) -> str | None:
+    """The problem with a choice parameter's value, or None when it is valid."""
+    choices = CHOICES.get(name)
+    if choices and value not in choices:
+        return f"parameter {name}={value!r} is not one of {', '.join(choices)}"
+    return None
+
+
+def validate_change(params: list[Parameter]) -> SetParametersResult:
+    """``add_on_set_parameters_callback`` hook: reject bad choices before they are stored."""
+    for p in params:
+        problem = check_value(p.name, p.value)
+        if problem:
+            return SetParametersResult(successful=False, reason=problem)
+    return SetParametersResult(successful=True)

@@ -1,0 +1,284 @@
+"""ROS 2 test fixtures: SHM-only Fast DDS, a domain per session, the node as a real process.
+
+Imported into conftest.py. Tests talk to ``segmentation_node`` over topics exactly as a
+robot would: the node runs as a separate process started with ``--ros-args`` (what
+launch does), and a client node in the test process publishes and collects messages on
+an executor thread. No rclpy mocks.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+ROS_ENV = {
+    "FASTDDS_BUILTIN_TRANSPORTS": "SHM?max_msg_size=8MB&sockets_size=64MB",
+    "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp",
+    "ROS_DOMAIN_ID": str(100 + os.getpid() % 100),
+    "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+    "PYTHONUNBUFFERED": "1",
+}
+NODE_EXE = Path(sys.executable).with_name("segmentation_node")
+SMALL = (64, 96)  # (H, W) of test frames: small enough for a fast CPU forward
+
+
+def smooth_image(size: tuple[int, int] = SMALL, seed: int = 0) -> npt.NDArray[np.uint8]:
+    """A deterministic natural-looking RGB frame (smooth, so lossy encodings stay close)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (size[0] // 8 + 1, size[1] // 8 + 1, 3), dtype=np.uint8)
+    return np.ascontiguousarray(cv2.resize(small, (size[1], size[0]), interpolation=cv2.INTER_CUBIC))
+
+
+def image_msg(
+    rgb: npt.NDArray[np.uint8],
+    encoding: str = "rgb8",
+    *,
+    stamp_ns: int = 0,
+    frame_id: str = "camera",
+    step: int | None = None,
+    is_bigendian: bool = False,
+) -> Any:
+    """sensor_msgs/Image of ``rgb`` converted to ``encoding`` by the reference encoder."""
+    import array
+
+    from sensor_msgs.msg import Image
+
+    from refinenet_ros.ros.encodings import encode_image
+
+    data, step = encode_image(rgb, encoding, step=step, is_bigendian=is_bigendian)
+    msg = Image()
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = rgb.shape[:2]
+    msg.encoding, msg.step, msg.is_bigendian = encoding, step, int(is_bigendian)
+    msg.data = array.array("B", data)
+    return msg
+
+
+def stamp_ns(msg: Any) -> int:
+    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+
+
+def msg_array(msg: Any) -> npt.NDArray[Any]:
+    """An Image message's pixels as (H, W[, C]) without conversion (mono8/mono16/rgb8)."""
+    dtype = np.dtype(">u2" if msg.is_bigendian else "<u2") if msg.encoding == "mono16" else np.uint8
+    arr = np.frombuffer(msg.data, dtype=dtype).reshape(msg.height, -1)
+    return arr.reshape(msg.height, msg.width, 3) if msg.encoding == "rgb8" else arr
+
+
+class Collector:
+    """Messages received on one topic, with a blocking wait."""
+
+    def __init__(self) -> None:
+        self.msgs: list[Any] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, msg: Any) -> None:
+        with self._cond:
+            self.msgs.append(msg)
+            self._cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[list[Any]], bool], timeout: float = 20.0) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate(self.msgs):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    def wait_count(self, n: int, timeout: float = 20.0) -> list[Any]:
+        self.wait_for(lambda m: len(m) >= n, timeout)
+        return list(self.msgs)
+
+    def clear(self) -> None:
+        with self._cond:
+            self.msgs.clear()
+
+
+class RosClient:
+    """A test-side node spinning on its own thread in its own rclpy context."""
+
+    def __init__(self, name: str = "refinenet_test_client") -> None:
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.context = Context()
+        rclpy.init(context=self.context, signal_handler_options=rclpy.SignalHandlerOptions.NO)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+        self._publishers: dict[tuple[str, type], Any] = {}
+
+    def _spin(self) -> None:
+        from rclpy.executors import ExternalShutdownException
+
+        try:
+            self.executor.spin()
+        except (ExternalShutdownException, Exception):  # noqa: BLE001 - shutdown races
+            pass
+
+    def qos(self, reliable: bool = False, depth: int = 10) -> Any:
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+        rel = ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT
+        return QoSProfile(depth=depth, reliability=rel)
+
+    def publisher(self, msg_type: type, topic: str, reliable: bool = False, depth: int = 10) -> Any:
+        key = (topic, msg_type)
+        if key not in self._publishers:
+            self._publishers[key] = self.node.create_publisher(msg_type, topic, self.qos(reliable, depth))
+        return self._publishers[key]
+
+    def subscribe(self, msg_type: type, topic: str, reliable: bool = False) -> Collector:
+        collector = Collector()
+        self.node.create_subscription(msg_type, topic, collector, self.qos(reliable, depth=50))
+        return collector
+
+    def wait_matched(self, pub: Any, timeout: float = 20.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if pub.get_subscription_count() > 0:
+                return True
+            time.sleep(0.05)
+        return False
+
+    def wait_publishers(self, topic: str, timeout: float = 20.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.node.count_publishers(topic) > 0:
+                return True
+            time.sleep(0.05)
+        return False
+
+    def call(self, srv_type: type, name: str, request: Any, timeout: float = 20.0) -> Any:
+        client = self.node.create_client(srv_type, name)
+        try:
+            if not client.wait_for_service(timeout_sec=timeout):
+                raise TimeoutError(f"service {name} not available")
+            future = client.call_async(request)
+            deadline = time.monotonic() + timeout
+            while not future.done() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if not future.done():
+                raise TimeoutError(f"service {name} did not answer")
+            return future.result()
+        finally:
+            self.node.destroy_client(client)
+
+    def close(self) -> None:
+        import rclpy
+
+        self.executor.shutdown(timeout_sec=1.0)
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+        self._thread.join(timeout=2.0)
+
+
+class NodeProcess:
+    """``segmentation_node --ros-args ...`` as a child process with its log in a file."""
+
+    def __init__(self, ros_args: list[str], log_path: Path, cmd: list[str] | None = None) -> None:
+        self.log_path = log_path
+        env = dict(os.environ, **ROS_ENV)
+        argv = [str(NODE_EXE)] if cmd is None else cmd
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [*argv, "--ros-args", *ros_args], stdout=self._log, stderr=subprocess.STDOUT, env=env
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, text: str, timeout: float = 60.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return True
+            if self.proc.poll() is not None:
+                return text in self.log()
+            time.sleep(0.1)
+        return False
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 10.0) -> tuple[int | None, float]:
+        """Send ``sig``; return (exit code or None if it had to be killed, seconds to exit)."""
+        t0 = time.monotonic()
+        code: int | None = None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                code = self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        else:
+            code = self.proc.returncode
+        self._log.close()
+        return code, time.monotonic() - t0
+
+
+def node_args(**params: Any) -> list[str]:
+    """``-p name:=value`` pairs for ``--ros-args`` (lists as YAML flow sequences)."""
+    out: list[str] = []
+    for name, value in params.items():
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, list | tuple):
+            text = "[" + ",".join(str(v) for v in value) + "]"
+        else:
+            text = str(value)
+        out += ["-p", f"{name}:={text}"]
+    return out
+
+
+# ---- fixtures -------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def ros_env() -> Iterator[dict[str, str]]:
+    """SHM-only Fast DDS and this session's own ROS_DOMAIN_ID, in os.environ too."""
+    try:
+        import rclpy  # noqa: F401
+    except ImportError:
+        pytest.skip("rclpy is not installed (pip install '.[ros]')")
+    saved = {k: os.environ.get(k) for k in ROS_ENV}
+    os.environ.update(ROS_ENV)
+    yield dict(ROS_ENV)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def ros_client(ros_env: dict[str, str]) -> Iterator[RosClient]:
+    client = RosClient(f"refinenet_test_{os.getpid()}")
+    yield client
+    client.close()
+
+
+def start_node(
+    tmp_dir: Path, name: str, *ros_args: str, ready: str = "active: segmenting", timeout: float = 120.0
+) -> NodeProcess:
+    """Start the node and wait until it logs ``ready`` (fails the test with its log otherwise)."""
+    proc = NodeProcess(list(ros_args), tmp_dir / f"{name}.log")
+    if not proc.wait_log(ready, timeout):
+        code, _ = proc.stop(signal.SIGKILL)
+        pytest.fail(f"node {name} did not become ready (exit {code}):\n{proc.log()[-4000:]}")
+    return proc
