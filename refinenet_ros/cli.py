@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("refinenet_ros.evaluate", "mIoU and accuracies on a labelled data set"),
     "train": ("refinenet_ros.train", "fine-tune a model on a labelled data set"),
     "bench": ("refinenet_ros.bench", "benchmarks: model (GFLOP/s vs peak), node (latency, overhead), bag"),
+    "node": ("refinenet_ros.ros.node_cli", "run the ROS 2 segmentation node (ROS args after --ros-args)"),
 }
 
 MODEL_CHOICES_HELP = "refinenet_resnet50|101|152, lw_refinenet_resnet50|101|152, lw_refinenet_mobilenetv2"
