@@ -1,0 +1,728 @@
+"""Segment the camera topics of a recorded rosbag2 and write them back as new topics.
+
+``refinenet-ros bag INPUT OUTPUT --image-topic T`` reads INPUT (sqlite3 or mcap, detected
+by ``rosbags``), runs every Image / CompressedImage message of T through the Segmenter in
+batches, and writes OUTPUT with the original topics (unless ``--no-copy``) plus
+``<T>/labels`` (mono8, mono16 above 255 classes), ``<T>/color`` and ``<T>/overlay`` (rgb8),
+``<T>/confidence`` (mono8 = max softmax x 255) and ``<T>/labels/camera_info`` when the
+camera's ``camera_info`` topic is in the bag. For a ``.../compressed`` topic, T is the
+base topic without ``/compressed`` (image_transport naming). Labels are at the input
+image's resolution. Each output message carries its input's header and log time, so
+``ros2 bag play OUTPUT`` shows them in sync with the camera in rviz.
+
+OUTPUT is written into a hidden temporary folder beside it and renamed at the end: an
+interrupted run never leaves something that looks like a finished bag, and a refused
+run (OUTPUT exists, no ``--force``) changes nothing. Messages that cannot be decoded are
+reported with their topic and index, skipped, and counted in the summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from refinenet_ros.cli import (
+    CliError,
+    add_backend_arguments,
+    add_model_arguments,
+    backend_options_from_args,
+    model_config_from_args,
+)
+
+if TYPE_CHECKING:
+    from rosbags.highlevel import AnyReader
+    from rosbags.interfaces import Connection
+    from rosbags.rosbag2 import Writer
+    from rosbags.typesys.store import Typestore
+
+    from refinenet_ros.segmenter import SegmentationResult, Segmenter
+
+log = logging.getLogger("refinenet_ros")
+
+OUTPUT_KINDS: tuple[str, ...] = ("labels", "color", "overlay", "confidence")
+STORAGES: tuple[str, ...] = ("mcap", "sqlite3")
+IMAGE_TYPE = "sensor_msgs/msg/Image"
+COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
+CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
+MAX_REPORTED_MALFORMED = 20
+"""Malformed messages logged one by one per topic; the rest are only counted."""
+
+
+class BagError(ValueError):
+    """A user error about the bags (missing topic, existing output); the text says the fix."""
+
+
+@dataclass(frozen=True)
+class BagOptions:
+    """What to read and write; the model and backend live in the Segmenter."""
+
+    image_topics: tuple[str, ...]
+    outputs: tuple[str, ...] = OUTPUT_KINDS
+    copy: bool = True
+    storage: str = "mcap"
+    force: bool = False
+    batch: int = 4
+    alpha: float = 0.5
+    progress: bool = True
+
+
+@dataclass
+class BagSummary:
+    """What a run did; ``fps`` counts segmented frames per wall-clock second."""
+
+    output: Path
+    frames: int = 0
+    malformed: int = 0
+    seconds: float = 0.0
+    copied: int = 0
+    written: int = 0
+    bag_seconds: float = 0.0
+    frames_per_topic: dict[str, int] = field(default_factory=dict)
+    malformed_per_topic: dict[str, int] = field(default_factory=dict)
+    output_topics: list[str] = field(default_factory=list)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def realtime_factor(self) -> float:
+        """Recorded duration / processing time: > 1 means faster than real time."""
+        return self.bag_seconds / self.seconds if self.seconds > 0 else 0.0
+
+    def describe(self) -> str:
+        lines = [
+            f"{self.frames} frames segmented in {self.seconds:.1f} s ({self.fps:.2f} frames/s, "
+            f"{self.realtime_factor:.2f}x real time), {self.malformed} malformed skipped, "
+            f"{self.copied} messages copied, {self.written} written -> {self.output}"
+        ]
+        for topic, n in self.frames_per_topic.items():
+            bad = self.malformed_per_topic.get(topic, 0)
+            lines.append(f"  {topic}: {n} frames" + (f", {bad} malformed" if bad else ""))
+        return "\n".join(lines)
+
+
+def output_base(topic: str, msgtype: str) -> str:
+    """Topic prefix for a camera's outputs: ``/cam/image_raw/compressed`` -> ``/cam/image_raw``."""
+    if msgtype == COMPRESSED_TYPE and topic.endswith("/compressed"):
+        return topic[: -len("/compressed")]
+    return topic
+
+
+def camera_info_topic(base: str) -> str:
+    """The camera_info beside an image topic: ``/cam/image_raw`` -> ``/cam/camera_info``."""
+    parent = base.rsplit("/", 1)[0]
+    return f"{parent}/camera_info" if parent else "/camera_info"
+
+
+# ---------------------------------------------------------------------------------- output
+
+
+@dataclass
+class _Frame:
+    """One decoded camera frame waiting for its batch."""
+
+    topic: str
+    index: int
+    timestamp: int
+    header: Any
+    rgb: npt.NDArray[np.uint8]
+    raw: Any = None  # copy-through item written before the outputs
+
+
+@dataclass
+class _Copy:
+    connection: Connection
+    timestamp: int
+    data: Any
+
+
+@dataclass
+class _Camera:
+    topic: str
+    base: str
+    info_topic: str | None
+    connections: dict[str, Connection] = field(default_factory=dict)
+    infos: list[tuple[int, Any]] = field(default_factory=list)  # (stamp ns, CameraInfo)
+    info_by_stamp: dict[int, Any] = field(default_factory=dict)
+
+
+def _stamp_ns(header: Any) -> int:
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+class _OutputWriter:
+    """Builds and serialises the output messages with one typestore."""
+
+    def __init__(self, writer: Writer, typestore: Typestore, options: BagOptions, label_dtype: Any) -> None:
+        self.writer = writer
+        self.ts = typestore
+        self.options = options
+        self.mono16 = np.dtype(label_dtype) == np.uint16
+        t = typestore.types
+        self.Image = t[IMAGE_TYPE]
+        self.CameraInfo = t[CAMERA_INFO_TYPE]
+        self.RegionOfInterest = t["sensor_msgs/msg/RegionOfInterest"]
+        self.Header = t["std_msgs/msg/Header"]
+        self.Time = t["builtin_interfaces/msg/Time"]
+        self.written = 0
+
+    def header(self, src: Any) -> Any:
+        return self.Header(
+            stamp=self.Time(sec=int(src.stamp.sec), nanosec=int(src.stamp.nanosec)),
+            frame_id=str(src.frame_id),
+        )
+
+    def image(self, header: Any, array: npt.NDArray[Any], encoding: str) -> Any:
+        h, w = array.shape[:2]
+        data = np.ascontiguousarray(array)
+        if data.dtype == np.uint16:
+            data = data.astype("<u2", copy=False)
+        flat = data.view(np.uint8).reshape(-1)
+        return self.Image(
+            header=header,
+            height=h,
+            width=w,
+            encoding=encoding,
+            is_bigendian=0,
+            step=flat.size // h,
+            data=flat,
+        )
+
+    def write(self, connection: Connection, timestamp: int, msg: Any, msgtype: str) -> None:
+        self.writer.write(connection, timestamp, self.ts.serialize_cdr(msg, msgtype))
+        self.written += 1
+
+    def frame(self, cam: _Camera, frame: _Frame, result: SegmentationResult) -> None:
+        header = self.header(frame.header)
+        conns = cam.connections
+        ts = frame.timestamp
+        outputs = self.options.outputs
+        color = result.color() if ("color" in outputs or "overlay" in outputs) else None
+        if "labels" in outputs:
+            enc = "mono16" if self.mono16 else "mono8"
+            self.write(conns["labels"], ts, self.image(header, result.labels, enc), IMAGE_TYPE)
+            info = _matching_info(cam, frame)
+            if info is not None and "camera_info" in conns:
+                h, w = result.size
+                msg = self.camera_info(header, info, h, w, result.input_size)
+                self.write(conns["camera_info"], ts, msg, CAMERA_INFO_TYPE)
+        if "color" in outputs:
+            assert color is not None
+            self.write(conns["color"], ts, self.image(header, color, "rgb8"), IMAGE_TYPE)
+        if "overlay" in outputs:
+            overlay = result.overlay(frame.rgb, self.options.alpha, color=color)
+            self.write(conns["overlay"], ts, self.image(header, overlay, "rgb8"), IMAGE_TYPE)
+        if "confidence" in outputs:
+            self.write(
+                conns["confidence"], ts, self.image(header, result.confidence_u8(), "mono8"), IMAGE_TYPE
+            )
+
+    def camera_info(
+        self, header: Any, info: Any, height: int, width: int, image_size: tuple[int, int]
+    ) -> Any:
+        """The camera_info rescaled from the received image's size to the label image's.
+
+        The rescaling itself is the node's (one implementation for both): it duck-types
+        the message, so it fills a rosbags CameraInfo as well as an rclpy one.
+        """
+        from refinenet_ros.ros.messages import scale_camera_info
+
+        out: Any = self.CameraInfo(
+            header=header,
+            height=height,
+            width=width,
+            distortion_model="",
+            d=np.zeros(0),
+            k=np.zeros(9),
+            r=np.zeros(9),
+            p=np.zeros(12),
+            binning_x=0,
+            binning_y=0,
+            roi=self.RegionOfInterest(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False),
+        )
+        scale_camera_info(info, image_size, (height, width), out=out)
+        out.header = header
+        for name, size in (("d", None), ("k", 9), ("r", 9), ("p", 12)):
+            value = np.asarray(getattr(out, name), dtype=np.float64).reshape(-1)
+            if size is not None and value.size != size:
+                raise ValueError(f"camera_info {name} has {value.size} values, expected {size}")
+            setattr(out, name, value)
+        return out
+
+
+def _matching_info(cam: _Camera, frame: _Frame) -> Any:
+    """The camera_info with the frame's stamp, else the latest one before it, else the first."""
+    if not cam.infos:
+        return None
+    stamp = _stamp_ns(frame.header)
+    exact = cam.info_by_stamp.get(stamp)
+    if exact is not None:
+        return exact
+    best = cam.infos[0][1]
+    for s, info in cam.infos:
+        if s > stamp:
+            break
+        best = info
+    return best
+
+
+# ---------------------------------------------------------------------------------- run
+
+
+@contextlib.contextmanager
+def _staged_output(output: Path, force: bool) -> Iterator[Path]:
+    """Yield a path inside a hidden temp folder beside ``output``; move it into place on success.
+
+    The bag folder keeps OUTPUT's name inside the temp folder so its files are named
+    ``OUTPUT.mcap``, not after the temporary folder. An existing OUTPUT (only with
+    ``force``) is replaced only after the new bag is complete.
+    """
+    output.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    try:
+        yield stage / output.name
+        if output.exists() or output.is_symlink():
+            if not force:  # appeared while we were writing
+                raise BagError(f"{output} appeared while writing; the new bag is left in {stage}")
+            old = stage / ".replaced"
+            os.replace(output, old)
+        os.replace(stage / output.name, output)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _check_paths(input_bag: Path, output: Path, force: bool) -> None:
+    if not input_bag.exists():
+        raise BagError(f"input bag {input_bag} does not exist")
+    if output.exists() or output.is_symlink():
+        if not force:
+            raise BagError(f"output {output} exists; pass --force to replace it")
+        if output.resolve() == input_bag.resolve():
+            raise BagError(f"output {output} is the input bag; choose another output path")
+
+
+def run_bag(
+    input_bag: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    segmenter: Segmenter,
+    options: BagOptions,
+    *,
+    on_frame: Callable[[int], None] | None = None,
+) -> BagSummary:
+    """Segment ``options.image_topics`` of ``input_bag`` into a new bag at ``output``.
+
+    Raises :class:`BagError` for user errors before anything is written. ``on_frame`` is
+    called with the running frame count after each batch (benchmarks, custom progress).
+    """
+    from rosbags.highlevel import AnyReader, AnyReaderError
+    from rosbags.typesys import Stores, get_typestore
+
+    input_bag, output = Path(input_bag), Path(output)
+    if not options.image_topics:
+        raise BagError("give at least one --image-topic")
+    if options.storage not in STORAGES:
+        raise BagError(f"--storage must be one of {', '.join(STORAGES)}, not {options.storage!r}")
+    unknown = [o for o in options.outputs if o not in OUTPUT_KINDS]
+    if unknown or not options.outputs:
+        raise BagError(
+            f"--outputs takes a comma list of {','.join(OUTPUT_KINDS)}; got {unknown or 'nothing'}"
+        )
+    _check_paths(input_bag, output, options.force)
+
+    typestore = get_typestore(Stores.LATEST)
+    try:
+        reader = AnyReader([input_bag], default_typestore=typestore)
+        reader.open()
+    except (AnyReaderError, OSError) as exc:
+        raise BagError(f"cannot open {input_bag} as a rosbag2: {exc}") from None
+    try:
+        job = _BagJob(reader, typestore, segmenter, options, BagSummary(output=output), on_frame)
+        job.find_cameras(input_bag)
+        job.read_camera_infos()
+        with _staged_output(output, options.force) as stage_path:
+            job.write(stage_path)
+    finally:
+        reader.close()
+    return job.summary
+
+
+class _BagJob:
+    """One run: the reader, the cameras found in it, and the ordered write of the output."""
+
+    def __init__(
+        self,
+        reader: AnyReader,
+        typestore: Typestore,
+        segmenter: Segmenter,
+        options: BagOptions,
+        summary: BagSummary,
+        on_frame: Callable[[int], None] | None,
+    ) -> None:
+        self.reader = reader
+        self.typestore = typestore
+        self.segmenter = segmenter
+        self.options = options
+        self.summary = summary
+        self.on_frame = on_frame
+        self.by_topic: dict[str, list[Connection]] = {}
+        for c in reader.connections:
+            self.by_topic.setdefault(c.topic, []).append(c)
+        self.cameras: dict[str, _Camera] = {}
+
+    def find_cameras(self, input_bag: Path) -> None:
+        for topic in self.options.image_topics:
+            conns = self.by_topic.get(topic)
+            if not conns:
+                images = sorted(
+                    t for t, cs in self.by_topic.items() if cs[0].msgtype in (IMAGE_TYPE, COMPRESSED_TYPE)
+                )
+                raise BagError(
+                    f"topic {topic} is not in {input_bag}; image topics there: {', '.join(images) or 'none'}"
+                )
+            if conns[0].msgtype not in (IMAGE_TYPE, COMPRESSED_TYPE):
+                raise BagError(f"topic {topic} has type {conns[0].msgtype}, not Image or CompressedImage")
+            base = output_base(topic, conns[0].msgtype)
+            info = camera_info_topic(base)
+            info_ok = info in self.by_topic and self.by_topic[info][0].msgtype == CAMERA_INFO_TYPE
+            self.cameras[topic] = _Camera(topic, base, info if info_ok else None)
+
+    def read_camera_infos(self) -> None:
+        """camera_info is tiny: read it up front so every frame finds the info with its stamp,
+        even when the driver recorded it just after the image."""
+        if "labels" not in self.options.outputs:
+            return
+        info_topics = {c.info_topic for c in self.cameras.values() if c.info_topic}
+        conns = [c for t in info_topics for c in self.by_topic[t]]
+        if not conns:
+            return
+        for conn, _, raw in self.reader.messages(connections=conns):
+            try:
+                msg: Any = self.reader.deserialize(raw, conn.msgtype)
+                stamp = _stamp_ns(msg.header)
+            except Exception as exc:  # a broken camera_info is reported and not used
+                log.warning("%s: undecodable camera_info skipped: %s", conn.topic, exc)
+                continue
+            for cam in self.cameras.values():
+                if cam.info_topic == conn.topic:
+                    cam.infos.append((stamp, msg))
+                    cam.info_by_stamp[stamp] = msg
+        for cam in self.cameras.values():
+            cam.infos.sort(key=lambda item: item[0])
+
+    def _add_output_connections(self, writer: Writer) -> None:
+        for cam in self.cameras.values():
+            ext = self.by_topic[cam.topic][0].ext
+            qos = list(getattr(ext, "offered_qos_profiles", []))
+            for kind in self.options.outputs:
+                cam.connections[kind] = writer.add_connection(
+                    f"{cam.base}/{kind}", IMAGE_TYPE, typestore=self.typestore, offered_qos_profiles=qos
+                )
+            if cam.info_topic and "labels" in self.options.outputs:
+                cam.connections["camera_info"] = writer.add_connection(
+                    f"{cam.base}/labels/camera_info",
+                    CAMERA_INFO_TYPE,
+                    typestore=self.typestore,
+                    offered_qos_profiles=qos,
+                )
+        self.summary.output_topics = sorted(
+            c.topic for cam in self.cameras.values() for c in cam.connections.values()
+        )
+
+    def write(self, path: Path) -> None:
+        from rosbags.rosbag2 import StoragePlugin, Writer
+
+        plugin = StoragePlugin.MCAP if self.options.storage == "mcap" else StoragePlugin.SQLITE3
+        writer = Writer(path, version=Writer.VERSION_LATEST, storage_plugin=plugin)
+        writer.open()
+        try:
+            self._write(writer)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                writer.close()
+            raise
+        writer.close()
+
+    def _decode(self, conn: Connection, raw: Any) -> tuple[Any, npt.NDArray[np.uint8]]:
+        from refinenet_ros.ros.encodings import decode_compressed, decode_image
+
+        msg: Any = self.reader.deserialize(raw, conn.msgtype)
+        if conn.msgtype == COMPRESSED_TYPE:
+            return msg, decode_compressed(msg.data, msg.format)
+        rgb = decode_image(msg.data, msg.encoding, msg.width, msg.height, msg.step, bool(msg.is_bigendian))
+        return msg, rgb
+
+    def _write(self, writer: Writer) -> None:
+        """Stream the input in log-time order; frames wait for a full batch and everything
+        read after them waits too, so the output stays in the input's order."""
+        from rosbags.highlevel import AnyReaderError
+
+        from refinenet_ros.ros.encodings import MalformedImage
+
+        opts, summary, cameras = self.options, self.summary, self.cameras
+        out = _OutputWriter(writer, self.typestore, opts, self.segmenter.label_set.label_dtype)
+        copy_map = _copy_connections(writer, self.reader.connections, self.typestore) if opts.copy else {}
+        self._add_output_connections(writer)
+        cam_conns = [c for t in cameras for c in self.by_topic[t]]
+        read_conns = self.reader.connections if opts.copy else cam_conns
+        summary.bag_seconds = self.reader.duration / 1e9 if self.reader.message_count else 0.0
+        progress = _progress(sum(c.msgcount for c in cam_conns), opts.progress)
+        pending: list[_Frame | _Copy] = []
+        n_frames = 0
+        index: dict[str, int] = {}
+        t0 = time.perf_counter()
+
+        def flush() -> None:
+            frames = [p for p in pending if isinstance(p, _Frame)]
+            results = self.segmenter.segment_batch([f.rgb for f in frames]) if frames else []
+            by_id = {id(f): r for f, r in zip(frames, results, strict=True)}
+            for item in pending:
+                if isinstance(item, _Copy):
+                    writer.write(item.connection, item.timestamp, item.data)
+                    summary.copied += 1
+                else:
+                    out.frame(cameras[item.topic], item, by_id[id(item)])
+            pending.clear()
+            if frames:
+                summary.frames += len(frames)
+                progress.update(len(frames))
+                if self.on_frame is not None:
+                    self.on_frame(summary.frames)
+
+        for conn, timestamp, raw in self.reader.messages(connections=read_conns):
+            if opts.copy:
+                pending.append(_Copy(copy_map[conn.id], timestamp, raw))
+            if conn.topic not in cameras:
+                if n_frames == 0:
+                    flush()  # nothing to keep in order with: write through
+                continue
+            i = index[conn.topic] = index.get(conn.topic, -1) + 1
+            try:
+                msg, rgb = self._decode(conn, raw)
+            except (MalformedImage, AnyReaderError, ValueError) as exc:
+                _report_malformed(summary, conn.topic, i, timestamp, exc)
+                progress.update(1)
+                progress.set_postfix(malformed=summary.malformed, refresh=False)
+                continue
+            pending.append(_Frame(conn.topic, i, timestamp, msg.header, rgb))
+            n_frames += 1
+            if n_frames >= max(1, opts.batch):
+                flush()
+                n_frames = 0
+        flush()
+        summary.seconds = time.perf_counter() - t0
+        progress.close()
+        summary.written = out.written
+        for topic in cameras:
+            seen = index.get(topic, -1) + 1
+            summary.frames_per_topic[topic] = seen - summary.malformed_per_topic.get(topic, 0)
+
+
+def _copy_connections(
+    writer: Writer, connections: Sequence[Connection], typestore: Typestore
+) -> dict[int, Connection]:
+    """One output connection per input (topic, type), keeping its definition and QoS."""
+    from rosbags.interfaces import ConnectionExtRosbag2
+
+    made: dict[tuple[str, str], Connection] = {}
+    mapping: dict[int, Connection] = {}
+    for c in connections:
+        key = (c.topic, c.msgtype)
+        if key not in made:
+            ext = c.ext if isinstance(c.ext, ConnectionExtRosbag2) else None
+            msgdef = c.msgdef.data if c.msgdef and c.msgdef.data else None
+            digest = c.digest if msgdef and c.digest and c.digest.startswith("RIHS01_") else None
+            made[key] = writer.add_connection(
+                c.topic,
+                c.msgtype,
+                typestore=typestore if digest is None else None,
+                msgdef=msgdef if digest else None,
+                rihs01=digest,
+                serialization_format=ext.serialization_format if ext else "cdr",
+                offered_qos_profiles=list(ext.offered_qos_profiles) if ext else [],
+            )
+        mapping[c.id] = made[key]
+    return mapping
+
+
+def _report_malformed(summary: BagSummary, topic: str, index: int, timestamp: int, exc: Exception) -> None:
+    summary.malformed += 1
+    n = summary.malformed_per_topic[topic] = summary.malformed_per_topic.get(topic, 0) + 1
+    if n <= MAX_REPORTED_MALFORMED:
+        log.warning("%s message #%d (log time %d ns): %s; skipped", topic, index, timestamp, exc)
+    if n == MAX_REPORTED_MALFORMED:
+        log.warning("%s: further malformed messages are only counted in the summary", topic)
+
+
+class _NoProgress:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return _NoProgress()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="frame", desc="segmenting", dynamic_ncols=True, smoothing=0.1)
+
+
+# ---------------------------------------------------------------------------------- sample bags
+
+
+def write_sample_bag(
+    path: str | os.PathLike[str],
+    *,
+    frames: int = 10,
+    size: tuple[int, int] = (240, 320),
+    topic: str = "/camera/image_raw",
+    encoding: str = "rgb8",
+    compressed: bool = False,
+    camera_info: bool = True,
+    storage: str = "mcap",
+    rate_hz: float = 10.0,
+    frame_id: str = "camera",
+) -> Path:
+    """Write a small camera bag from the bundled samples (demos, tests, benchmarks).
+
+    Images go to ``topic`` (or ``topic + '/compressed'`` as JPEG) at ``rate_hz`` with
+    stamps equal to log times; ``camera_info`` adds ``<parent>/camera_info``.
+    """
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    from refinenet_ros.ros.encodings import encode_compressed, encode_image
+    from refinenet_ros.samples import sample_sequence
+
+    ts = get_typestore(Stores.LATEST)
+    t = ts.types
+    h, w = size
+    plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+    path = Path(path)
+    with Writer(path, version=Writer.VERSION_LATEST, storage_plugin=plugin) as writer:
+        img_topic = f"{topic}/compressed" if compressed else topic
+        img_conn = writer.add_connection(
+            img_topic, COMPRESSED_TYPE if compressed else IMAGE_TYPE, typestore=ts
+        )
+        info_conn = (
+            writer.add_connection(camera_info_topic(topic), CAMERA_INFO_TYPE, typestore=ts)
+            if camera_info
+            else None
+        )
+        fx = 0.8 * w
+        for i, rgb in enumerate(sample_sequence(frames, size)):
+            stamp = int(1_700_000_000 * 1e9 + i * 1e9 / rate_hz)
+            header = t["std_msgs/msg/Header"](
+                stamp=t["builtin_interfaces/msg/Time"](
+                    sec=stamp // 1_000_000_000, nanosec=stamp % 1_000_000_000
+                ),
+                frame_id=frame_id,
+            )
+            if compressed:
+                msg: Any = t[COMPRESSED_TYPE](
+                    header=header,
+                    format="rgb8; jpeg compressed bgr8",
+                    data=np.frombuffer(encode_compressed(rgb), np.uint8),
+                )
+                writer.write(img_conn, stamp, ts.serialize_cdr(msg, COMPRESSED_TYPE))
+            else:
+                data, step = encode_image(rgb, encoding)
+                msg = t[IMAGE_TYPE](
+                    header=header,
+                    height=h,
+                    width=w,
+                    encoding=encoding,
+                    is_bigendian=0,
+                    step=step,
+                    data=np.frombuffer(data, np.uint8),
+                )
+                writer.write(img_conn, stamp, ts.serialize_cdr(msg, IMAGE_TYPE))
+            if info_conn is not None:
+                info = t[CAMERA_INFO_TYPE](
+                    header=header,
+                    height=h,
+                    width=w,
+                    distortion_model="plumb_bob",
+                    d=np.zeros(5),
+                    k=np.array([fx, 0, w / 2, 0, fx, h / 2, 0, 0, 1], dtype=np.float64),
+                    r=np.eye(3).reshape(-1),
+                    p=np.array([fx, 0, w / 2, 0, 0, fx, h / 2, 0, 0, 0, 1, 0], dtype=np.float64),
+                    binning_x=0,
+                    binning_y=0,
+                    roi=t["sensor_msgs/msg/RegionOfInterest"](
+                        x_offset=0, y_offset=0, height=0, width=0, do_rectify=False
+                    ),
+                )
+                writer.write(info_conn, stamp + 1000, ts.serialize_cdr(info, CAMERA_INFO_TYPE))
+    return path
+
+
+# ---------------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", help="input rosbag2 folder (sqlite3 or mcap)")
+    parser.add_argument("output", help="output rosbag2 folder (must not exist unless --force)")
+    parser.add_argument("--image-topic", action="append", default=[], required=True, metavar="TOPIC",
+                        help="Image or CompressedImage topic to segment (repeat per camera)")  # fmt: skip
+    parser.add_argument("--outputs", default=",".join(OUTPUT_KINDS),
+                        help=f"comma list of {','.join(OUTPUT_KINDS)} (default: all)")  # fmt: skip
+    parser.add_argument("--no-copy", action="store_true", help="write only the new topics, not the originals")
+    parser.add_argument("--storage", default="mcap", choices=STORAGES, help="output storage (default mcap)")
+    parser.add_argument("--force", action="store_true", help="replace an existing OUTPUT")
+    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colours")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
+    add_model_arguments(parser)
+    add_backend_arguments(parser)
+    parser.set_defaults(batch=4)
+
+
+def run(args: argparse.Namespace) -> int:
+    from refinenet_ros.segmenter import build_segmenter
+
+    if not 0.0 <= args.alpha <= 1.0:
+        raise CliError(f"--alpha {args.alpha}: must be within 0..1")
+    outputs = tuple(o.strip() for o in args.outputs.split(",") if o.strip())
+    options = BagOptions(
+        image_topics=tuple(args.image_topic),
+        outputs=outputs,
+        copy=not args.no_copy,
+        storage=args.storage,
+        force=args.force,
+        batch=max(1, args.batch),
+        alpha=args.alpha,
+        progress=not args.no_progress,
+    )
+    # Refuse before loading a model: a refused run costs nothing and changes nothing.
+    try:
+        _check_paths(Path(args.input), Path(args.output), args.force)
+    except BagError as exc:
+        raise CliError(str(exc)) from None
+    model_cfg = model_config_from_args(args)
+    segmenter = build_segmenter(model_cfg, backend_options_from_args(args))
+    log.info("model %s, backend %s on %s, batch %d", model_cfg.describe(), segmenter.backend.name,
+             segmenter.backend.device, options.batch)  # fmt: skip
+    try:
+        summary = run_bag(args.input, args.output, segmenter, options)
+    except BagError as exc:
+        raise CliError(str(exc)) from None
+    print(summary.describe())
+    return 0

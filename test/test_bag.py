@@ -1,0 +1,194 @@
+"""`refinenet-ros bag`: outputs beside the originals, headers/log times kept, malformed frames
+reported and skipped, atomic output, refusals that change nothing."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from refinenet_ros.bag import BagError, BagOptions, run_bag, write_sample_bag
+from refinenet_ros.backends.factory import BackendOptions
+from refinenet_ros.cli import main
+from refinenet_ros.config import ModelConfig
+from refinenet_ros.ros.encodings import decode_image
+from refinenet_ros.segmenter import Segmenter, build_segmenter
+
+SIZE = (64, 96)
+TOPIC = "/cam/image_raw"
+
+
+@pytest.fixture(scope="module")
+def segmenter() -> Segmenter:
+    return build_segmenter(ModelConfig(model="lw_refinenet_mobilenetv2"), BackendOptions(kind="torch", max_batch=4))
+
+
+@pytest.fixture(scope="module")
+def sample_bag(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_sample_bag(tmp_path_factory.mktemp("in") / "drive", frames=6, size=SIZE, topic=TOPIC)
+
+
+def read_bag(path: Path) -> dict[str, list[tuple[int, Any]]]:
+    from rosbags.highlevel import AnyReader
+
+    out: dict[str, list[tuple[int, Any]]] = {}
+    with AnyReader([path]) as reader:
+        for conn, ts, raw in reader.messages():
+            out.setdefault(conn.topic, []).append((ts, reader.deserialize(raw, conn.msgtype)))
+    return out
+
+
+def image_array(msg: Any) -> np.ndarray:
+    data = np.asarray(msg.data, dtype=np.uint8)
+    if msg.encoding == "mono16":
+        return data.view("<u2").reshape(msg.height, msg.width)
+    channels = 3 if msg.encoding == "rgb8" else 1
+    arr = data.reshape(msg.height, msg.step)[:, : msg.width * channels]
+    return arr.reshape(msg.height, msg.width, channels) if channels == 3 else arr
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_outputs_keep_headers_log_times_and_match_segmenter(
+    tmp_path: Path, sample_bag: Path, segmenter: Segmenter, storage: str
+) -> None:
+    out = tmp_path / "out"
+    summary = run_bag(sample_bag, out, segmenter, BagOptions((TOPIC,), storage=storage, progress=False))
+    assert summary.frames == 6 and summary.malformed == 0 and summary.fps > 0
+    assert summary.copied == 12  # 6 images + 6 camera_info
+    assert (out / f"out.{'mcap' if storage == 'mcap' else 'db3'}").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # temp folder gone
+    msgs = read_bag(out)
+    assert set(msgs) == {
+        TOPIC, "/cam/camera_info", f"{TOPIC}/labels", f"{TOPIC}/color", f"{TOPIC}/overlay",
+        f"{TOPIC}/confidence", f"{TOPIC}/labels/camera_info",
+    }  # fmt: skip
+    inputs = msgs[TOPIC]
+    for kind in ("labels", "color", "overlay", "confidence", "labels/camera_info"):
+        outs = msgs[f"{TOPIC}/{kind}"]
+        assert len(outs) == len(inputs)
+        for (t_in, m_in), (t_out, m_out) in zip(inputs, outs, strict=True):
+            assert t_out == t_in
+            assert m_out.header.stamp.sec == m_in.header.stamp.sec
+            assert m_out.header.stamp.nanosec == m_in.header.stamp.nanosec
+            assert m_out.header.frame_id == m_in.header.frame_id == "camera"
+            assert (m_out.height, m_out.width) == SIZE
+    # Labels are exactly what the Segmenter gives for the decoded input frame.
+    for (_, m_in), (_, lab), (_, col), (_, conf) in zip(
+        inputs, msgs[f"{TOPIC}/labels"], msgs[f"{TOPIC}/color"], msgs[f"{TOPIC}/confidence"], strict=True
+    ):
+        rgb = decode_image(m_in.data, m_in.encoding, m_in.width, m_in.height, m_in.step)
+        ref = segmenter(rgb)
+        assert lab.encoding == "mono8" and col.encoding == "rgb8" and conf.encoding == "mono8"
+        np.testing.assert_array_equal(image_array(lab), ref.labels)
+        np.testing.assert_array_equal(image_array(col), ref.color())
+        assert np.abs(image_array(conf).astype(int) - ref.confidence_u8().astype(int)).max() <= 1
+    info_in = msgs["/cam/camera_info"][0][1]
+    info_out = msgs[f"{TOPIC}/labels/camera_info"][0][1]
+    np.testing.assert_allclose(info_out.k, info_in.k)  # labels at input resolution: same intrinsics
+    np.testing.assert_allclose(info_out.p, info_in.p)
+    # The copied originals are byte-identical.
+    np.testing.assert_array_equal(np.asarray(inputs[0][1].data), np.asarray(read_bag(sample_bag)[TOPIC][0][1].data))
+
+
+def test_malformed_frames_reported_skipped_and_counted(
+    tmp_path: Path, segmenter: Segmenter, caplog: pytest.LogCaptureFixture
+) -> None:
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    ts = get_typestore(Stores.LATEST)
+    t = ts.types
+    path = tmp_path / "bad"
+    h, w = SIZE
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        conn = writer.add_connection(TOPIC, "sensor_msgs/msg/Image", typestore=ts)
+        for i, (encoding, step, nbytes) in enumerate(
+            [("rgb8", w * 3, h * w * 3), ("rgb8", w * 3, 100), ("rgb8", w * 3, h * w * 3), ("weird9", w, h * w)]
+        ):
+            header = t["std_msgs/msg/Header"](
+                stamp=t["builtin_interfaces/msg/Time"](sec=10 + i, nanosec=0), frame_id="cam"
+            )
+            msg = t["sensor_msgs/msg/Image"](
+                header=header, height=h, width=w, encoding=encoding, is_bigendian=0, step=step,
+                data=np.full(nbytes, 7 * i, np.uint8),
+            )  # fmt: skip
+            writer.write(conn, (10 + i) * 10**9, ts.serialize_cdr(msg, "sensor_msgs/msg/Image"))
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="refinenet_ros"):
+        summary = run_bag(path, out, segmenter, BagOptions((TOPIC,), outputs=("labels",), progress=False))
+    assert summary.frames == 2 and summary.malformed == 2
+    assert summary.malformed_per_topic == {TOPIC: 2}
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(f"{TOPIC} message #1" in m and "truncated" in m for m in warnings)
+    assert any(f"{TOPIC} message #3" in m and "weird9" in m for m in warnings)
+    labels = read_bag(out)[f"{TOPIC}/labels"]
+    assert [m.header.stamp.sec for _, m in labels] == [10, 12]
+    assert "2 malformed" in summary.describe()
+
+
+def test_compressed_input_no_copy_and_mono16_free(tmp_path: Path, segmenter: Segmenter) -> None:
+    src = write_sample_bag(tmp_path / "jpeg", frames=3, size=SIZE, topic=TOPIC, compressed=True, storage="sqlite3")
+    out = tmp_path / "out"
+    summary = run_bag(
+        src, out, segmenter, BagOptions((f"{TOPIC}/compressed",), outputs=("labels", "overlay"), copy=False,
+                                        progress=False),
+    )  # fmt: skip
+    assert summary.frames == 3 and summary.copied == 0
+    msgs = read_bag(out)
+    # Outputs go under the base topic (image_transport naming); originals not copied.
+    assert set(msgs) == {f"{TOPIC}/labels", f"{TOPIC}/overlay", f"{TOPIC}/labels/camera_info"}
+    assert all(m.encoding == "mono8" for _, m in msgs[f"{TOPIC}/labels"])
+
+
+def test_refusals_change_nothing(tmp_path: Path, sample_bag: Path, segmenter: Segmenter) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    before = sorted(os.listdir(tmp_path))
+    with pytest.raises(BagError, match="--force"):
+        run_bag(sample_bag, out, segmenter, BagOptions((TOPIC,), progress=False))
+    with pytest.raises(BagError, match="image topics there: /cam/image_raw"):
+        run_bag(sample_bag, tmp_path / "new", segmenter, BagOptions(("/nope",), progress=False))
+    with pytest.raises(BagError, match="not Image"):
+        run_bag(sample_bag, tmp_path / "new", segmenter, BagOptions(("/cam/camera_info",), progress=False))
+    assert sorted(os.listdir(tmp_path)) == before
+    assert (out / "keep.txt").read_text() == "mine"
+    # CLI: exit 2 with one line, before any model is loaded.
+    assert main(["bag", str(sample_bag), str(out), "--image-topic", TOPIC]) == 2
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_interrupted_run_leaves_nothing_and_force_replaces(
+    tmp_path: Path, sample_bag: Path, segmenter: Segmenter
+) -> None:
+    out = tmp_path / "out"
+
+    def interrupt(frames: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_bag(sample_bag, out, segmenter, BagOptions((TOPIC,), batch=2, progress=False), on_frame=interrupt)
+    assert os.listdir(tmp_path) == []  # neither OUTPUT nor the temp folder
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    summary = run_bag(sample_bag, out, segmenter, BagOptions((TOPIC,), force=True, batch=3, progress=False))
+    assert summary.frames == 6
+    assert sorted(p.name for p in out.iterdir()) == ["metadata.yaml", "out.mcap"]
+    assert os.listdir(tmp_path) == ["out"]
+
+
+def test_cli_end_to_end(tmp_path: Path, sample_bag: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cli_out"
+    rc = main([
+        "bag", str(sample_bag), str(out), "--image-topic", TOPIC, "--backend", "torch",
+        "--outputs", "labels,confidence", "--storage", "sqlite3", "--no-progress", "--batch", "3",
+    ])  # fmt: skip
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "6 frames segmented" in text and "0 malformed" in text
+    msgs = read_bag(out)
+    assert len(msgs[f"{TOPIC}/labels"]) == 6 and len(msgs[f"{TOPIC}/confidence"]) == 6
+    assert f"{TOPIC}/color" not in msgs
