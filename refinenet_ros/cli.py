@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 COMMANDS: dict[str, tuple[str, str]] = {
     "segment": ("refinenet_ros.segment_images", "segment image files (or the bundled samples)"),
     "bag": ("refinenet_ros.bag", "segment camera topics of a rosbag2 into new label/colour topics"),
-    "bag": ("refinenet_ros.bag", "segment camera topics of a rosbag2 into new label/colour topics"),
     "evaluate": ("refinenet_ros.evaluate", "mIoU and accuracies on a labelled data set"),
     "train": ("refinenet_ros.train", "fine-tune a model on a labelled data set"),
     "bench": ("refinenet_ros.bench", "benchmarks: model (GFLOP/s vs peak), node (latency, overhead), bag"),

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from refinenet_ros.bag import BagError, BagOptions, run_bag, write_sample_bag
 from refinenet_ros.backends.factory import BackendOptions
+from refinenet_ros.bag import BagError, BagOptions, run_bag, write_sample_bag
 from refinenet_ros.cli import main
 from refinenet_ros.config import ModelConfig
 from refinenet_ros.ros.encodings import decode_image
@@ -23,7 +23,8 @@ TOPIC = "/cam/image_raw"
 
 @pytest.fixture(scope="module")
 def segmenter() -> Segmenter:
-    return build_segmenter(ModelConfig(model="lw_refinenet_mobilenetv2"), BackendOptions(kind="torch", max_batch=4))
+    cfg = ModelConfig(model="lw_refinenet_mobilenetv2")
+    return build_segmenter(cfg, BackendOptions(kind="torch", max_batch=4))
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +91,8 @@ def test_outputs_keep_headers_log_times_and_match_segmenter(
     np.testing.assert_allclose(info_out.k, info_in.k)  # labels at input resolution: same intrinsics
     np.testing.assert_allclose(info_out.p, info_in.p)
     # The copied originals are byte-identical.
-    np.testing.assert_array_equal(np.asarray(inputs[0][1].data), np.asarray(read_bag(sample_bag)[TOPIC][0][1].data))
+    original = read_bag(sample_bag)[TOPIC][0][1]
+    np.testing.assert_array_equal(np.asarray(inputs[0][1].data), np.asarray(original.data))
 
 
 def test_malformed_frames_reported_skipped_and_counted(
@@ -105,9 +107,9 @@ def test_malformed_frames_reported_skipped_and_counted(
     h, w = SIZE
     with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
         conn = writer.add_connection(TOPIC, "sensor_msgs/msg/Image", typestore=ts)
-        for i, (encoding, step, nbytes) in enumerate(
-            [("rgb8", w * 3, h * w * 3), ("rgb8", w * 3, 100), ("rgb8", w * 3, h * w * 3), ("weird9", w, h * w)]
-        ):
+        good = ("rgb8", w * 3, h * w * 3)
+        frames = [good, ("rgb8", w * 3, 100), good, ("weird9", w, h * w)]
+        for i, (encoding, step, nbytes) in enumerate(frames):
             header = t["std_msgs/msg/Header"](
                 stamp=t["builtin_interfaces/msg/Time"](sec=10 + i, nanosec=0), frame_id="cam"
             )
@@ -129,8 +131,10 @@ def test_malformed_frames_reported_skipped_and_counted(
     assert "2 malformed" in summary.describe()
 
 
-def test_compressed_input_no_copy_and_mono16_free(tmp_path: Path, segmenter: Segmenter) -> None:
-    src = write_sample_bag(tmp_path / "jpeg", frames=3, size=SIZE, topic=TOPIC, compressed=True, storage="sqlite3")
+def test_compressed_input_without_copy(tmp_path: Path, segmenter: Segmenter) -> None:
+    src = write_sample_bag(
+        tmp_path / "jpeg", frames=3, size=SIZE, topic=TOPIC, compressed=True, storage="sqlite3"
+    )
     out = tmp_path / "out"
     summary = run_bag(
         src, out, segmenter, BagOptions((f"{TOPIC}/compressed",), outputs=("labels", "overlay"), copy=False,
