@@ -24,6 +24,8 @@ class NodeStats:
     malformed: int = 0
     errors: int = 0
     unsubscribed: int = 0
+    backend_calls: int = 0  # segment_batch calls: frames_out / backend_calls > 1 means cameras batched
+    largest_batch: int = 0
     last_problem: str = ""
     stages: dict[str, Rolling] = field(default_factory=lambda: {s: Rolling() for s in STAGES})
     input_age_ms: Rolling = field(default_factory=Rolling)
@@ -58,6 +60,8 @@ def diagnostic_array(
         ("malformed", str(stats.malformed)),
         ("errors", str(stats.errors)),
         ("no_subscriber", str(stats.unsubscribed)),
+        ("backend_calls", str(stats.backend_calls)),
+        ("largest_batch", str(stats.largest_batch)),
     ]
     for stage, rolling in stats.stages.items():
         for q, v in zip((50, 95, 99), rolling.percentiles(), strict=True):

@@ -317,6 +317,8 @@ class SegmentationNode(LifecycleNode):
         t1 = time.perf_counter()
         stats.stages["decode"].add((t1 - t0) * 1e3 / len(todo))
         results = self.segmenter.segment_batch([rgb for _, rgb, _ in todo])
+        stats.backend_calls += 1
+        stats.largest_batch = max(stats.largest_batch, len(todo))
         timings = results[0].timings_ms
         for stage in ("preprocess", "infer", "postprocess"):
             stats.stages[stage].add(timings[stage])
