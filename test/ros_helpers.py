@@ -8,6 +8,7 @@ an executor thread. No rclpy mocks.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -128,12 +129,8 @@ class RosClient:
         self._publishers: dict[tuple[str, type], Any] = {}
 
     def _spin(self) -> None:
-        from rclpy.executors import ExternalShutdownException
-
-        try:
+        with contextlib.suppress(Exception):  # shutdown races (ExternalShutdownException, ...)
             self.executor.spin()
-        except (ExternalShutdownException, Exception):  # noqa: BLE001 - shutdown races
-            pass
 
     def qos(self, reliable: bool = False, depth: int = 10) -> Any:
         from rclpy.qos import QoSProfile, ReliabilityPolicy
