@@ -1,0 +1,276 @@
+"""Measure a model on a labelled data set: mIoU, per-class IoU, pixel / mean class accuracy, fwIoU.
+
+Data sets: ``--dataset cityscapes|voc|ade20k|folders --root DIR [--split S]`` or any
+``--images DIR --labels DIR`` pair (``--label-offset 1`` for exports where 0 = unlabelled).
+Single-scale evaluation runs through the Segmenter, so it measures exactly what the node
+and the bag tool produce with the chosen backend. ``--scales``/``--flip`` average softmax
+maps over scales and mirror images (the paper's test-time protocol) and need the torch
+backend. Predictions are scored at each label image's full resolution.
+
+Writes a JSON report (atomically), prints a per-class table, and with
+``--save-predictions DIR`` writes each prediction as a colour PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from refinenet_ros.cli import (
+    CliError,
+    add_backend_arguments,
+    add_model_arguments,
+    backend_options_from_args,
+    model_config_from_args,
+)
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from refinenet_ros.datasets import SegmentationDataset
+    from refinenet_ros.labels import LabelSet
+    from refinenet_ros.metrics import SegmentationMetrics
+    from refinenet_ros.segmenter import Segmenter
+
+log = logging.getLogger("refinenet_ros")
+
+Predictor = Callable[[Sequence[npt.NDArray[np.uint8]]], list[npt.NDArray[np.integer]]]
+"""RGB images -> label images at each input's resolution."""
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    metrics: SegmentationMetrics
+    images: int
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def segmenter_predictor(segmenter: Segmenter) -> Predictor:
+    """Single-scale prediction through any backend, labels at input resolution."""
+    if segmenter.output_resolution != "input":
+        raise ValueError("evaluation needs a Segmenter with output_resolution='input'")
+
+    def predict(images: Sequence[npt.NDArray[np.uint8]]) -> list[npt.NDArray[np.integer]]:
+        return [r.labels for r in segmenter.segment_batch(images)]
+
+    return predict
+
+
+def torch_predictor(
+    model: nn.Module,
+    *,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    device: str = "cpu",
+    network_size: tuple[int, int] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> Predictor:
+    """Multi-scale (+flip) prediction with the PyTorch model (``models.predict_probs``).
+
+    With ``network_size`` each image is first resized to it (as the Segmenter would) and
+    the averaged probabilities are resized back to the image before the argmax.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from refinenet_ros.models import IMAGENET_MEAN, IMAGENET_STD, predict_probs
+
+    m = torch.tensor(mean or IMAGENET_MEAN, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    s = torch.tensor(std or IMAGENET_STD, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+
+    def predict(images: Sequence[npt.NDArray[np.uint8]]) -> list[npt.NDArray[np.integer]]:
+        out = []
+        for image in images:
+            with torch.inference_mode():
+                x = torch.from_numpy(np.ascontiguousarray(image)).to(device)
+                x = (x.permute(2, 0, 1).unsqueeze(0).float() / 255.0 - m) / s
+                size = (int(image.shape[0]), int(image.shape[1]))
+                if network_size is not None and tuple(network_size) != size:
+                    x = F.interpolate(x, size=tuple(network_size), mode="bilinear", align_corners=False)
+            probs = predict_probs(model, x, scales=scales, flip=flip)
+            with torch.inference_mode():
+                if tuple(probs.shape[-2:]) != size:
+                    probs = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
+                out.append(probs.argmax(dim=1)[0].to(torch.int32).cpu().numpy())
+        return out
+
+    return predict
+
+
+def evaluate(
+    predict: Predictor,
+    dataset: SegmentationDataset,
+    label_set: LabelSet,
+    *,
+    batch: int = 1,
+    progress: bool = False,
+    save_dir: str | Path | None = None,
+) -> EvaluationResult:
+    """Run ``predict`` over ``dataset`` and accumulate one confusion matrix."""
+    from refinenet_ros.metrics import ConfusionMatrix
+
+    cm = ConfusionMatrix(label_set.num_classes, label_set.ignore_index)
+    bar = _progress(len(dataset), progress)
+    t0 = time.perf_counter()
+    for start in range(0, len(dataset), max(1, batch)):
+        idx = range(start, min(len(dataset), start + max(1, batch)))
+        pairs = [dataset[i] for i in idx]
+        preds = predict([image for image, _ in pairs])
+        for i, (_, target), pred in zip(idx, pairs, preds, strict=True):
+            cm.update(target, pred)
+            if save_dir is not None:
+                _save_prediction(Path(save_dir), dataset.samples[i].name, pred, label_set)
+        bar.update(len(pairs))
+        if progress:
+            bar.set_postfix(mIoU=f"{100 * _safe(cm.compute().miou):.1f}", refresh=False)
+    seconds = time.perf_counter() - t0
+    bar.close()
+    return EvaluationResult(cm.compute(), len(dataset), seconds)
+
+
+def _safe(v: float) -> float:
+    return 0.0 if v != v else v  # NaN -> 0 for display
+
+
+def _save_prediction(out_dir: Path, name: str, pred: npt.NDArray[np.integer], label_set: LabelSet) -> None:
+    from refinenet_ros.io import write_rgb_png
+    from refinenet_ros.labels import colorize
+
+    write_rgb_png(out_dir / f"{name}.png", colorize(pred, label_set))
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", desc="evaluating", disable=not enabled, dynamic_ncols=True)
+
+
+# ---------------------------------------------------------------------------------- CLI
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser, *, split_default_help: str = "") -> None:
+    """--dataset/--root/--split or --images/--labels; shared with ``train``."""
+    from refinenet_ros.datasets import DATASET_FORMATS
+
+    g = parser.add_argument_group("data set")
+    g.add_argument("--dataset", default="folders", choices=DATASET_FORMATS,
+                   help="layout under --root (default folders: ROOT/images + ROOT/labels)")  # fmt: skip
+    g.add_argument("--root", default=None, help="data set root folder")
+    g.add_argument("--split", default=None,
+                   help="split: cityscapes train|val, voc train|val|FILE, ade20k training|validation, "
+                        f"folders: subfolder (none by default){split_default_help}")  # fmt: skip
+    g.add_argument("--images", default=None, help="generic layout: folder of images (with --labels)")
+    g.add_argument("--labels-dir", "--label-dir", dest="labels_dir", default=None,
+                   help="generic layout: folder of label images matched to --images by name")  # fmt: skip
+    g.add_argument("--label-offset", type=int, default=None,
+                   help="subtract from label values; values below it become ignore (1 for exports "
+                        "where 0 = unlabelled: ADE20K, NYUDv2-40, SUN-RGBD)")  # fmt: skip
+    g.add_argument("--limit", type=int, default=0, help="use only the first N images (0: all)")
+
+
+def dataset_from_args(args: argparse.Namespace, split: str | None = None) -> SegmentationDataset:
+    from refinenet_ros.datasets import DatasetError, open_dataset
+
+    try:
+        ds = open_dataset(
+            args.dataset,
+            args.root,
+            split if split is not None else args.split,
+            images=args.images,
+            labels=args.labels_dir,
+            label_offset=args.label_offset,
+        )
+    except DatasetError as exc:
+        raise CliError(str(exc)) from None
+    return ds.subset(args.limit) if args.limit > 0 else ds
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_dataset_arguments(parser)
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0],
+                        help="test-time scales, e.g. 0.4 0.6 0.8 1.0 1.2 (torch backend)")  # fmt: skip
+    parser.add_argument("--flip", action="store_true", help="also average mirrored images (torch backend)")
+    parser.add_argument("--report", default="evaluation.json", help="JSON report path")
+    parser.add_argument("--save-predictions", default=None, metavar="DIR",
+                        help="write each prediction as a colour PNG into DIR")  # fmt: skip
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_model_arguments(parser)
+    add_backend_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from refinenet_ros.io import atomic_write_text
+
+    multiscale = list(args.scales) != [1.0] or args.flip
+    if any(s <= 0 for s in args.scales):
+        raise CliError(f"--scales {args.scales}: every scale must be > 0")
+    if multiscale and args.backend not in ("auto", "torch"):
+        raise CliError(
+            f"--scales/--flip average softmax maps inside PyTorch; use --backend torch, not {args.backend}"
+        )
+    dataset = dataset_from_args(args)
+    model_cfg = model_config_from_args(args)
+    label_set = model_cfg.label_set
+    options = backend_options_from_args(args)
+    if multiscale:
+        from refinenet_ros.config import load_model
+
+        device = "cpu" if args.device == "auto" else args.device
+        model = load_model(model_cfg).to(device)
+        predict = torch_predictor(
+            model, scales=args.scales, flip=args.flip, device=device, network_size=options.input_size
+        )
+        backend_name = f"torch (multi-scale {args.scales}{', flip' if args.flip else ''})"
+    else:
+        from refinenet_ros.segmenter import build_segmenter
+
+        segmenter = build_segmenter(model_cfg, options)
+        predict = segmenter_predictor(segmenter)
+        backend_name = segmenter.backend.name
+    log.info("evaluating %s on %s (%d images), backend %s", model_cfg.describe(), dataset.description,
+             len(dataset), backend_name)  # fmt: skip
+    result = evaluate(
+        predict,
+        dataset,
+        label_set,
+        batch=1 if multiscale else options.max_batch,
+        progress=not args.no_progress,
+        save_dir=args.save_predictions,
+    )
+    resolved = model_cfg.resolved()
+    report = {
+        "model": resolved.model,
+        "labels": label_set.name,
+        "weights": resolved.weights,
+        "dataset": dataset.description,
+        "images": result.images,
+        "backend": backend_name,
+        "network_size": list(options.input_size) if options.input_size else None,
+        "scales": list(args.scales),
+        "flip": bool(args.flip),
+        "seconds": round(result.seconds, 3),
+        "images_per_second": round(result.images_per_second, 3),
+        "metrics": result.metrics.to_dict(label_set.classes),
+    }
+    atomic_write_text(args.report, json.dumps(report, indent=2) + "\n")
+    print(result.metrics.table(label_set.classes))
+    m = result.metrics
+    print(
+        f"{result.images} images, {result.seconds:.1f} s ({result.images_per_second:.2f} img/s): "
+        f"mIoU {100 * _safe(m.miou):.2f} %, pixel acc {100 * _safe(m.pixel_accuracy):.2f} % -> {args.report}"
+    )
+    return 0
