@@ -40,7 +40,8 @@ def smooth_image(size: tuple[int, int] = SMALL, seed: int = 0) -> npt.NDArray[np
 
     rng = np.random.default_rng(seed)
     small = rng.integers(0, 256, (size[0] // 8 + 1, size[1] // 8 + 1, 3), dtype=np.uint8)
-    return np.ascontiguousarray(cv2.resize(small, (size[1], size[0]), interpolation=cv2.INTER_CUBIC))
+    big = cv2.resize(small, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray(cv2.GaussianBlur(big, (7, 7), 3))
 
 
 def image_msg(
