@@ -4,9 +4,11 @@ Public API (other modules code against these names)::
 
     build_model(name, num_classes, *, seed=0, cascaded=False, **options) -> nn.Module
     MODEL_NAMES, MODEL_SPECS, ModelSpec, IMAGENET_MEAN, IMAGENET_STD, count_parameters
-    load_checkpoint(model, path_or_state_dict, *, strict=True, map_location="cpu") -> LoadReport
+    load_checkpoint(model, path_or_state_dict, *, strict=True, map_location="cpu",
+                    skip_classifier=False) -> LoadReport
     save_checkpoint(path, model, *, model_name, label_set, num_classes, mean, std, network_size, extra=None)
     read_checkpoint_metadata(path) -> dict | None, CheckpointError, LoadReport
+    guess_model_name(state_dict) -> str | None, checkpoint_num_classes(state_dict) -> int | None
     predict_probs(model, x, *, scales=(1.0,), flip=False) -> Tensor, PAPER_SCALES
 
 Models take normalised float NCHW RGB and return logits at ``ceil(H/4) x ceil(W/4)``.

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import cast
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -61,6 +62,10 @@ def upsample_to(x: Tensor, size: Sequence[int]) -> Tensor:
     the ceil-rounding stride chain line up exactly with the map they are summed with;
     ``align_corners=True`` is what the reference models were trained with.
     """
+    if torch.jit.is_tracing():
+        # ONNX export: keep the sizes symbolic (int() would bake the example's sizes into
+        # the graph and break exports with dynamic H/W). Touched by the backends owner.
+        return F.interpolate(x, size=(size[0], size[1]), mode="bilinear", align_corners=True)
     h, w = int(size[0]), int(size[1])
     if x.shape[-2] == h and x.shape[-1] == w:
         return x
@@ -220,4 +225,3 @@ class RefineNetBlock(nn.Module):
         x = F.relu(total)
         x = self.crp(x)
         return cast(Tensor, self.out_rcu(x))
-

@@ -92,8 +92,8 @@ class LoadReport:
     entries not loaded on purpose (``num_batches_tracked``, unexpected extras in
     non-strict mode, the classifier when ``skip_classifier``). ``missing_keys`` lists model
     keys the checkpoint lacked that were tolerated (backbone keys, non-strict mode only).
-    ``metadata`` is our own files' record, or the plain non-tensor extras of a wrapper
-    (``epoch_start``, ``best_val``...), else empty.
+    ``metadata`` is our own files' record, or the plain scalar/list extras beside a
+    wrapper's weights (``epoch_start``, ``best_val``...), else empty.
     """
 
     source: str
@@ -136,8 +136,20 @@ def _numpy_safe_globals() -> list[Any]:
         with suppress(ImportError, AttributeError):
             allowed.append(importlib.import_module(module_name).scalar)
             break
-    for t in (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64,
-              np.uint8, np.uint16, np.uint32, np.uint64, np.bool_):
+    for t in (
+        np.float16,
+        np.float32,
+        np.float64,
+        np.int8,
+        np.int16,
+        np.int32,
+        np.int64,
+        np.uint8,
+        np.uint16,
+        np.uint32,
+        np.uint64,
+        np.bool_,
+    ):
         allowed.append(type(np.dtype(t)))
     return allowed
 
@@ -214,10 +226,12 @@ def _unwrap(obj: Any, source: str) -> tuple[dict[str, Tensor], CheckpointFormat,
     for key in _WRAPPER_KEYS:
         inner = obj.get(key)
         if isinstance(inner, Mapping):
+            # Scalars and lists beside the weights (epoch, best_val, labels) are kept as
+            # metadata; nested dicts (optimizer/scheduler states, configs) are not.
             extras: dict[str, Any] = {}
             for k, v in obj.items():
                 ok, pv = _plain(v)
-                if k != key and isinstance(k, str) and ok:
+                if k != key and isinstance(k, str) and ok and not isinstance(v, Mapping):
                     extras[k] = pv
             return _as_state_dict(inner, source, f"{key!r}"), key, extras, []
     tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, Tensor)}
@@ -234,7 +248,7 @@ def _unwrap(obj: Any, source: str) -> tuple[dict[str, Tensor], CheckpointFormat,
 def _strip_prefix(sd: dict[str, Tensor]) -> tuple[dict[str, Tensor], str]:
     """Drop ``module.`` (DataParallel/DDP) when every key carries it."""
     if sd and all(k.startswith(_PREFIX) for k in sd):
-        return {k[len(_PREFIX):]: v for k, v in sd.items()}, _PREFIX
+        return {k[len(_PREFIX) :]: v for k, v in sd.items()}, _PREFIX
     return sd, ""
 
 
@@ -259,7 +273,7 @@ def guess_model_name(state_dict: Mapping[str, Any]) -> str | None:
     pick the architecture from a bare published checkpoint. Accepts ``module.``-prefixed
     keys. A cascaded checkpoint returns its base name. ``None`` when unrecognised.
     """
-    sd = {k[len(_PREFIX):] if k.startswith(_PREFIX) else k: v for k, v in state_dict.items()}
+    sd = {k[len(_PREFIX) :] if k.startswith(_PREFIX) else k: v for k, v in state_dict.items()}
     if "segm.weight" in sd and "layer8.0.output.0.0.weight" in sd:
         return "lw_refinenet_mobilenetv2"
     if any(k.startswith("encoders.0.layer3.") for k in sd):
@@ -462,9 +476,7 @@ def save_checkpoint(
         raise ValueError(f"num_classes={num_classes} but the model was built for {model_classes} classes")
     if len(tuple(mean)) != 3 or len(tuple(std)) != 3:
         raise ValueError(f"mean and std need 3 values (RGB), got {list(mean)!r} and {list(std)!r}")
-    if network_size is not None and (
-        len(network_size) != 2 or any(int(v) <= 0 for v in network_size)
-    ):
+    if network_size is not None and (len(network_size) != 2 or any(int(v) <= 0 for v in network_size)):
         raise ValueError(f"network_size must be (height, width) > 0 or None, got {network_size!r}")
     ok, extra_plain = _plain(dict(extra or {}))
     if not ok:
@@ -532,4 +544,3 @@ def read_checkpoint_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | N
         _, meta = _plain(obj["metadata"])
         return dict(meta or {})
     return None
-

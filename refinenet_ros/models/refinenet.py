@@ -85,31 +85,31 @@ class ModelSpec:
     supports_cascaded: bool = False
 
 
+def _spec(name: str, params_m_21: float) -> ModelSpec:
+    """Derive family, backbone, paper and code from the name (``<family>_<backbone>``)."""
+    lw = name.startswith("lw_")
+    return ModelSpec(
+        name=name,
+        family="lw_refinenet" if lw else "refinenet",
+        backbone=name.rsplit("_", 1)[1],
+        paper=_LW_PAPER if lw else _REFINENET_PAPER,
+        code_url=_LW_CODE if lw else _REFINENET_CODE,
+        params_m_21=params_m_21,
+        supports_cascaded=not lw,
+    )
+
+
 MODEL_SPECS: dict[str, ModelSpec] = {
-    "refinenet_resnet50": ModelSpec(
-        "refinenet_resnet50", "refinenet", "resnet50", _REFINENET_PAPER, _REFINENET_CODE, 99.06,
-        supports_cascaded=True,
-    ),
-    "refinenet_resnet101": ModelSpec(
-        "refinenet_resnet101", "refinenet", "resnet101", _REFINENET_PAPER, _REFINENET_CODE, 118.05,
-        supports_cascaded=True,
-    ),
-    "refinenet_resnet152": ModelSpec(
-        "refinenet_resnet152", "refinenet", "resnet152", _REFINENET_PAPER, _REFINENET_CODE, 133.70,
-        supports_cascaded=True,
-    ),
-    "lw_refinenet_resnet50": ModelSpec(
-        "lw_refinenet_resnet50", "lw_refinenet", "resnet50", _LW_PAPER, _LW_CODE, 27.36
-    ),
-    "lw_refinenet_resnet101": ModelSpec(
-        "lw_refinenet_resnet101", "lw_refinenet", "resnet101", _LW_PAPER, _LW_CODE, 46.35
-    ),
-    "lw_refinenet_resnet152": ModelSpec(
-        "lw_refinenet_resnet152", "lw_refinenet", "resnet152", _LW_PAPER, _LW_CODE, 61.99
-    ),
-    "lw_refinenet_mobilenetv2": ModelSpec(
-        "lw_refinenet_mobilenetv2", "lw_refinenet", "mobilenetv2", _LW_PAPER, _LW_CODE, 3.28
-    ),
+    spec.name: spec
+    for spec in (
+        _spec("refinenet_resnet50", 99.06),
+        _spec("refinenet_resnet101", 118.05),
+        _spec("refinenet_resnet152", 133.70),
+        _spec("lw_refinenet_resnet50", 27.36),
+        _spec("lw_refinenet_resnet101", 46.35),
+        _spec("lw_refinenet_resnet152", 61.99),
+        _spec("lw_refinenet_mobilenetv2", 3.28),
+    )
 }
 
 MODEL_NAMES: tuple[str, ...] = (
