@@ -31,6 +31,7 @@ ROS_ENV = {
     "PYTHONUNBUFFERED": "1",
 }
 NODE_EXE = Path(sys.executable).with_name("segmentation_node")
+OUT = "refinenet_segmentation"  # the node name: outputs are /<ns>/refinenet_segmentation/<leaf>
 SMALL = (64, 96)  # (H, W) of test frames: small enough for a fast CPU forward
 
 
@@ -244,6 +245,59 @@ def node_args(**params: Any) -> list[str]:
             text = str(value)
         out += ["-p", f"{name}:={text}"]
     return out
+
+
+_next_stamp = [int(time.time() * 1e9)]
+
+
+def fresh_stamp() -> int:
+    _next_stamp[0] = max(_next_stamp[0] + 1_000_000, time.time_ns())
+    return _next_stamp[0]
+
+
+def send_until_seen(
+    pub: Any, make: Callable[[int], Any], collectors: list[Collector], timeout: float = 30.0
+) -> dict[int, list[Any]]:
+    """Publish ``make(stamp)`` (a new stamp each time) until every collector got one of them.
+
+    Returns {stamp: [message per collector]} for the first stamp seen on all collectors:
+    repeats only cover DDS discovery after a subscription appears, not lost frames.
+    """
+    sent: list[int] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stamp = fresh_stamp()
+        sent.append(stamp)
+        pub.publish(make(stamp))
+        wait_until = time.monotonic() + 1.5
+        while time.monotonic() < wait_until:
+            for s in sent:
+                found = [[m for m in c.msgs if stamp_ns(m) == s] for c in collectors]
+                if all(found):
+                    return {s: [f[0] for f in found]}
+            time.sleep(0.02)
+    raise AssertionError(f"no output for any of {len(sent)} frames within {timeout} s")
+
+
+def diagnostics(client: RosClient, ns: str, timeout: float = 5.0) -> dict[str, str]:
+    """The latest /diagnostics key-values of node /ns/refinenet_segmentation."""
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    if not hasattr(client, "_diag"):
+        client._diag = client.subscribe(DiagnosticArray, "/diagnostics")  # type: ignore[attr-defined]
+    collector: Collector = client._diag  # type: ignore[attr-defined]
+    name = f"/{ns}/{OUT}"
+    n0 = len(collector.msgs)
+
+    def fresh(msgs: list[Any]) -> bool:
+        return any(s.name.startswith(name) for m in msgs[n0:] for s in m.status)
+
+    assert collector.wait_for(fresh, timeout + 2), f"no diagnostics from {name}"
+    for msg in reversed(collector.msgs):
+        for status in msg.status:
+            if status.name.startswith(name):
+                return {kv.key: kv.value for kv in status.values}
+    raise AssertionError("unreachable")
 
 
 # ---- fixtures -------------------------------------------------------------------------

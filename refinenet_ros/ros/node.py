@@ -387,6 +387,10 @@ def main(args: Sequence[str] | None = None) -> int:
                 node.get_logger().fatal("autostart: configure failed (see above); exiting")
                 return 2
             node.trigger_activate()
+        else:
+            node.get_logger().info(
+                "autostart is false: waiting for lifecycle transitions (configure, activate)"
+            )
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
