@@ -39,14 +39,16 @@ class ModelConfig:
 
     def resolved(self) -> ModelConfig:
         """Fill model/labels from the checkpoint's metadata, then from the defaults."""
-        model, labels = self.model, self.labels
+        model, labels, cascaded = self.model, self.labels, self.cascaded
         if self.weights is not None and (model is None or labels is None):
             from refinenet_ros.models import read_checkpoint_metadata
 
             meta = read_checkpoint_metadata(self.weights) or {}
             model = model or meta.get("model_name")
-            labels = labels or meta.get("label_set")
-        return replace(self, model=model or DEFAULT_MODEL, labels=labels or DEFAULT_LABELS)
+            recorded = meta.get("label_set")
+            labels = labels or (recorded if isinstance(recorded, str) else None)
+            cascaded = cascaded or bool(meta.get("cascaded", False))
+        return replace(self, model=model or DEFAULT_MODEL, labels=labels or DEFAULT_LABELS, cascaded=cascaded)
 
     @property
     def label_set(self) -> LabelSet:

@@ -13,7 +13,7 @@ from PIL import Image
 
 from refinenet_ros.io import read_label_png
 
-CLI = [sys.executable, "-m", "refinenet_ros.cli"]
+CLI = [sys.executable, "-m", "refinenet_ros"]
 SMALL = ["--model", "lw_refinenet_mobilenetv2", "--labels", "voc", "--backend", "torch"]
 
 
