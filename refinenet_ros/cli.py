@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("refinenet_ros.train", "fine-tune a model on a labelled data set"),
     "bench": ("refinenet_ros.bench", "benchmarks: model (GFLOP/s vs peak), node (latency, overhead), bag"),
     "node": ("refinenet_ros.ros.node_cli", "run the ROS 2 segmentation node (ROS args after --ros-args)"),
+    "demo": ("refinenet_ros.ros.demo", "node end to end: play samples, record outputs, report latency"),
 }
 
 MODEL_CHOICES_HELP = "refinenet_resnet50|101|152, lw_refinenet_resnet50|101|152, lw_refinenet_mobilenetv2"
@@ -113,7 +114,7 @@ def backend_options_from_args(args: argparse.Namespace) -> BackendOptions:
         kind=args.backend,
         device=args.device,
         precision=args.precision,
-        input_size=size,  # type: ignore[arg-type]
+        input_size=size,
         max_batch=max(1, getattr(args, "batch", 1)),
         threads=args.threads,
         engine_dir=args.engine_dir,

@@ -62,11 +62,12 @@ class SegmentationResult:
     ) -> npt.NDArray[np.uint8]:
         """Blend the colour image over ``image`` (RGB); resized to the labels if needed."""
         color = self.color() if color is None else color
-        if image.shape[:2] != color.shape[:2]:
-            image = cv2.resize(image, (color.shape[1], color.shape[0]), interpolation=cv2.INTER_AREA)
+        base: npt.NDArray[np.integer | np.floating] = image
+        if base.shape[:2] != color.shape[:2]:
+            base = cv2.resize(base, (color.shape[1], color.shape[0]), interpolation=cv2.INTER_AREA)
         if out is None:
             out = np.empty_like(color)
-        cv2.addWeighted(image, 1.0 - alpha, color, alpha, 0.0, dst=out)
+        cv2.addWeighted(base, 1.0 - alpha, color, alpha, 0.0, dst=out)
         return out
 
     def confidence_u8(self, out: npt.NDArray[np.uint8] | None = None) -> npt.NDArray[np.uint8]:
@@ -104,7 +105,7 @@ class Segmenter:
             )
         self.backend = backend
         self.label_set = label_set
-        self.network_size = tuple(network_size) if network_size else None
+        self.network_size = (int(network_size[0]), int(network_size[1])) if network_size else None
         self.output_resolution: OutputResolution = output_resolution
         self._batch: npt.NDArray[np.uint8] | None = None
 
