@@ -102,3 +102,65 @@ def test_bench_rejects_bad_resolution(capsys: pytest.CaptureFixture[str]) -> Non
         main(["bench", "model", "--resolution", "640by480"])
     assert exc.value.code == 2
     assert "WIDTHxHEIGHT" in capsys.readouterr().err
+
+
+def test_bench_bag_writes_documented_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bag.json"
+    keep = tmp_path / "bags"
+    rc = main([
+        "bench", "bag", "--model", "lw_refinenet_mobilenetv2", "--backend", "torch",
+        "--resolution", "96x64", "--frames", "4", "--batch", "2", "--keep", str(keep), "--json", str(out),
+    ])  # fmt: skip
+    assert rc == 0
+    assert "bag tool" in capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    assert doc["benchmark"] == "bag" and doc["machine"]["cpu"]["peak_gflops"] > 0
+    bag = doc["bag"]
+    assert bag["frames"] == 4 and bag["malformed"] == 0 and bag["frame_size"] == "96x64"
+    assert bag["backend"] == "torch" and bag["batch"] == 2
+    for key in ("backend_only_fps", "segmenter_fps", "bag_fps"):
+        assert bag[key] > 0, key
+    assert bag["bag_vs_backend"] == pytest.approx(bag["bag_fps"] / bag["backend_only_fps"], rel=0.01)
+    # the bag tool really ran: its output bag exists beside the generated input
+    assert (keep / "input_bag").is_dir() and (keep / "output_bag").is_dir()
+    assert bag["written"] == 4 * 5  # labels, color, overlay, confidence, labels/camera_info per frame
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_bench_node_writes_documented_json(tmp_path: Path) -> None:
+    """The real node executable over SHM-only DDS in a domain of this test's own."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "node.json"
+    domain = 100 + (os.getpid() + 37) % 100
+    cmd = [
+        str(Path(sys.executable).with_name("refinenet-ros")), "bench", "node",
+        "--model", "lw_refinenet_mobilenetv2",
+        "--labels", "voc", "--backend", "torch", "--resolution", "96x64", "--frames", "5",
+        "--outputs", "labels", "overlay", "--domain-id", str(domain), "--json", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "node overhead" in proc.stdout
+    doc = json.loads(out.read_text())
+    assert doc["benchmark"] == "node"
+    assert doc["settings"]["transport"].startswith("SHM")
+    node = doc["node"]
+    assert set(node["latency_ms"]) >= {"p50", "p95", "p99"}
+    assert set(node["backend_ms"]) >= {"p50", "p95"} and set(node["overhead_ms"]) >= {"p50", "p95"}
+    assert node["frames_published"] == 5 and node["frames_received"] + node["drops"] == 5
+    assert node["frames_received"] >= 1 and node["fps"] > 0
+    assert node["diagnostics_received"], node.get("node_log_tail")
+    assert node["node_backend"] == "torch"
+    assert 0 < node["latency_ms"]["p50"] <= node["latency_ms"]["p95"] <= node["latency_ms"]["p99"]
+    assert node["backend_ms"]["p50"] > 0
+    # overhead is end-to-end minus the node's own inference time, per percentile
+    for q in ("p50", "p95"):
+        assert node["overhead_ms"][q] == pytest.approx(
+            node["latency_ms"][q] - node["backend_ms"][q], abs=0.02
+        )
+    assert node["outputs"] == ["labels", "overlay"]
+    assert set(node["stages_ms"]) == {"decode", "preprocess", "infer", "postprocess", "publish"}

@@ -1,0 +1,196 @@
+"""``bench bag``: the bag tool's frames/s against backend-only frames/s on the same frames.
+
+The target is bag tool >= 0.9x backend-only: reading, decoding, pre/postprocessing,
+colourising and writing four output topics should hide behind inference. Three figures
+on one backend object (built once, so no figure pays its warm-up):
+
+- backend-only: ``Backend.infer`` on the frames already at network size, in ``--batch``
+  batches (what the accelerator alone could sustain);
+- segmenter: ``Segmenter.segment_batch`` + colour, overlay and confidence rendering on
+  decoded camera frames (everything but bag I/O);
+- bag tool: ``bag.run_bag`` on the bag (everything), its own frames/s.
+
+Backend-only is measured before and after the bag run and averaged, so a load change on
+a shared machine during the run shows up as a spread instead of a biased ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from refinenet_ros.bench_machine import CpuInfo
+from refinenet_ros.bench_report import Report, format_table
+from refinenet_ros.cli import CliError, backend_options_from_args, model_config_from_args
+
+log = logging.getLogger("refinenet_ros")
+
+GENERATED_TOPIC = "/camera/image_raw"
+
+
+def read_frames(bag: Path, topic: str) -> list[npt.NDArray[np.uint8]]:
+    """Every decodable frame of ``topic`` (Image or CompressedImage) as RGB."""
+    from rosbags.highlevel import AnyReader
+    from rosbags.typesys import Stores, get_typestore
+
+    from refinenet_ros.ros.encodings import MalformedImage, decode_compressed, decode_image
+
+    frames: list[npt.NDArray[np.uint8]] = []
+    with AnyReader([bag], default_typestore=get_typestore(Stores.LATEST)) as reader:
+        conns = [c for c in reader.connections if c.topic == topic]
+        if not conns:
+            topics = sorted({c.topic for c in reader.connections})
+            raise CliError(f"{bag}: no topic {topic!r}; its topics: {', '.join(topics)}")
+        for conn, _ts, raw in reader.messages(connections=conns):
+            msg: Any = reader.deserialize(raw, conn.msgtype)
+            try:
+                if conn.msgtype.endswith("CompressedImage"):
+                    frames.append(decode_compressed(msg.data, msg.format))
+                else:
+                    frames.append(
+                        decode_image(
+                            msg.data, msg.encoding, msg.width, msg.height, msg.step, bool(msg.is_bigendian)
+                        )
+                    )
+            except MalformedImage:
+                continue
+    if not frames:
+        raise CliError(f"{bag}: topic {topic!r} holds no decodable image")
+    return frames
+
+
+def backend_only_fps(backend: Any, batches: list[npt.NDArray[np.uint8]]) -> float:
+    n = sum(len(b) for b in batches)
+    t0 = time.perf_counter()
+    for b in batches:
+        backend.infer(b)
+    return n / (time.perf_counter() - t0)
+
+
+def segmenter_fps(segmenter: Any, frames: list[npt.NDArray[np.uint8]], batch: int, alpha: float) -> float:
+    """Segment + render every output the bag tool writes, without any bag I/O."""
+    t0 = time.perf_counter()
+    for start in range(0, len(frames), batch):
+        chunk = frames[start : start + batch]
+        for image, result in zip(chunk, segmenter.segment_batch(chunk), strict=True):
+            color = result.color()
+            result.overlay(image, alpha, color=color)
+            result.confidence_u8()
+    return len(frames) / (time.perf_counter() - t0)
+
+
+def _network_batches(frames: list[npt.NDArray[np.uint8]], size: Any, batch: int) -> list[Any]:
+    """Frames resized to the network size (H, W) outside any timing, stacked into batches."""
+    sized: list[Any] = list(frames)
+    if size is not None:
+        sized = [
+            f
+            if f.shape[:2] == tuple(size)
+            else cv2.resize(f, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+            for f in frames
+        ]
+    return [np.ascontiguousarray(np.stack(sized[i : i + batch])) for i in range(0, len(sized), batch)]
+
+
+def run_bag_command(args: argparse.Namespace, cpu: CpuInfo) -> int:
+    from refinenet_ros.bag import BagError, BagOptions, run_bag, write_sample_bag
+    from refinenet_ros.segmenter import build_segmenter
+
+    model_cfg = model_config_from_args(args).resolved()
+    options = backend_options_from_args(args)
+    batch = max(1, args.batch)
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="refinenet-bench-bag-"))
+    work.mkdir(parents=True, exist_ok=True)
+    if args.bag is None:
+        in_bag = work / "input_bag"
+        if in_bag.exists():
+            raise CliError(f"{in_bag} exists: give another --keep folder")
+        width, height = args.resolution
+        write_sample_bag(in_bag, frames=args.frames, size=(height, width), topic=GENERATED_TOPIC,
+                         storage=args.storage)  # fmt: skip
+        topic = GENERATED_TOPIC
+    else:
+        in_bag = Path(args.bag)
+        if not in_bag.exists():
+            raise CliError(f"{in_bag}: no such bag")
+        if not args.topic:
+            raise CliError("give --topic with an input bag (the image topic to segment)")
+        topic = args.topic
+    frames = read_frames(in_bag, topic)
+    segmenter = build_segmenter(model_cfg, options)
+    backend = segmenter.backend
+    net_size = segmenter.network_size
+    batches = _network_batches(frames, net_size, batch)
+    segmenter.segment_batch(frames[:batch])  # warm-up: allocator, kernel selection
+    backend.infer(batches[0])
+
+    fps_before = backend_only_fps(backend, batches)
+    seg_fps = segmenter_fps(segmenter, frames, batch, 0.5)
+    out_bag = work / "output_bag"
+    bag_options = BagOptions(image_topics=(topic,), batch=batch, progress=False, force=True)
+    t0 = time.perf_counter()
+    try:
+        summary = run_bag(in_bag, out_bag, segmenter, bag_options)
+    except BagError as exc:
+        raise CliError(str(exc)) from None
+    bag_wall = time.perf_counter() - t0
+    fps_after = backend_only_fps(backend, batches)
+    backend_fps = (fps_before + fps_after) / 2
+    figures = {
+        "bag": {
+            "input": str(in_bag) if args.bag or args.keep else "generated",
+            "topic": topic,
+            "frames": summary.frames,
+            "frame_size": f"{frames[0].shape[1]}x{frames[0].shape[0]}",
+            "network_size": f"{net_size[1]}x{net_size[0]}" if net_size else "input",
+            "batch": batch,
+            "backend": backend.name,
+            "backend_only_fps": round(backend_fps, 3),
+            "backend_only_fps_before_after": [round(fps_before, 3), round(fps_after, 3)],
+            "segmenter_fps": round(seg_fps, 3),
+            "bag_fps": round(summary.fps, 3),
+            "bag_wall_s": round(bag_wall, 2),
+            "bag_vs_backend": round(summary.fps / backend_fps, 3) if backend_fps > 0 else None,
+            "segmenter_vs_backend": round(seg_fps / backend_fps, 3) if backend_fps > 0 else None,
+            "malformed": summary.malformed,
+            "written": summary.written,
+        }
+    }
+    b = figures["bag"]
+    print()
+    print(f"bench bag: {b['frames']} frames {b['frame_size']} -> network {b['network_size']}, "
+          f"batch {batch}, backend {backend.name}")  # fmt: skip
+    print(format_table(
+        ["path", "frames/s", "vs backend-only"],
+        [["backend-only (infer)", b["backend_only_fps"], 1.0],
+         ["segmenter + rendering", b["segmenter_fps"], b["segmenter_vs_backend"]],
+         ["bag tool (refinenet-ros bag)", b["bag_fps"], b["bag_vs_backend"]]],
+    ))  # fmt: skip
+    settings = {
+        "model": model_cfg.model,
+        "labels": model_cfg.labels,
+        "weights": model_cfg.weights,
+        "backend": args.backend,
+        "precision": args.precision,
+        "device": args.device,
+        "threads": args.threads,
+        "network_size": list(options.input_size) if options.input_size else None,
+        "batch": batch,
+        "storage": args.storage,
+    }
+    if args.json:
+        Report("bag", cpu, settings, figures).write(args.json)
+        print(f"wrote {args.json}")
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    return 0

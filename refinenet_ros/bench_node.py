@@ -1,0 +1,396 @@
+"""``bench node``: publisher -> ``segmentation_node`` (a real process) -> subscriber.
+
+What a robot user sees: frames are published as ``sensor_msgs/Image`` stamped with the
+wall clock at publish time, the node (started exactly as launch would, with
+``--ros-args``) segments them, and this process receives the outputs over shared-memory
+Fast DDS in its own ROS domain. Per frame, latency = receive time - header stamp (the node
+keeps the input header, and both processes read the same system clock).
+
+- Closed loop (default, ``--rate 0``): the next frame is published when every subscribed
+  output of the last one has arrived: latency without queueing, i.e. the node's own cost.
+- ``--rate HZ``: a fixed-rate camera; frames the node skips (latest-frame-only slot) or
+  loses count as drops, latency includes waiting for the worker.
+
+The node's /diagnostics give its per-stage times (decode, preprocess, infer,
+postprocess, publish; p50/p95/p99 over its last 300 frames, warm-up included) and drop
+counters. Node overhead = end-to-end latency - backend (``infer``) time, per percentile:
+what the node, DDS and this subscriber add on top of the network itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from refinenet_ros.bench_machine import CpuInfo
+from refinenet_ros.bench_report import Report, format_table, percentiles
+from refinenet_ros.cli import CliError, model_config_from_args
+
+SHM_ONLY = "SHM?max_msg_size=8MB&sockets_size=64MB"
+NAMESPACE = "/refinenet_bench"
+NODE_NAME = "refinenet_segmentation"
+STAGES = ("decode", "preprocess", "infer", "postprocess", "publish")
+FRAME_TIMEOUT_S = 30.0
+
+
+def ros_environment(domain_id: int | None) -> dict[str, str]:
+    """DDS on this machine only, lossless for large images, in a domain of our own."""
+    domain = domain_id if domain_id is not None else 100 + os.getpid() % 100
+    return {
+        "FASTDDS_BUILTIN_TRANSPORTS": SHM_ONLY,
+        "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp",
+        "ROS_DOMAIN_ID": str(domain),
+        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def node_command(args: argparse.Namespace, outputs: tuple[str, ...]) -> list[str]:
+    """``segmentation_node --ros-args ...`` for this benchmark's settings."""
+    cfg = model_config_from_args(args).resolved()
+    exe = Path(sys.executable).with_name("segmentation_node")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "refinenet_ros.ros.node"]
+    params: dict[str, str] = {
+        "model": str(cfg.model),
+        "labels": str(cfg.labels),
+        "seed": str(cfg.seed),
+        "backend": args.backend,
+        "device": args.device,
+        "precision": args.precision,
+        "engine_dir": args.engine_dir,
+        "threads": str(args.threads),
+        "publish_color": str("color" in outputs).lower(),
+        "publish_overlay": str("overlay" in outputs).lower(),
+        "publish_confidence": str("confidence" in outputs).lower(),
+    }
+    if cfg.weights:
+        params["weights"] = str(Path(cfg.weights).resolve())
+    if args.network_size:
+        params["network_height"], params["network_width"] = map(str, args.network_size)
+    cmd += ["--ros-args", "-r", f"__ns:={NAMESPACE}", "-r", f"__node:={NODE_NAME}"]
+    for name, value in params.items():
+        cmd += ["-p", f"{name}:={value}"]
+    for extra in args.node_arg:
+        if ":=" not in extra:
+            raise CliError(f"--node-arg {extra!r}: expected NAME:=VALUE")
+        cmd += ["-p", extra]
+    return cmd
+
+
+@dataclass
+class _Tracker:
+    """Receive times per (frame stamp, output), filled by subscription callbacks."""
+
+    outputs: tuple[str, ...]
+    sent: dict[int, int] = field(default_factory=dict)  # stamp ns -> publish time ns
+    received: dict[str, dict[int, int]] = field(default_factory=dict)
+    done: threading.Condition = field(default_factory=threading.Condition)
+    diagnostics: dict[str, str] = field(default_factory=dict)
+    diagnostics_count: int = 0
+
+    def __post_init__(self) -> None:
+        self.received = {o: {} for o in self.outputs}
+
+    def on_output(self, output: str, msg: Any) -> None:
+        now = time.time_ns()
+        stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+        with self.done:
+            self.received[output][stamp] = now
+            self.done.notify_all()
+
+    def on_diagnostics(self, msg: Any) -> None:
+        for status in msg.status:
+            if f"{NAMESPACE}/{NODE_NAME}" in status.name:
+                with self.done:
+                    self.diagnostics = {kv.key: kv.value for kv in status.values}
+                    self.diagnostics_count += 1
+                    self.done.notify_all()
+
+    def complete(self, stamp: int) -> bool:
+        return all(stamp in self.received[o] for o in self.outputs)
+
+    def wait_complete(self, stamp: int, timeout: float) -> bool:
+        with self.done:
+            return self.done.wait_for(lambda: self.complete(stamp), timeout)
+
+
+def _float(values: dict[str, str], key: str) -> float:
+    try:
+        return float(values.get(key, "nan"))
+    except ValueError:
+        return float("nan")
+
+
+class _Client:
+    """The benchmark's own rclpy node: image publisher, output and diagnostics subscribers."""
+
+    def __init__(self, env: dict[str, str], outputs: tuple[str, ...], tracker: _Tracker) -> None:
+        os.environ.update(env)  # read by rcl/Fast DDS when the context starts
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, qos_profile_sensor_data
+        from sensor_msgs.msg import Image
+
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=int(env["ROS_DOMAIN_ID"]))
+        self.node = rclpy.create_node("refinenet_bench_client", context=self.context)
+        qos = QoSProfile(depth=1, reliability=qos_profile_sensor_data.reliability,
+                         durability=qos_profile_sensor_data.durability)  # fmt: skip
+        self.image_pub = self.node.create_publisher(Image, f"{NAMESPACE}/image", qos)
+        self.subs = [
+            self.node.create_subscription(
+                Image, f"{NAMESPACE}/{NODE_NAME}/{o}", lambda m, o=o: tracker.on_output(o, m), qos
+            )
+            for o in outputs
+        ]
+        self.diag_sub = self.node.create_subscription(
+            DiagnosticArray, "/diagnostics", tracker.on_diagnostics, 10
+        )
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._thread = threading.Thread(target=self._spin, name="bench-executor", daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        with contextlib.suppress(Exception):
+            self.executor.spin()
+
+    def connected(self) -> bool:
+        return self.image_pub.get_subscription_count() > 0 and all(
+            s.get_publisher_count() > 0 for s in self.subs
+        )
+
+    def close(self) -> None:
+        import rclpy
+
+        self.executor.shutdown(timeout_sec=2.0)
+        self.node.destroy_node()
+        with contextlib.suppress(Exception):
+            rclpy.shutdown(context=self.context)
+        self._thread.join(timeout=2.0)
+
+
+def _image_messages(count: int, size: tuple[int, int], encoding: str) -> list[Any]:
+    """Pre-built messages (one per distinct frame, at most 30): publishing costs no encode."""
+    import array
+
+    from sensor_msgs.msg import Image
+
+    from refinenet_ros.ros.encodings import encode_image
+    from refinenet_ros.samples import sample_sequence
+
+    msgs = []
+    for rgb in sample_sequence(min(count, 30), size):
+        data, step = encode_image(rgb, encoding)
+        msg = Image()
+        msg.header.frame_id = "bench_camera"
+        msg.height, msg.width = rgb.shape[:2]
+        msg.encoding, msg.step, msg.is_bigendian = encoding, step, 0
+        msg.data = array.array("B", data)
+        msgs.append(msg)
+    return msgs
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def run_node_bench(args: argparse.Namespace) -> dict[str, Any]:
+    """Start the node, stream the frames, collect latencies and the node's diagnostics."""
+    outputs = tuple(dict.fromkeys(["labels", *args.outputs]))
+    width, height = args.resolution
+    env = ros_environment(args.domain_id)
+    cmd = node_command(args, outputs)
+    tracker = _Tracker(outputs)
+    log_dir = Path(tempfile.mkdtemp(prefix="refinenet-bench-node-"))
+    log_path = log_dir / "node.log"
+    msgs = _image_messages(args.frames, (height, width), args.encoding)
+    warmup = 3
+    print(f"starting: {' '.join(cmd)}", flush=True)
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=log_file, stderr=subprocess.STDOUT)
+    client: _Client | None = None
+    try:
+        client = _Client(env, outputs, tracker)
+        deadline = time.monotonic() + args.startup_timeout
+        while not client.connected():
+            if proc.poll() is not None:
+                raise CliError(f"the node exited with status {proc.returncode}:\n{_log_tail(log_path)}")
+            if time.monotonic() > deadline:
+                raise CliError(
+                    f"the node did not connect within {args.startup_timeout:.0f} s "
+                    f"(raise --startup-timeout?):\n{_log_tail(log_path)}"
+                )
+            time.sleep(0.1)
+        time.sleep(0.5)  # let discovery of every output settle
+
+        def publish(i: int) -> int:
+            msg = msgs[i % len(msgs)]
+            now = time.time_ns()
+            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(now, 1_000_000_000)
+            tracker.sent[now] = now
+            client.image_pub.publish(msg)
+            return now
+
+        for i in range(warmup):  # first calls pay allocation and kernel selection
+            if not tracker.wait_complete(publish(i), FRAME_TIMEOUT_S):
+                raise CliError(f"warm-up frame {i} got no outputs within {FRAME_TIMEOUT_S:.0f} s:\n"
+                               f"{_log_tail(log_path)}")  # fmt: skip
+        t_start = time.time_ns()
+        stamps: list[int] = []
+        if args.rate > 0:
+            period = 1.0 / args.rate
+            next_t = time.monotonic()
+            for i in range(args.frames):
+                delay = next_t - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                stamps.append(publish(i))
+                next_t += period
+            end = time.monotonic() + 5.0
+            while time.monotonic() < end and not all(tracker.complete(s) for s in stamps[-3:]):
+                time.sleep(0.05)
+        else:
+            for i in range(args.frames):
+                s = publish(i)
+                stamps.append(s)
+                tracker.wait_complete(s, FRAME_TIMEOUT_S)
+        # one more diagnostics message that covers every frame
+        with tracker.done:
+            seen = tracker.diagnostics_count
+            tracker.done.wait_for(lambda: tracker.diagnostics_count >= seen + 2, 3.0)
+            diag = dict(tracker.diagnostics)
+        received = {o: dict(tracker.received[o]) for o in outputs}
+    finally:
+        if client is not None:
+            client.close()
+        _stop(proc)
+    node_log = _log_tail(log_path, 40)
+    shutil.rmtree(log_dir, ignore_errors=True)
+    return _figures(args, outputs, stamps, t_start, received, diag, node_log)
+
+
+def _figures(
+    args: argparse.Namespace,
+    outputs: tuple[str, ...],
+    stamps: list[int],
+    t_start: int,
+    received: dict[str, dict[int, int]],
+    diag: dict[str, str],
+    node_log: str,
+) -> dict[str, Any]:
+    labels = received["labels"]
+    lat = [(labels[s] - s) / 1e6 for s in stamps if s in labels]
+    complete = [s for s in stamps if all(s in received[o] for o in outputs)]
+    lat_all = [(max(received[o][s] for o in outputs) - s) / 1e6 for s in complete]
+    last = max((received[o][s] for o in outputs for s in stamps if s in received[o]), default=t_start)
+    span_s = (last - t_start) / 1e9
+    latency = percentiles(lat)
+    backend = {"p50": _float(diag, "infer_ms_p50"), "p95": _float(diag, "infer_ms_p95")}
+    node: dict[str, Any] = {
+        "resolution": f"{args.resolution[0]}x{args.resolution[1]}",
+        "network_size": f"{args.network_size[1]}x{args.network_size[0]}" if args.network_size else "input",
+        "mode": f"{args.rate:g} Hz" if args.rate > 0 else "closed loop",
+        "outputs": list(outputs),
+        "frames_published": len(stamps),
+        "frames_received": len(lat),
+        "latency_ms": latency,
+        "all_outputs_latency_ms": percentiles(lat_all),
+        "backend_ms": backend,
+        "overhead_ms": {q: round(latency[q] - backend[q], 2) for q in ("p50", "p95")},
+        "fps": round(len(lat) / span_s, 3) if span_s > 0 else 0.0,
+        "drops": len(stamps) - len(lat),
+        "node_drops": {
+            "skipped": int(_float(diag, "dropped_skipped")) if diag else None,
+            "stale": int(_float(diag, "dropped_stale")) if diag else None,
+        },
+        "stages_ms": {s: {f"p{q}": _float(diag, f"{s}_ms_p{q}") for q in (50, 95, 99)} for s in STAGES},
+        "node_latency_ms": {f"p{q}": _float(diag, f"latency_ms_p{q}") for q in (50, 95, 99)},
+        "node_frames_in": int(_float(diag, "frames_in")) if diag else None,
+        "node_frames_out": int(_float(diag, "frames_out")) if diag else None,
+        "diagnostics_received": bool(diag),
+        "node_backend": diag.get("backend"),
+        "node_device": diag.get("device"),
+    }
+    if not diag:
+        node["node_log_tail"] = node_log
+    return {"node": node}
+
+
+def print_node_table(node: dict[str, Any]) -> None:
+    lat, be, ov = node["latency_ms"], node["backend_ms"], node["overhead_ms"]
+    print()
+    print(f"bench node: {node['resolution']} -> network {node['network_size']}, {node['mode']}, "
+          f"outputs {','.join(node['outputs'])}; backend {node['node_backend']} "
+          f"on {node['node_device']}")  # fmt: skip
+    print(f"{node['frames_received']}/{node['frames_published']} frames, {node['fps']:.2f} frames/s, "
+          f"drops {node['drops']} (node skipped {node['node_drops']['skipped']}, "
+          f"stale {node['node_drops']['stale']})")  # fmt: skip
+    rows: list[list[Any]] = [
+        ["input -> labels (end-to-end)", lat["p50"], lat["p95"], lat["p99"]],
+        ["input -> all outputs", *node["all_outputs_latency_ms"].values()],
+        ["backend (node infer)", be["p50"], be["p95"], None],
+        ["node overhead = e2e - backend", ov["p50"], ov["p95"], None],
+    ]
+    rows += [[f"  node stage: {s}", *v.values()] for s, v in node["stages_ms"].items()]
+    print(format_table(["ms", "p50", "p95", "p99"], rows))
+
+
+def run_node_command(args: argparse.Namespace, cpu: CpuInfo) -> int:
+    if args.domain_id is not None and not 0 <= args.domain_id <= 232:
+        raise CliError(f"--domain-id {args.domain_id}: must be within 0..232")
+    if args.network_size is not None and min(args.network_size) < 32:
+        raise CliError("--network-size: both sides must be >= 32 pixels")
+    figures = run_node_bench(args)
+    node = figures["node"]
+    print_node_table(node)
+    if not node["diagnostics_received"]:
+        print("warning: no /diagnostics from the node; backend time and overhead unknown", file=sys.stderr)
+    cfg = model_config_from_args(args).resolved()
+    settings = {
+        "model": cfg.model,
+        "labels": cfg.labels,
+        "weights": cfg.weights,
+        "backend": args.backend,
+        "precision": args.precision,
+        "device": args.device,
+        "threads": args.threads,
+        "network_size": list(args.network_size) if args.network_size else None,
+        "resolution": list(args.resolution),
+        "frames": args.frames,
+        "rate_hz": args.rate,
+        "outputs": list(args.outputs),
+        "encoding": args.encoding,
+        "transport": SHM_ONLY,
+    }
+    if args.json:
+        Report("node", cpu, settings, figures).write(args.json)
+        print(f"wrote {args.json}")
+    if node["frames_received"] == 0:
+        raise CliError("no frame came back from the node")
+    return 0
