@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("refinenet_ros.train", "fine-tune a model on a labelled data set"),
     "bench": ("refinenet_ros.bench", "benchmarks: model (GFLOP/s vs peak), node (latency, overhead), bag"),
     "node": ("refinenet_ros.ros.node_cli", "run the ROS 2 segmentation node (ROS args after --ros-args)"),
+    "export": ("refinenet_ros.backends.export_cli", "export the model + pre/post-processing to ONNX"),
+    "build-engine": ("refinenet_ros.backends.build_engine_cli", "build/refresh this GPU's TensorRT engine"),
     "demo": ("refinenet_ros.ros.demo", "node end to end: play samples, record outputs, report latency"),
 }
 

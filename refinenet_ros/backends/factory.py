@@ -1,19 +1,41 @@
-"""``create_backend``: one entry point that picks and builds a backend by kind."""
+"""``create_backend``: one entry point that picks and builds a backend by kind.
+
+``auto`` picks the fastest backend this machine can run and logs why:
+TensorRT when a CUDA device and a real TensorRT install are present, else ONNX Runtime
+with its best execution provider, else eager PyTorch. The compiled backends get their
+ONNX graph from the content-hashed export cache (``<engine_dir>/onnx``), so a node
+restart neither re-exports nor rebuilds.
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
-from refinenet_ros.backends.base import BACKEND_KINDS, Backend, BackendError
+from refinenet_ros.backends.base import BACKEND_KINDS, PRECISIONS, Backend, BackendError
 from refinenet_ros.config import ModelConfig, load_model
 
 log = logging.getLogger("refinenet_ros")
 
+DYNAMIC_TRACE_SIZE = (128, 128)
+"""Tracing example for any-size graphs: small, so export and its check stay fast."""
+
+TENSORRT_HOW_TO = (
+    "on Jetson install JetPack (TensorRT comes with it); on x86 with an NVIDIA GPU "
+    "`pip install tensorrt` (10.x) next to a CUDA build of torch"
+)
+
 
 @dataclass(frozen=True)
 class BackendOptions:
-    """How to run the model: which backend, on what, at which size and precision."""
+    """How to run the model: which backend, on what, at which size and precision.
+
+    ``onnx``: run this exported graph instead of exporting the model (onnxruntime and
+    tensorrt). ``calib_*``: INT8 calibration data (image folder, or bag + topic); without
+    it the bundled samples are used, with a warning. ``workspace_mb``: TensorRT builder
+    workspace pool limit.
+    """
 
     kind: str = "auto"
     device: str = "auto"
@@ -22,6 +44,64 @@ class BackendOptions:
     max_batch: int = 16
     threads: int = 0
     engine_dir: str = "engines"
+    onnx: str | None = None
+    calib_images: str | None = None
+    calib_bag: str | None = None
+    calib_topic: str | None = None
+    calib_count: int = 64
+    workspace_mb: int = 2048
+
+
+def tensorrt_unavailable_reason() -> str | None:
+    """None when TensorRT can run here, else one line saying what is missing and how to fix it.
+
+    ``import tensorrt`` alone proves nothing: the ``tensorrt-stubs`` type package makes
+    it import as an empty namespace package, so a real runtime must expose ``Builder``.
+    """
+    try:
+        import tensorrt as trt
+    except (ImportError, OSError) as exc:
+        return f"TensorRT is not installed ({exc}); {TENSORRT_HOW_TO}"
+    if not hasattr(trt, "Builder"):
+        return f"only TensorRT type stubs are installed here, no TensorRT runtime; {TENSORRT_HOW_TO}"
+    version = str(getattr(trt, "__version__", "0"))
+    if int(version.split(".")[0] or 0) < 10:
+        return (
+            f"TensorRT {version} is too old: this package uses the TensorRT 10 API; upgrade JetPack/tensorrt"
+        )
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return "torch is needed for CUDA memory management"
+    if not torch.cuda.is_available():
+        return (
+            f"TensorRT {version} is installed but no CUDA device is visible "
+            f"(torch {torch.__version__} reports none: CPU-only torch build, no driver, or "
+            "CUDA_VISIBLE_DEVICES hides it)"
+        )
+    return None
+
+
+def choose_kind(options: BackendOptions) -> tuple[str, str]:
+    """(kind, why) for ``options.kind``; resolves ``auto`` in preference order."""
+    if options.kind != "auto":
+        return options.kind, "asked for"
+    skip = []
+    if options.device == "cpu":
+        skip.append("TensorRT skipped: device cpu")
+    else:
+        reason = tensorrt_unavailable_reason()
+        if reason is None:
+            return "tensorrt", "CUDA device and TensorRT present"
+        skip.append(f"TensorRT not used: {reason}")
+    try:
+        from refinenet_ros.backends.onnxruntime_backend import best_provider
+
+        provider = best_provider() if options.device != "cpu" else "CPUExecutionProvider"
+        return "onnxruntime", f"ONNX Runtime with {provider} ({'; '.join(skip)})"
+    except ImportError as exc:
+        skip.append(f"ONNX Runtime not importable: {exc}")
+    return "torch", "; ".join(skip)
 
 
 def create_backend(model_cfg: ModelConfig, options: BackendOptions = BackendOptions()) -> Backend:
@@ -31,7 +111,10 @@ def create_backend(model_cfg: ModelConfig, options: BackendOptions = BackendOpti
     """
     if options.kind not in BACKEND_KINDS:
         raise BackendError(f"unknown backend {options.kind!r}; choose one of {', '.join(BACKEND_KINDS)}")
-    kind = options.kind if options.kind != "auto" else "torch"
+    if options.precision not in PRECISIONS:
+        raise BackendError(f"unknown precision {options.precision!r}; choose one of {', '.join(PRECISIONS)}")
+    kind, why = choose_kind(options)
+    log.info("backend: %s (%s)", kind, why)
     if kind == "torch":
         from refinenet_ros.backends.torch_backend import TorchBackend
 
@@ -45,4 +128,61 @@ def create_backend(model_cfg: ModelConfig, options: BackendOptions = BackendOpti
             threads=options.threads,
             precision=options.precision,
         )
-    raise BackendError(f"backend {kind!r} is not available in this build")
+    if kind == "onnxruntime":
+        return _onnxruntime_backend(model_cfg, options)
+    if kind == "tensorrt":
+        return _tensorrt_backend(model_cfg, options)
+    raise BackendError(f"backend {kind!r} is not available in this build")  # pragma: no cover
+
+
+def onnx_for(model_cfg: ModelConfig, options: BackendOptions, *, dynamic_hw: bool = False) -> Path:
+    """The ONNX graph to run: ``options.onnx`` when given, else the cached export.
+
+    Static H/W when ``options.input_size`` is set (fastest); the batch axis is dynamic
+    when ``max_batch`` > 1 so one graph serves every batch size up to it.
+    """
+    if options.onnx:
+        path = Path(options.onnx)
+        if not path.is_file():
+            raise BackendError(f"--onnx {path}: no such file")
+        return path
+    from refinenet_ros.backends.onnx_export import ExportSpec, export_cached
+
+    if options.input_size is None or dynamic_hw:
+        h, w = options.input_size or DYNAMIC_TRACE_SIZE
+        spec = ExportSpec(h, w, dynamic=True)
+    else:
+        h, w = options.input_size
+        spec = ExportSpec(h, w, batch=1, dynamic_batch=options.max_batch > 1)
+    return export_cached(model_cfg, spec, Path(options.engine_dir) / "onnx").path
+
+
+def _onnxruntime_backend(model_cfg: ModelConfig, options: BackendOptions) -> Backend:
+    from refinenet_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    path = onnx_for(model_cfg, options)
+    precision = options.precision
+    if precision == "int8":
+        from refinenet_ros.backends.ort_quantize import quantized_cached
+
+        path = quantized_cached(path, options)
+    return OnnxRuntimeBackend(
+        path,
+        device=options.device,
+        threads=options.threads,
+        max_batch=options.max_batch,
+        precision=precision,
+        engine_dir=options.engine_dir,
+        num_classes=model_cfg.label_set.num_classes,
+    )
+
+
+def _tensorrt_backend(model_cfg: ModelConfig, options: BackendOptions) -> Backend:
+    reason = tensorrt_unavailable_reason()
+    if reason is not None:
+        raise BackendError(f"tensorrt backend: {reason}")
+    if options.device == "cpu":
+        raise BackendError("tensorrt backend runs on CUDA only; use --backend onnxruntime for --device cpu")
+    from refinenet_ros.backends.tensorrt import TensorRTBackend
+
+    return TensorRTBackend.from_onnx(onnx_for(model_cfg, options), options)

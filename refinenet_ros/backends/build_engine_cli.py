@@ -1,0 +1,134 @@
+"""Build (or refresh) the TensorRT engine for this GPU offline, into the engine cache.
+
+Run once per robot after installing or upgrading JetPack/TensorRT: the node then
+starts in seconds instead of building on first start. The engine lands in
+``--engine-dir`` as ``<stem>.engine`` + ``<stem>.json`` (the key it is valid for); an
+engine that is already current is reused, a stale one is rebuilt with the reason
+printed. ``--validate`` runs the engine against ONNX Runtime on images and refuses it
+(exit 1, engine kept as ``.bad``) when the labels agree on too few pixels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from refinenet_ros.cli import CliError, add_model_arguments, model_config_from_args
+
+if TYPE_CHECKING:
+    from refinenet_ros.backends.base import Backend
+    from refinenet_ros.backends.factory import BackendOptions
+
+log = logging.getLogger("refinenet_ros")
+
+# Minimum label agreement with ONNX Runtime FP32 for --validate, per precision: FP16 and
+# INT8 legitimately flip pixels on class boundaries, FP32 should not.
+DEFAULT_MIN_AGREEMENT = {"fp32": 0.995, "fp16": 0.98, "int8": 0.90}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_argument_group("source (an exported graph, or a model to export)")
+    src.add_argument("--onnx", default=None, help="exported graph (refinenet-ros export); else --model ...")
+    add_model_arguments(parser)
+    src.add_argument("--height", type=int, default=None, help="network height (required with --model)")
+    src.add_argument("--width", type=int, default=None, help="network width (required with --model)")
+    g = parser.add_argument_group("engine")
+    g.add_argument("--precision", default="fp16", choices=("fp32", "fp16", "int8"))
+    g.add_argument("--batch", type=int, default=1, help="max batch (one per camera for multi-camera nodes)")
+    g.add_argument("--workspace-mb", type=int, default=2048, help="builder workspace pool limit (MiB)")
+    g.add_argument("--engine-dir", default="engines", help="engine cache directory")
+    g.add_argument("--device", default="cuda:0", help="CUDA device the engine is built for")
+    c = parser.add_argument_group("INT8 calibration (precision int8)")
+    c.add_argument("--calib-images", default=None, help="folder of the robot's camera images")
+    c.add_argument("--calib-bag", default=None, help="rosbag2 (sqlite3 or mcap) with camera frames")
+    c.add_argument("--calib-topic", default=None, help="Image or CompressedImage topic in --calib-bag")
+    c.add_argument("--calib-count", type=int, default=64, help="images to calibrate on (spread over the set)")
+    v = parser.add_argument_group("validation")
+    v.add_argument(
+        "--validate",
+        default=None,
+        metavar="IMAGES",
+        help="folder of images (or 'samples') to compare the engine's labels with ONNX Runtime on",
+    )
+    v.add_argument(
+        "--min-agreement",
+        type=float,
+        default=None,
+        help="refuse the engine below this label agreement (default fp32 0.995, fp16 0.98, int8 0.90)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from refinenet_ros.backends.factory import tensorrt_unavailable_reason
+
+    reason = tensorrt_unavailable_reason()
+    if reason is not None:
+        # One line, exit 2: the user needs a GPU machine, not a traceback.
+        raise CliError(f"building TensorRT engines needs TensorRT 10 and a CUDA GPU: {reason}")
+    options, onnx_path = _options_and_graph(args)
+
+    from refinenet_ros.backends.tensorrt import TensorRTBackend
+
+    backend, record = TensorRTBackend.load_or_build(onnx_path, options)
+    action = f"built in {record.build_seconds:.1f} s ({record.reason})" if record.built else "already current"
+    print(f"{record.engine_path}  [{options.precision}, batch {backend.max_batch}, {action}]")
+    if args.validate:
+        threshold = args.min_agreement or DEFAULT_MIN_AGREEMENT[options.precision]
+        agreement = validate(backend, onnx_path, args.validate)
+        print(f"labels agree with ONNX Runtime on {agreement:.3%} of pixels (threshold {threshold:.1%})")
+        if agreement < threshold:
+            from refinenet_ros.backends.engine_cache import EngineCache
+
+            EngineCache(options.engine_dir).mark_bad(record.engine_path.stem, "failed --validate")
+            print("engine refused: check the calibration data (int8) or build with --precision fp16/fp32")
+            return 1
+    return 0
+
+
+def _options_and_graph(args: argparse.Namespace) -> tuple[BackendOptions, Path]:
+    from refinenet_ros.backends.factory import BackendOptions, onnx_for
+
+    if args.batch < 1:
+        raise CliError(f"--batch {args.batch}: must be >= 1")
+    size = (args.height, args.width) if args.height and args.width else None
+    if args.onnx is None and size is None:
+        raise CliError("give --onnx FILE, or --model ... with --height and --width")
+    options = BackendOptions(
+        kind="tensorrt",
+        device=args.device,
+        precision=args.precision,
+        input_size=size,
+        max_batch=args.batch,
+        engine_dir=args.engine_dir,
+        onnx=args.onnx,
+        calib_images=args.calib_images,
+        calib_bag=args.calib_bag,
+        calib_topic=args.calib_topic,
+        calib_count=args.calib_count,
+        workspace_mb=args.workspace_mb,
+    )
+    return options, onnx_for(model_config_from_args(args), options)
+
+
+def validate(backend: Backend, onnx_path: Path, images: str) -> float:
+    """Pixel agreement of the engine's labels with ONNX Runtime (CPU, FP32) on ``images``."""
+    from refinenet_ros.backends.calibration import FolderSource, SampleSource, preprocess
+    from refinenet_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    reference = OnnxRuntimeBackend(onnx_path, device="cpu")
+    size = backend.input_size or reference.input_size
+    if size is None:
+        raise CliError("cannot validate: neither the engine nor the graph has a fixed input size")
+    source = SampleSource(8) if images == "samples" else FolderSource(Path(images), 32)
+    agree = total = 0
+    for image in source.images():
+        batch = preprocess(image, size)[None]
+        labels = backend.infer(batch)[0]
+        ref = reference.infer(batch)[0]
+        agree += int((labels == ref).sum())
+        total += ref.size
+    if total == 0:
+        raise CliError(f"--validate {images}: no images")
+    return agree / total

@@ -1,0 +1,451 @@
+"""Export :class:`InferencePipeline` to ONNX: uint8 images in, labels + confidence out.
+
+The graph holds the whole per-frame computation (cast, ImageNet normalisation,
+NHWC->NCHW, the network, bilinear upsample of the logits, max softmax, argmax), so ONNX
+Runtime and TensorRT take camera bytes and hand back only what the node publishes:
+
+* input ``image``: uint8 [N, H, W, 3] RGB;
+* outputs ``labels``: int32 [N, H, W] and ``confidence``: float32 [N, H, W].
+
+Shapes are static by default (fastest engines); ``dynamic`` makes N, H and W symbolic
+for a TensorRT optimisation profile; ``dynamic_batch`` only N (what the ONNX Runtime
+backend uses so one graph serves any batch up to ``max_batch``).
+
+Exporter choice (measured with torch 2.13 on this package's models): the TorchScript
+exporter (``dynamo=False``) plus the onnxscript optimiser gives the same minimal graph as
+the dynamo exporter (static LW-MobileNetV2: Conv/Clip/Add/MaxPool/Resize and the 9
+pre/post-processing nodes, no Identity/Shape leftovers) in under a second instead of
+9-40 s, and keeps H/W truly dynamic where ``torch.export`` specialises them. Dynamo is
+the fallback when a future torch drops the TorchScript exporter.
+
+Every export is verified: the graph must pass ``onnx.checker.check_model(full_check=True)``,
+use only operators TensorRT 10's ONNX parser supports (:data:`TENSORRT_SUPPORTED_OPS`,
+plus the attribute restrictions in :func:`tensorrt_problems`), and ONNX Runtime's labels
+must match PyTorch's on a test input (at a second size too for dynamic graphs, which
+catches sizes baked in by tracing).
+
+Graphs are cached by content hash (:func:`export_cached`), so a node restart reuses the
+file instead of re-exporting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from refinenet_ros import __version__
+from refinenet_ros.backends.base import BackendError
+from refinenet_ros.config import ModelConfig
+from refinenet_ros.io import atomic_write_bytes
+
+if TYPE_CHECKING:
+    import onnx
+    from torch import nn
+
+log = logging.getLogger("refinenet_ros")
+
+INPUT_NAME = "image"
+OUTPUT_NAMES = ("labels", "confidence")
+DEFAULT_OPSET = 17
+"""Opset 17: inside TensorRT 10.0's supported range (9..20) and ONNX Runtime's, and the
+last opset where Reduce* take ``axes`` as an attribute (TensorRT needs them constant)."""
+EXPORT_FORMAT = 1
+"""Part of the cache key: bump when this module changes what it writes."""
+MIN_AGREEMENT = 0.999
+"""Fraction of pixels where ONNX Runtime's labels must equal PyTorch's after export."""
+
+# Operators the TensorRT 10 ONNX parser supports: the rows marked "Y" in onnx-tensorrt's
+# docs/operators.md for TensorRT 10.15, minus the LLM-era additions (Attention,
+# RotaryEmbedding, RMSNormalization, TensorScatter) and the signal ops (window functions,
+# STFT). Everything our graphs emit (Conv, Relu/Clip, Add, MaxPool, Resize, Cast,
+# Transpose, Mul, Sub, Exp, ReduceMax/ReduceSum, ArgMax, Reciprocal and the shape ops of
+# dynamic graphs) is in the TensorRT 8.5 matrix already, so it parses on every TensorRT 10.
+_TENSORRT_OPS_TABLE = """
+Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast
+CastLike Ceil Celu Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum
+DeformConv DepthToSpace DequantizeLinear Div Dropout Einsum Elu Equal Erf Exp Expand EyeLike
+Flatten Floor Gather GatherElements GatherND Gelu Gemm GlobalAveragePool GlobalLpPool GlobalMaxPool
+Greater GreaterOrEqual GridSample GroupNormalization GRU HardSigmoid HardSwish Hardmax Identity If
+ImageScaler InstanceNormalization IsInf IsNaN LayerNormalization LeakyRelu Less LessOrEqual Log
+LogSoftmax Loop LRN LSTM LpNormalization LpPool MatMul Max MaxPool Mean MeanVarianceNormalization
+Min Mish Mod Mul Neg NonMaxSuppression NonZero Not OneHot Or Pad ParametricSoftplus Pow PRelu
+QuantizeLinear RandomNormal RandomNormalLike RandomUniform RandomUniformLike Range Reciprocal
+ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum
+ReduceSumSquare Relu Reshape Resize ReverseSequence RNN RoiAlign Round ScaledTanh Scan Scatter
+ScatterElements ScatterND Selu Shape Shrink Sigmoid Sign Sin Sinh Size Slice Softmax Softplus
+Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK Transpose Trilu
+Unsqueeze Upsample Where Xor
+"""
+TENSORRT_SUPPORTED_OPS: frozenset[str] = frozenset(_TENSORRT_OPS_TABLE.split())
+_RESIZE_MODES = {"nearest", "linear"}
+_RESIZE_COORDINATES = {
+    "half_pixel",
+    "pytorch_half_pixel",
+    "tf_half_pixel_for_nn",
+    "asymmetric",
+    "align_corners",
+}
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """Input geometry of an exported graph.
+
+    ``dynamic``: N, H and W symbolic (``height``/``width``/``batch`` are then only the
+    tracing example). ``dynamic_batch``: only N symbolic.
+    """
+
+    height: int
+    width: int
+    batch: int = 1
+    dynamic: bool = False
+    dynamic_batch: bool = False
+    opset: int = DEFAULT_OPSET
+
+    def __post_init__(self) -> None:
+        if min(self.height, self.width) < 32:
+            raise BackendError(f"export size {self.height}x{self.width}: both sides must be >= 32 pixels")
+        if self.batch < 1:
+            raise BackendError(f"export batch {self.batch}: must be >= 1")
+        if not 13 <= self.opset <= 20:
+            raise BackendError(
+                f"opset {self.opset}: use 13..20 (TensorRT 10 parses opsets 9..20; the pipeline needs 13+)"
+            )
+
+    def describe(self) -> str:
+        if self.dynamic:
+            return "dynamic NxHxW"
+        batch = "N" if self.dynamic_batch else str(self.batch)
+        return f"{batch}x{self.height}x{self.width}"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """A verified ONNX file and what is known about it."""
+
+    path: Path
+    sha256: str
+    metadata: dict[str, str]
+    cached: bool = False
+    seconds: float = 0.0
+    agreement: float | None = None
+
+
+def _sha256_file(path: Path) -> str:
+    from refinenet_ros.backends.engine_cache import sha256_file
+
+    return sha256_file(path)
+
+
+def weights_fingerprint(cfg: ModelConfig) -> str:
+    """sha256 of the checkpoint, or ``random-init-seed-N`` without one."""
+    return _sha256_file(Path(cfg.weights)) if cfg.weights else f"random-init-seed-{cfg.seed}"
+
+
+def build_metadata(cfg: ModelConfig, spec: ExportSpec, weights: str) -> dict[str, str]:
+    """metadata_props: enough to know, from the .onnx alone, what it computes and from what."""
+    from refinenet_ros.models import IMAGENET_MEAN, IMAGENET_STD
+
+    cfg = cfg.resolved()
+    label_set = cfg.label_set
+    return {
+        "refinenet_ros.version": __version__,
+        "model_name": str(cfg.model),
+        "label_set": label_set.name,
+        "num_classes": str(label_set.num_classes),
+        "label_names": json.dumps(list(label_set.classes)),
+        "mean": json.dumps([float(v) for v in IMAGENET_MEAN]),
+        "std": json.dumps([float(v) for v in IMAGENET_STD]),
+        "checkpoint_sha256": weights if cfg.weights else "",
+        "weights": Path(cfg.weights).name
+        if cfg.weights
+        else f"random init (seed {cfg.seed}): labels meaningless",
+        "network_size": "dynamic" if spec.dynamic else f"{spec.height}x{spec.width}",
+        "dynamic": "NHW" if spec.dynamic else ("N" if spec.dynamic_batch else ""),
+        "cascaded": str(cfg.cascaded).lower(),
+        "input": f"{INPUT_NAME}: uint8 [N,H,W,3] RGB",
+        "outputs": "labels: int32 [N,H,W]; confidence: float32 [N,H,W] (max softmax)",
+    }
+
+
+def _dynamic_axes(spec: ExportSpec) -> dict[str, dict[int, str]] | None:
+    if spec.dynamic:
+        axes = {0: "N", 1: "H", 2: "W"}
+    elif spec.dynamic_batch:
+        axes = {0: "N"}
+    else:
+        return None
+    return {name: dict(axes) for name in (INPUT_NAME, *OUTPUT_NAMES)}
+
+
+def _trace_to_onnx(pipeline: nn.Module, example: Any, spec: ExportSpec) -> onnx.ModelProto:
+    """TorchScript exporter + onnxscript optimiser; dynamo exporter where TorchScript is gone."""
+    import onnx
+    import torch
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        # The TorchScript exporter's deprecation notice; the choice is documented above.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        try:
+            torch.onnx.export(
+                pipeline,
+                (example,),
+                buf,  # type: ignore[arg-type]  # the TorchScript exporter writes to file objects
+                dynamo=False,
+                input_names=[INPUT_NAME],
+                output_names=list(OUTPUT_NAMES),
+                opset_version=spec.opset,
+                do_constant_folding=True,
+                dynamic_axes=_dynamic_axes(spec),
+            )
+            model = onnx.load_from_string(buf.getvalue())
+        except TypeError:  # pragma: no cover - a torch without the TorchScript exporter
+            model = _dynamo_export(pipeline, example, spec)
+    try:
+        import onnxscript.optimizer
+
+        # Folds the exporter's Identity/Constant/Shape leftovers: a smaller graph for
+        # TensorRT to parse and the exact node set the TensorRT operator check sees.
+        model = onnxscript.optimizer.optimize(model)
+    except ImportError:  # pragma: no cover - onnxscript is a dependency
+        log.debug("onnxscript not installed: graph left unoptimised")
+    return model
+
+
+def _dynamo_export(pipeline: nn.Module, example: Any, spec: ExportSpec) -> onnx.ModelProto:
+    import torch
+
+    dims: dict[int, Any] = {}
+    if spec.dynamic or spec.dynamic_batch:
+        dims[0] = torch.export.Dim("N", min=1, max=1024)
+    if spec.dynamic:
+        dims[1] = torch.export.Dim("H", min=32, max=8192)
+        dims[2] = torch.export.Dim("W", min=32, max=8192)
+    program = torch.onnx.export(
+        pipeline,
+        (example,),
+        None,
+        dynamo=True,
+        input_names=[INPUT_NAME],
+        output_names=list(OUTPUT_NAMES),
+        opset_version=max(spec.opset, 18),
+        dynamic_shapes=({k: v for k, v in dims.items()},) if dims else None,
+    )
+    assert program is not None
+    return program.model_proto
+
+
+def _name_output_dims(proto: onnx.ModelProto, spec: ExportSpec) -> None:
+    """Give the outputs the input's dims (the tracer leaves names like ``Castlabels_dim_1``),
+    so consumers read [N,H,W] straight from the graph."""
+    dims: list[int | str] = [
+        "N" if spec.dynamic or spec.dynamic_batch else spec.batch,
+        "H" if spec.dynamic else spec.height,
+        "W" if spec.dynamic else spec.width,
+    ]
+    for output in proto.graph.output:
+        for dim, value in zip(output.type.tensor_type.shape.dim, dims, strict=True):
+            if isinstance(value, int):
+                dim.dim_value = value
+            else:
+                dim.dim_param = value
+
+
+def tensorrt_problems(model: onnx.ModelProto) -> list[str]:
+    """Why TensorRT 10's ONNX parser would reject ``model`` (empty when it would not).
+
+    Checks the operator list and the restrictions our graphs could plausibly hit:
+    Resize modes, MaxPool/AveragePool dilations, Reduce axes given as constants, and
+    uint8 tensors anywhere but the graph's inputs/outputs.
+    """
+    import onnx
+
+    problems: list[str] = []
+    graph = model.graph
+    constants = {init.name for init in graph.initializer}
+    constants |= {out for node in graph.node if node.op_type == "Constant" for out in node.output}
+    for node in graph.node:
+        where = f"{node.op_type} node {node.name or '?'}"
+        if node.domain not in ("", "ai.onnx"):
+            problems.append(f"{where}: custom domain {node.domain!r} needs a TensorRT plugin")
+            continue
+        if node.op_type not in TENSORRT_SUPPORTED_OPS:
+            problems.append(f"{where}: operator not supported by the TensorRT 10 ONNX parser")
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Resize":
+            mode = attrs.get("mode", b"nearest")
+            coords = attrs.get("coordinate_transformation_mode", b"half_pixel")
+            mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+            coords = coords.decode() if isinstance(coords, bytes) else str(coords)
+            if mode not in _RESIZE_MODES:
+                problems.append(f"{where}: Resize mode {mode!r} (TensorRT: nearest|linear)")
+            if coords not in _RESIZE_COORDINATES:
+                problems.append(f"{where}: coordinate_transformation_mode {coords!r} unsupported")
+            if attrs.get("antialias", 0):
+                problems.append(f"{where}: antialiased Resize unsupported")
+        if node.op_type in ("MaxPool", "AveragePool", "LpPool") and any(
+            d != 1 for d in attrs.get("dilations", [])
+        ):
+            problems.append(f"{where}: pooling dilations must be 1")
+        reduce_axes = node.op_type.startswith("Reduce") and len(node.input) > 1 and node.input[1]
+        if reduce_axes and node.input[1] not in constants:
+            problems.append(f"{where}: axes input must be a constant")
+    io_names = {v.name for v in graph.input} | {v.name for v in graph.output}
+    typed = list(graph.value_info) + list(graph.input) + list(graph.output)
+    for value in typed:
+        if value.type.tensor_type.elem_type == onnx.TensorProto.UINT8 and value.name not in io_names:
+            problems.append(f"tensor {value.name}: uint8 is only allowed as a network input/output")
+    return problems
+
+
+def verify_against_torch(
+    model_bytes: bytes, pipeline: nn.Module, spec: ExportSpec, *, seed: int = 0
+) -> float:
+    """Lowest fraction of pixels where ONNX Runtime's labels equal PyTorch's.
+
+    Dynamic graphs are checked at a second, odd size and batch too: a size baked in by
+    tracing shows up there as an error or a mismatch.
+    """
+    import onnxruntime as ort
+    import torch
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+    shapes = [(spec.batch, spec.height, spec.width)]
+    if spec.dynamic:
+        shapes.append((2, spec.height + 13, spec.width + 7))
+    elif spec.dynamic_batch:
+        shapes.append((2, spec.height, spec.width))
+    rng = np.random.default_rng(seed)
+    worst = 1.0
+    for n, h, w in shapes:
+        images = rng.integers(0, 256, size=(n, h, w, 3), dtype=np.uint8)
+        labels, confidence = session.run(list(OUTPUT_NAMES), {INPUT_NAME: images})
+        with torch.inference_mode():
+            ref_labels, ref_conf = pipeline(torch.from_numpy(images))
+        if labels.shape != (n, h, w):
+            raise BackendError(f"exported graph returned labels {labels.shape} for input {(n, h, w, 3)}")
+        agreement = float((labels == ref_labels.numpy()).mean())
+        conf_err = float(np.abs(confidence - ref_conf.numpy()).max())
+        log.debug("export check %dx%dx%d: labels agree %.5f, max |dconf| %.2e", n, h, w, agreement, conf_err)
+        worst = min(worst, agreement)
+    return worst
+
+
+def export_onnx(
+    cfg: ModelConfig,
+    spec: ExportSpec,
+    out: str | Path,
+    *,
+    model: nn.Module | None = None,
+    verify: bool = True,
+) -> ExportResult:
+    """Export, check and (atomically) write the graph for ``cfg`` at ``spec`` to ``out``."""
+    import onnx
+    import torch
+
+    from refinenet_ros.backends.pipeline import InferencePipeline
+    from refinenet_ros.config import load_model
+    from refinenet_ros.models import IMAGENET_MEAN, IMAGENET_STD
+
+    t0 = time.perf_counter()
+    cfg = cfg.resolved()
+    weights = weights_fingerprint(cfg)
+    net = model if model is not None else load_model(cfg)
+    pipeline = InferencePipeline(net.eval(), IMAGENET_MEAN, IMAGENET_STD).eval()
+    example = torch.zeros((spec.batch, spec.height, spec.width, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        proto = _trace_to_onnx(pipeline, example, spec)
+    _name_output_dims(proto, spec)
+    onnx.helper.set_model_props(proto, build_metadata(cfg, spec, weights))
+    proto.producer_name, proto.producer_version = "refinenet_ros", __version__
+    proto.doc_string = f"RefineNet segmentation pipeline ({cfg.describe()}), uint8 RGB in, labels out"
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise BackendError(f"exported graph fails the ONNX checker: {exc}") from exc
+    problems = tensorrt_problems(proto)
+    if problems:
+        raise BackendError("exported graph would not parse in TensorRT 10: " + "; ".join(problems[:5]))
+    data = proto.SerializeToString()
+    agreement = None
+    if verify:
+        agreement = verify_against_torch(data, pipeline, spec)
+        if agreement < MIN_AGREEMENT:
+            raise BackendError(
+                f"exported graph disagrees with PyTorch on {1 - agreement:.3%} of pixels "
+                f"(limit {1 - MIN_AGREEMENT:.1%}); report this with the model name and size"
+            )
+    out = Path(out)
+    atomic_write_bytes(out, data)
+    seconds = time.perf_counter() - t0
+    meta = {p.key: p.value for p in proto.metadata_props}
+    log.info(
+        "exported %s %s -> %s (%.1f MB, %d nodes, %.1f s%s)",
+        cfg.model, spec.describe(), out, len(data) / 1e6, len(proto.graph.node), seconds,
+        f", labels agree with torch on {agreement:.4%}" if agreement is not None else "",
+    )  # fmt: skip
+    return ExportResult(out, hashlib.sha256(data).hexdigest(), meta, False, seconds, agreement)
+
+
+def cache_key(cfg: ModelConfig, spec: ExportSpec, weights: str | None = None) -> str:
+    """Content hash of everything the exported bytes depend on."""
+    import torch
+
+    cfg = cfg.resolved()
+    record = {
+        "format": EXPORT_FORMAT,
+        "package": __version__,
+        "torch": torch.__version__,
+        "model": cfg.model,
+        "labels": cfg.labels,
+        "cascaded": cfg.cascaded,
+        "weights": weights if weights is not None else weights_fingerprint(cfg),
+        "spec": asdict(spec),
+    }
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+
+
+def cached_path(cfg: ModelConfig, spec: ExportSpec, cache_dir: str | Path, key: str) -> Path:
+    cfg = cfg.resolved()
+    geometry = (
+        "dyn" if spec.dynamic else f"{'n' if spec.dynamic_batch else spec.batch}x{spec.height}x{spec.width}"
+    )
+    return Path(cache_dir) / f"{cfg.model}_{cfg.labels}_{geometry}_{key[:16]}.onnx"
+
+
+def export_cached(cfg: ModelConfig, spec: ExportSpec, cache_dir: str | Path) -> ExportResult:
+    """The cached graph for (model, weights, spec, opset, versions), exporting it if needed."""
+    key = cache_key(cfg, spec)
+    path = cached_path(cfg, spec, cache_dir, key)
+    if path.is_file():
+        try:
+            meta = read_metadata(path)
+        except Exception as exc:  # unreadable: fall through and re-export over it
+            log.warning("cached ONNX %s is unreadable (%s); exporting again", path, exc)
+        else:
+            log.info("using cached ONNX graph %s", path)
+            return ExportResult(path, _sha256_file(path), meta, cached=True)
+    return export_onnx(cfg, spec, path)
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """metadata_props of an ONNX file (weights are not loaded)."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}

@@ -1,0 +1,150 @@
+"""INT8 for the ONNX Runtime backend: static QDQ quantisation calibrated on real images.
+
+``onnxruntime.quantization.quantize_static`` inserts QuantizeLinear/DequantizeLinear
+pairs (QDQ format, per-channel weight scales) around the convolutions, with activation
+ranges measured by running the FP32 graph on calibration images — the same sources and
+the same preprocessing as TensorRT's INT8 calibration (:mod:`calibration`). Only Conv
+is quantised: it carries almost all the FLOPs, and leaving Add/Resize/the argmax head
+in FP32 keeps label agreement high.
+
+The quantised graph is cached beside the FP32 one, keyed by the FP32 graph's sha256, the
+calibration fingerprint and the quantisation settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from refinenet_ros.backends.base import BackendError
+from refinenet_ros.backends.calibration import ImageSource, calibration_batches, make_source
+from refinenet_ros.backends.engine_cache import sha256_file
+from refinenet_ros.backends.onnx_export import INPUT_NAME
+from refinenet_ros.io import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from refinenet_ros.backends.factory import BackendOptions
+
+log = logging.getLogger("refinenet_ros")
+
+QUANT_SETTINGS: dict[str, Any] = {
+    "format": "QDQ",
+    "per_channel": True,
+    "op_types": ["Conv"],
+    "activation": "QUInt8",
+    "weight": "QInt8",
+    "method": "MinMax",
+    "version": 1,
+}
+
+
+def _static_size(onnx_path: Path) -> tuple[int, int]:
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    dims = [
+        d.dim_value if d.HasField("dim_value") else None
+        for d in model.graph.input[0].type.tensor_type.shape.dim
+    ]
+    if len(dims) != 4 or dims[1] is None or dims[2] is None:
+        raise BackendError(
+            "onnxruntime int8 needs a fixed network size to calibrate at: pass --network-size H W "
+            "(network_size parameter)"
+        )
+    return int(dims[1]), int(dims[2])
+
+
+def quantize_graph(fp32_path: Path, out_path: Path, source: ImageSource, *, max_images: int = 64) -> Path:
+    """Write the QDQ INT8 version of ``fp32_path`` to ``out_path`` (atomically)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
+
+    size = _static_size(fp32_path)
+
+    class Reader(CalibrationDataReader):
+        """Feeds one network-size uint8 image per call, as the backend will see it."""
+
+        def __init__(self) -> None:
+            self._batches: Iterator[npt.NDArray[np.uint8]] = calibration_batches(source, size, 1)
+            self.count = 0
+
+        def get_next(self) -> dict[str, npt.NDArray[np.uint8]] | None:
+            if self.count >= max_images:
+                return None
+            batch = next(self._batches, None)
+            if batch is None:
+                return None
+            self.count += 1
+            return {INPUT_NAME: batch}
+
+    reader = Reader()
+    with tempfile.TemporaryDirectory(prefix="refinenet_quant_") as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        out_tmp = Path(tmp) / "int8.onnx"
+        # Shape inference + graph optimisation first, as ORT's quantisation guide asks.
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        quantize_static(
+            str(pre),
+            str(out_tmp),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            op_types_to_quantize=["Conv"],
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+        if reader.count == 0:
+            raise BackendError(f"int8 calibration got no images from {source.describe()}")
+        _copy_metadata(fp32_path, out_tmp)
+        atomic_write_bytes(out_path, out_tmp.read_bytes())
+    log.info(
+        "quantised %s to INT8 (QDQ, per-channel, %d calibration images) -> %s",
+        fp32_path.name,
+        reader.count,
+        out_path,
+    )
+    return out_path
+
+
+def _copy_metadata(src: Path, dst: Path) -> None:
+    """quantize_static drops metadata_props; the backend reads num_classes etc. from them."""
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
+    model = onnx.load(str(dst))
+    meta["precision"] = "int8"
+    meta["quantization"] = json.dumps(QUANT_SETTINGS, sort_keys=True)
+    onnx.helper.set_model_props(model, meta)
+    onnx.save(model, str(dst))
+
+
+def quantized_cached(fp32_path: Path, options: BackendOptions) -> Path:
+    """The cached INT8 graph for ``fp32_path`` and the options' calibration data."""
+    source = make_source(options.calib_images, options.calib_bag, options.calib_topic, options.calib_count)
+    key = hashlib.sha256(
+        json.dumps(
+            {"fp32": sha256_file(fp32_path), "calib": source.fingerprint(), "settings": QUANT_SETTINGS},
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()
+    out = fp32_path.with_name(f"{fp32_path.stem}_int8_{key[:12]}.onnx")
+    if out.is_file():
+        log.info("using cached INT8 graph %s", out)
+        return out
+    log.info("quantising to INT8, calibrating on %s", source.describe())
+    return quantize_graph(fp32_path, out, source, max_images=options.calib_count)
