@@ -45,13 +45,19 @@ FRAME_TIMEOUT_S = 30.0
 
 
 def ros_environment(domain_id: int | None) -> dict[str, str]:
-    """DDS on this machine only, lossless for large images, in a domain of our own."""
+    """DDS on this machine only, lossless for large images, in a domain of our own.
+
+    ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` must not be set: with it, rmw_fastrtps
+    replaces the builtin transports with its own (UDP + a default 512 KB shared-memory
+    segment), and every message above ~0.5 MB (a 640x480 rgb8 frame is 0.9 MB) is lost
+    without an error. Shared memory alone already keeps all traffic on this machine.
+    """
     domain = domain_id if domain_id is not None else 100 + os.getpid() % 100
     return {
         "FASTDDS_BUILTIN_TRANSPORTS": SHM_ONLY,
         "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp",
         "ROS_DOMAIN_ID": str(domain),
-        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+        "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET",
         "PYTHONUNBUFFERED": "1",
     }
 
@@ -259,8 +265,13 @@ def run_node_bench(args: argparse.Namespace) -> dict[str, Any]:
 
         for i in range(warmup):  # first calls pay allocation and kernel selection
             if not tracker.wait_complete(publish(i), FRAME_TIMEOUT_S):
-                raise CliError(f"warm-up frame {i} got no outputs within {FRAME_TIMEOUT_S:.0f} s:\n"
-                               f"{_log_tail(log_path)}")  # fmt: skip
+                d = tracker.diagnostics
+                got = {o: len(r) for o, r in tracker.received.items()}
+                raise CliError(
+                    f"warm-up frame {i} got no outputs within {FRAME_TIMEOUT_S:.0f} s (received {got}; "
+                    f"node diagnostics: frames_in {d.get('frames_in')}, frames_out {d.get('frames_out')}, "
+                    f"last problem {d.get('last_problem')!r}):\n{_log_tail(log_path)}"
+                )
         t_start = time.time_ns()
         stamps: list[int] = []
         if args.rate > 0:
@@ -323,6 +334,11 @@ def _figures(
         "all_outputs_latency_ms": percentiles(lat_all),
         "backend_ms": backend,
         "overhead_ms": {q: round(latency[q] - backend[q], 2) for q in ("p50", "p95")},
+        # the node's own non-inference work per frame (medians of its stages, summed): a
+        # steadier figure than the difference of two percentiles when the machine is busy
+        "node_stages_overhead_ms_p50": round(
+            sum(_float(diag, f"{s}_ms_p50") for s in STAGES if s != "infer"), 2
+        ),
         "fps": round(len(lat) / span_s, 3) if span_s > 0 else 0.0,
         "drops": len(stamps) - len(lat),
         "node_drops": {
@@ -356,6 +372,7 @@ def print_node_table(node: dict[str, Any]) -> None:
         ["input -> all outputs", *node["all_outputs_latency_ms"].values()],
         ["backend (node infer)", be["p50"], be["p95"], None],
         ["node overhead = e2e - backend", ov["p50"], ov["p95"], None],
+        ["  node stages except infer", node["node_stages_overhead_ms_p50"], None, None],
     ]
     rows += [[f"  node stage: {s}", *v.values()] for s, v in node["stages_ms"].items()]
     print(format_table(["ms", "p50", "p95", "p99"], rows))
