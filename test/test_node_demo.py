@@ -23,7 +23,8 @@ def test_demo_plays_records_and_reports(tmp_path: Path, ros_env: dict[str, str])
     cli = str(Path(sys.executable).with_name("refinenet-ros"))
     env = dict(os.environ, **ROS_ENV)
     args = ["demo", "--frames", "8", "--rate", "4", "--size", "64", "96", "--out", str(out)]
-    proc = subprocess.run([cli, *args], env=env, capture_output=True, text=True, timeout=240)
+    # backend auto (the product default): its ONNX/engine cache lands in tmp_path/engines
+    proc = subprocess.run([cli, *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "latency (stamp -> recorder) p50" in proc.stdout
     summary = json.loads((out / "summary.json").read_text())

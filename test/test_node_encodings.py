@@ -173,3 +173,23 @@ def test_slots_wait_for_the_other_camera_to_batch() -> None:
     assert time.monotonic() - t0 < 1.0
     slots.close()
     assert slots.take(1.0) == []
+
+
+@pytest.mark.parametrize("preset", ["street", "indoor"])
+def test_presets_set_only_declared_parameters_with_valid_values(preset: str) -> None:
+    pytest.importorskip("rclpy")
+    from pathlib import Path
+
+    import yaml
+
+    from refinenet_ros.labels import LABEL_SET_NAMES
+    from refinenet_ros.models import MODEL_NAMES
+    from refinenet_ros.ros.params import PARAMETERS, check_value
+
+    path = Path(__file__).resolve().parents[1] / "config" / f"{preset}.yaml"
+    params = yaml.safe_load(path.read_text())["/**"]["ros__parameters"]
+    assert set(params) <= set(PARAMETERS), set(params) - set(PARAMETERS)
+    assert all(check_value(k, v) is None for k, v in params.items())
+    assert params["model"] in MODEL_NAMES and params["labels"] in LABEL_SET_NAMES
+    expected = {"street": ("cityscapes", 512, 1024), "indoor": ("nyud40", 480, 640)}[preset]
+    assert (params["labels"], params["network_height"], params["network_width"]) == expected

@@ -6,8 +6,10 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from ros_helpers import (
     OUT,
@@ -23,7 +25,8 @@ from ros_helpers import (
 )
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
-NET = dict(network_height=64, network_width=96)
+NET = dict(network_height=64, network_width=96, backend="torch")  # eager torch: no export step
+PRESETS = Path(__file__).resolve().parents[1] / "config"
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +35,17 @@ def nodes(
 ) -> Iterator[dict[str, NodeProcess]]:
     tmp = tmp_path_factory.mktemp("node_lifecycle")
     procs = {
-        "lc": NodeProcess(["-r", "__ns:=/lc", *node_args(autostart=False, **NET)], tmp / "lc.log"),
+        # the indoor preset, with a small model and network size on top (later -p wins)
+        "lc": NodeProcess(
+            [
+                "-r",
+                "__ns:=/lc",
+                "--params-file",
+                str(PRESETS / "indoor.yaml"),
+                *node_args(autostart=False, model="lw_refinenet_mobilenetv2", **NET),
+            ],
+            tmp / "lc.log",
+        ),
         "multi": NodeProcess(
             ["-r", "__ns:=/multi", *node_args(cameras=["left", "right"], batch_timeout_ms=300.0, **NET)],
             tmp / "multi.log",
@@ -79,6 +92,12 @@ def test_lifecycle_transitions_through_the_services(ros_client: RosClient, nodes
 
     lc = nodes["lc"]
     assert state(ros_client) == "unconfigured"
+    from rcl_interfaces.srv import GetParameters
+
+    req = GetParameters.Request(names=["labels", "network_height", "max_input_age_ms"])
+    values = ros_client.call(GetParameters, f"/lc/{OUT}/get_parameters", req).values
+    assert (values[0].string_value, values[1].integer_value) == ("nyud40", 64)  # preset + -p override
+    assert values[2].double_value == 300.0
     # choices are validated when set; a bad model makes configure fail with a clear log line
     rejected = set_param(ros_client, "backend", "bogus")
     assert not rejected.successful and "backend" in rejected.reason
@@ -88,7 +107,7 @@ def test_lifecycle_transitions_through_the_services(ros_client: RosClient, nodes
     assert set_param(ros_client, "model", "lw_refinenet_mobilenetv2").successful
 
     assert transition(ros_client, Transition.TRANSITION_CONFIGURE)
-    assert state(ros_client) == "inactive" and "backend torch on cpu ready" in lc.log()
+    assert state(ros_client) == "inactive" and "backend torch on cpu ready" in lc.log()  # configure built it
     labels = ros_client.subscribe(Image, f"/lc/{OUT}/labels")
     pub = ros_client.publisher(Image, "/lc/image")
     img = smooth_image(seed=21)
@@ -99,6 +118,7 @@ def test_lifecycle_transitions_through_the_services(ros_client: RosClient, nodes
     assert state(ros_client) == "active"
     send_until_seen(pub, lambda s: image_msg(img, stamp_ns=s), [labels])
     assert not [m for m in labels.msgs if stamp_ns(m) == inactive_stamp]
+    assert max(int(np.frombuffer(m.data, np.uint8).max()) for m in labels.msgs) < 40  # nyud40
 
     assert transition(ros_client, Transition.TRANSITION_DEACTIVATE)
     assert state(ros_client) == "inactive"

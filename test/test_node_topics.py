@@ -49,17 +49,26 @@ def nodes(
     params = tmp / "net.yaml"
     params.write_text(
         f"/net/{OUT}:\n  ros__parameters:\n    network_height: 48\n    network_width: 64\n"
-        "    output_resolution: network\n    overlay_alpha: 0.5\n    publish_confidence: false\n"
+        "    output_resolution: network\n    backend: torch\n    overlay_alpha: 0.5\n"
+        "    publish_confidence: false\n"
     )
     cli = str(NODE_EXE.with_name("refinenet-ros"))
     procs = {
         "main": NodeProcess(
-            ["-r", "__ns:=/main", *node_args(network_height=64, network_width=96, overlay_alpha=0.0)],
+            [
+                "-r",
+                "__ns:=/main",
+                *node_args(network_height=64, network_width=96, overlay_alpha=0.0, backend="torch"),
+            ],
             tmp / "main.log",
         ),
         "net": NodeProcess(["-r", "__ns:=/net", "--params-file", str(params)], tmp / "net.log"),
         "comp": NodeProcess(
-            ["-r", "__ns:=/comp", *node_args(input_transport="compressed", overlay_alpha=0.0)],
+            [
+                "-r",
+                "__ns:=/comp",
+                *node_args(input_transport="compressed", overlay_alpha=0.0, backend="torch"),
+            ],
             tmp / "comp.log",
             cmd=[cli, "node"],
         ),

@@ -1,0 +1,65 @@
+"""Several cameras, one node, one batched backend call per round:
+``ros2 launch refinenet_ros multi_camera.launch.py cameras:=front,left,right preset:=street``.
+
+Each camera namespace ``C`` is subscribed as ``C/image`` (+ ``C/camera_info``) relative to
+the node's namespace, and its outputs are ``refinenet_segmentation/C/{labels,color,...}``.
+Mirrors ``segmentation_node --ros-args --params-file F -p cameras:=[front,left,right]``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+from launch import LaunchContext, LaunchDescription
+
+SHM_ONLY = "SHM?max_msg_size=8MB&sockets_size=64MB"
+
+
+def _node(context: LaunchContext) -> list[Node]:
+    def arg(name: str) -> str:
+        return LaunchConfiguration(name).perform(context)
+
+    config = os.path.join(get_package_share_directory("refinenet_ros"), "config")
+    params_file = arg("params_file") or os.path.join(config, f"{arg('preset')}.yaml")
+    cameras = [c.strip() for c in arg("cameras").split(",") if c.strip()]
+    return [
+        Node(
+            package="refinenet_ros",
+            executable="segmentation_node",
+            name="refinenet_segmentation",
+            namespace=arg("namespace"),
+            parameters=[
+                params_file,
+                {"cameras": cameras, "batch_timeout_ms": float(arg("batch_timeout_ms"))},
+            ],
+            additional_env={
+                "FASTDDS_BUILTIN_TRANSPORTS": os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", SHM_ONLY)
+            },
+            output="screen",
+            emulate_tty=True,
+        )
+    ]
+
+
+def generate_launch_description() -> LaunchDescription:
+    return LaunchDescription(
+        [
+            DeclareLaunchArgument(
+                "cameras", default_value="front,left,right", description="camera namespaces"
+            ),
+            DeclareLaunchArgument("preset", default_value="street", description="street | indoor"),
+            DeclareLaunchArgument(
+                "params_file", default_value="", description="parameters YAML (overrides preset)"
+            ),
+            DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
+            DeclareLaunchArgument(
+                "batch_timeout_ms", default_value="15.0", description="wait for other cameras"
+            ),
+            OpaqueFunction(function=_node),
+        ]
+    )

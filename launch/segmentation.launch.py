@@ -1,0 +1,68 @@
+"""One camera: ``ros2 launch refinenet_ros segmentation.launch.py preset:=street image:=/camera/image_raw``.
+
+Arguments: ``preset`` (street|indoor: config/<preset>.yaml), ``params_file`` (overrides the
+preset), ``namespace``, ``image`` (the camera's image topic; its ``camera_info`` sibling is
+used), ``compressed`` (subscribe ``<image>/compressed``). Mirrors the tested command line:
+``segmentation_node --ros-args --params-file F -p input_transport:=... -r image:=...``.
+Outputs: ``<namespace>/refinenet_segmentation/{labels,labels/camera_info,color,overlay,confidence}``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+from launch import LaunchContext, LaunchDescription
+
+SHM_ONLY = "SHM?max_msg_size=8MB&sockets_size=64MB"
+
+
+def _node(context: LaunchContext) -> list[Node]:
+    def arg(name: str) -> str:
+        return LaunchConfiguration(name).perform(context)
+
+    config = os.path.join(get_package_share_directory("refinenet_ros"), "config")
+    params_file = arg("params_file") or os.path.join(config, f"{arg('preset')}.yaml")
+    compressed = arg("compressed").lower() in ("true", "1", "yes")
+    image = arg("image").rstrip("/")
+    camera_info = image.rsplit("/", 1)[0] + "/camera_info" if "/" in image else "camera_info"
+    remappings = [("image/compressed", f"{image}/compressed")] if compressed else [("image", image)]
+    remappings.append(("camera_info", camera_info))
+    return [
+        Node(
+            package="refinenet_ros",
+            executable="segmentation_node",
+            name="refinenet_segmentation",
+            namespace=arg("namespace"),
+            parameters=[params_file, {"input_transport": "compressed" if compressed else "raw"}],
+            remappings=remappings,
+            additional_env={
+                "FASTDDS_BUILTIN_TRANSPORTS": os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", SHM_ONLY)
+            },
+            output="screen",
+            emulate_tty=True,
+        )
+    ]
+
+
+def generate_launch_description() -> LaunchDescription:
+    return LaunchDescription(
+        [
+            DeclareLaunchArgument("preset", default_value="street", description="street | indoor"),
+            DeclareLaunchArgument(
+                "params_file", default_value="", description="parameters YAML (overrides preset)"
+            ),
+            DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
+            DeclareLaunchArgument(
+                "image", default_value="/camera/image_raw", description="input image topic"
+            ),
+            DeclareLaunchArgument(
+                "compressed", default_value="false", description="subscribe <image>/compressed"
+            ),
+            OpaqueFunction(function=_node),
+        ]
+    )
