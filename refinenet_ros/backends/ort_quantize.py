@@ -41,7 +41,7 @@ QUANT_SETTINGS: dict[str, Any] = {
     "op_types": ["Conv"],
     "activation": "QUInt8",
     "weight": "QInt8",
-    "method": "MinMax",
+    "method": "Percentile",
     "version": 1,
 }
 
@@ -106,7 +106,7 @@ def quantize_graph(fp32_path: Path, out_path: Path, source: ImageSource, *, max_
             op_types_to_quantize=["Conv"],
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
+            calibrate_method=CalibrationMethod.Percentile,
         )
         if reader.count == 0:
             raise BackendError(f"int8 calibration got no images from {source.describe()}")
