@@ -13,8 +13,8 @@ engines that crash or silently misbehave after a JetPack upgrade, so:
 * both files are written to a temp file and renamed (engine first, sidecar last: the
   sidecar is the commit marker), so a crash mid-write never leaves a half engine that
   looks valid;
-* an engine that fails its checksum or deserialisation is renamed ``.bad`` (kept for a
-  post-mortem, never loaded again) and rebuilt;
+* a stale engine, or one that fails its checksum or deserialisation, is renamed ``.bad``
+  (kept for a post-mortem or a rollback, never loaded again) and rebuilt;
 * a per-stem lock file makes a second process wait for a build in progress instead of
   building the same engine twice.
 
@@ -287,7 +287,7 @@ class EngineCache:
             moved = bad
         if meta.exists():
             os.replace(meta, meta.with_name(meta.name + ".bad"))
-        log.warning("engine %s is unusable (%s); kept as %s, rebuilding", engine, reason, bad.name)
+        log.warning("engine %s cannot be used (%s); kept as %s, rebuilding", engine, reason, bad.name)
         return moved
 
     @contextlib.contextmanager
@@ -322,9 +322,9 @@ class EngineCache:
     ) -> tuple[T, BuildRecord]:
         """Deserialise the cached engine when current, else build, store and deserialise.
 
-        ``deserialize`` returning None or raising marks the cached engine ``.bad``; a
-        freshly built engine that fails to deserialise raises RuntimeError (building
-        again would not help).
+        A stale engine, or one whose ``deserialize`` returns None or raises, is kept as
+        ``<stem>.engine.bad`` (the latest one only) with the reason logged. A freshly built
+        engine that fails to deserialise raises RuntimeError (building again would not help).
         """
         with self.lock(stem):
             found = self.lookup(stem, key)
@@ -338,6 +338,9 @@ class EngineCache:
                     log.info("using cached engine %s", found.engine_path)
                     return obj, BuildRecord(found.engine_path, built=False)
                 reason = f"deserialisation failed ({reason or 'TensorRT returned no engine'})"
+                self.mark_bad(stem, reason)
+            elif found.engine_path.exists():
+                # Stale (other TensorRT, GPU, graph, ...): keep it aside, never load it.
                 self.mark_bad(stem, reason)
             log.info("building engine %s: %s", found.engine_path.name, reason)
             t0 = time.perf_counter()
