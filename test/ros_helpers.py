@@ -27,7 +27,6 @@ ROS_ENV = {
     "FASTDDS_BUILTIN_TRANSPORTS": "SHM?max_msg_size=8MB&sockets_size=64MB",
     "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp",
     "ROS_DOMAIN_ID": str(100 + os.getpid() % 100),
-    "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
     "PYTHONUNBUFFERED": "1",
 }
 NODE_EXE = Path(sys.executable).with_name("segmentation_node")
@@ -197,6 +196,7 @@ class NodeProcess:
     def __init__(self, ros_args: list[str], log_path: Path, cmd: list[str] | None = None) -> None:
         self.log_path = log_path
         env = dict(os.environ, **ROS_ENV)
+        env.pop("ROS_AUTOMATIC_DISCOVERY_RANGE", None)
         argv = [str(NODE_EXE)] if cmd is None else cmd
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
@@ -308,8 +308,11 @@ def ros_env() -> Iterator[dict[str, str]]:
         import rclpy  # noqa: F401
     except ImportError:
         pytest.skip("rclpy is not installed (pip install '.[ros]')")
-    saved = {k: os.environ.get(k) for k in ROS_ENV}
+    saved = {k: os.environ.get(k) for k in (*ROS_ENV, "ROS_AUTOMATIC_DISCOVERY_RANGE")}
     os.environ.update(ROS_ENV)
+    # LOCALHOST makes rmw_fastrtps replace the SHM-only transports with UDP loopback,
+    # which drops most large best-effort frames (measured: 4 of 40 VGA frames arrived).
+    os.environ.pop("ROS_AUTOMATIC_DISCOVERY_RANGE", None)
     yield dict(ROS_ENV)
     for k, v in saved.items():
         if v is None:

@@ -171,7 +171,11 @@ def _ros_env() -> dict[str, str]:
     env.setdefault("FASTDDS_BUILTIN_TRANSPORTS", SHM_ONLY)
     env.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
     env.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
-    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    if env.get("ROS_AUTOMATIC_DISCOVERY_RANGE") == "LOCALHOST" and "SHM" in env["FASTDDS_BUILTIN_TRANSPORTS"]:
+        # rmw_fastrtps would swap the SHM-only transports for UDP loopback and drop ~90 % of
+        # VGA frames; with SHM only nothing leaves the machine anyway.
+        print("[demo] ignoring ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST (it disables the SHM-only transport)")
+        del env["ROS_AUTOMATIC_DISCOVERY_RANGE"]
     return env
 
 
@@ -204,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
     if args.weights and not Path(args.weights).is_file():
         raise CliError(f"--weights {args.weights}: no such file")
     env = _ros_env()
+    os.environ.pop("ROS_AUTOMATIC_DISCOVERY_RANGE", None)
     os.environ.update(env)  # this process joins the same SHM-only domain as the node
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

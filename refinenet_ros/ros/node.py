@@ -14,6 +14,7 @@ the input header. Malformed frames are counted and logged once per problem, neve
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -375,6 +376,17 @@ class SegmentationNode(LifecycleNode):
         self._diag_pub.publish(msg)
 
 
+def _warn_about_transport(node: SegmentationNode) -> None:
+    """Measured here: with ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, rmw_fastrtps replaces the
+    SHM-only builtin transports with UDP loopback and ~90 % of best-effort VGA frames are lost."""
+    shm = "SHM" in os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", "")
+    if shm and os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE") == "LOCALHOST":
+        node.get_logger().warning(
+            "ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST overrides FASTDDS_BUILTIN_TRANSPORTS=SHM with UDP "
+            "loopback, which drops most large frames: unset it (SHM never leaves the machine anyway)"
+        )
+
+
 def main(args: Sequence[str] | None = None) -> int:
     """Entry point of ``segmentation_node``: spin until SIGINT/SIGTERM, exit within 2 s."""
     rclpy.init(args=list(args) if args is not None else None)
@@ -382,6 +394,7 @@ def main(args: Sequence[str] | None = None) -> int:
     code = 0
     try:
         node = SegmentationNode()
+        _warn_about_transport(node)
         if node.autostart:
             if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
                 node.get_logger().fatal("autostart: configure failed (see above); exiting")
