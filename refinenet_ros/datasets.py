@@ -303,3 +303,54 @@ class TrainAugment:
         if self.flip and rng.random() < 0.5:
             img, lab = img[:, ::-1], lab[:, ::-1]
         return np.ascontiguousarray(img, dtype=np.uint8), np.ascontiguousarray(lab).astype(np.int64)
+
+
+def write_shapes_dataset(
+    root: str | Path,
+    split: str,
+    count: int,
+    size: tuple[int, int] = (64, 64),
+    *,
+    classes: int = 4,
+    seed: int = 0,
+) -> Path:
+    """A toy data set with learnable structure: coloured discs/boxes on grey noise.
+
+    Class 0 is the noisy background; class c >= 1 is a filled shape of one fixed hue per
+    class (with brightness jitter), so a network that learns anything at all separates
+    them. Written as ROOT/images/SPLIT/*.png + ROOT/labels/SPLIT/*.png (the ``folders``
+    layout); used by the training test and as a smoke test of ``train`` on a new machine.
+    """
+    import cv2
+
+    from refinenet_ros.io import write_label_png, write_rgb_png
+    from refinenet_ros.labels import LabelSet, voc_colormap
+
+    hues = [(230, 40, 40), (40, 200, 60), (50, 80, 230), (230, 210, 40), (200, 50, 210), (40, 210, 210)]
+    if not 2 <= classes <= len(hues) + 1:
+        raise ValueError(f"classes must be within 2..{len(hues) + 1}")
+    palette = LabelSet("shapes", "shapes", tuple(str(i) for i in range(classes)), voc_colormap(classes))
+    rng = np.random.default_rng([seed, len(split)])
+    h, w = size
+    root = Path(root)
+    for i in range(count):
+        grey = rng.integers(40, 200, (h, w, 1))
+        image = np.clip(grey + rng.integers(-25, 26, (h, w, 3)), 0, 255).astype(np.uint8)
+        label = np.zeros((h, w), np.uint8)
+        for _ in range(int(rng.integers(1, 4))):
+            c = int(rng.integers(1, classes))
+            color = np.clip(np.array(hues[c - 1]) * rng.uniform(0.75, 1.1), 0, 255)
+            mask = np.zeros((h, w), np.uint8)
+            cy, cx = int(rng.integers(0, h)), int(rng.integers(0, w))
+            r = int(rng.integers(min(h, w) // 8, min(h, w) // 3))
+            if c % 2:
+                cv2.circle(mask, (cx, cy), r, 1, -1)
+            else:
+                cv2.rectangle(mask, (cx - r, cy - r), (cx + r, cy + r), 1, -1)
+            on = mask.astype(bool)
+            noise = rng.integers(-15, 16, (int(on.sum()), 3))
+            image[on] = np.clip(color + noise, 0, 255).astype(np.uint8)
+            label[on] = c
+        write_rgb_png(root / "images" / split / f"{i:04d}.png", image)
+        write_label_png(root / "labels" / split / f"{i:04d}.png", label, palette)
+    return root

@@ -1,0 +1,439 @@
+"""Fine-tune a RefineNet model on a labelled data set (the robot's own scenes).
+
+The recipe of the RefineNet / Light-Weight RefineNet papers: random scale, crop and
+mirror; SGD with momentum and a poly learning-rate decay; a separate learning rate for
+the pretrained encoder and the decoder (x10 for Light-Weight RefineNet, whose decoder
+starts from scratch); optionally frozen BatchNorm (small batches make its statistics
+noisy); pixels labelled with the ignore index do not contribute to the loss.
+Validation mIoU is measured every ``--val-every`` steps with the same code as
+``evaluate``. Checkpoints (``last.pt``, ``best.pt``) are written atomically with
+``save_checkpoint`` so ``segment``/``bag``/the node load them with ``--weights``;
+``--resume OUT/last.pt`` continues a run (weights, optimiser momentum, step, history).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from refinenet_ros.cli import CliError, add_model_arguments, model_config_from_args
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from refinenet_ros.datasets import SegmentationDataset, TrainAugment
+    from refinenet_ros.labels import LabelSet
+
+log = logging.getLogger("refinenet_ros")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings; ``decoder_lr_mult`` None = 10 for LW models, 1 otherwise."""
+
+    steps: int = 1000
+    batch_size: int = 8
+    crop_size: tuple[int, int] = (320, 320)
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    flip: bool = True
+    lr: float = 5e-4
+    decoder_lr_mult: float | None = None
+    momentum: float = 0.9
+    weight_decay: float = 1e-5
+    poly_power: float = 0.9
+    freeze_bn: bool = False
+    val_every: int = 500
+    checkpoint_every: int = 500
+    seed: int = 0
+    device: str = "cpu"
+    workers: int = 0
+
+
+@dataclass
+class TrainResult:
+    """Validation mIoU per step (``history``), the best one, and where checkpoints went."""
+
+    steps: int
+    history: list[tuple[int, float]] = field(default_factory=list)
+    best_miou: float = float("nan")
+    best_step: int = 0
+    last_checkpoint: Path | None = None
+    best_checkpoint: Path | None = None
+    seconds: float = 0.0
+    losses: list[float] = field(default_factory=list)
+
+
+def decoder_lr_mult_for(model_name: str) -> float:
+    """x10 for the Light-Weight decoder (trained from scratch), x1 for full RefineNet."""
+    return 10.0 if model_name.startswith("lw_") else 1.0
+
+
+def poly_lr(base: float, step: int, total: int, power: float) -> float:
+    return base * (1.0 - min(step, total) / max(1, total)) ** power
+
+
+def param_groups(model: nn.Module, lr: float, decoder_mult: float, freeze_bn: bool) -> list[dict[str, Any]]:
+    """Encoder (``model.backbone_prefixes``) and decoder parameter groups; frozen BN excluded."""
+    from torch import nn
+
+    prefixes = tuple(getattr(model, "backbone_prefixes", ("conv1.", "bn1.", "layer")))
+    bn_params: set[int] = set()
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                bn_params.update(id(p) for p in m.parameters())
+    encoder: list[nn.Parameter] = []
+    decoder: list[nn.Parameter] = []
+    for name, p in model.named_parameters():
+        if id(p) in bn_params:
+            p.requires_grad_(False)
+            continue
+        (encoder if name.startswith(prefixes) else decoder).append(p)
+    return [
+        {"params": encoder, "lr": lr, "base_lr": lr, "name": "encoder"},
+        {"params": decoder, "lr": lr * decoder_mult, "base_lr": lr * decoder_mult, "name": "decoder"},
+    ]
+
+
+def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
+    """``train()``, with BatchNorm layers kept in eval mode (running stats fixed) if frozen."""
+    from torch import nn
+
+    model.train()
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+class _Batches:
+    """Deterministic infinite stream of augmented batches: sample k of the run is item
+    ``perm_epoch[k % n]`` augmented with an RNG seeded by (seed, k), so a resumed run
+    sees exactly the batches the uninterrupted run would have seen."""
+
+    def __init__(
+        self, dataset: SegmentationDataset, augment: TrainAugment, batch_size: int, seed: int
+    ) -> None:
+        self.dataset = dataset
+        self.augment = augment
+        self.batch_size = batch_size
+        self.seed = seed
+        self._perms: dict[int, np.ndarray] = {}
+
+    def item(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        n = len(self.dataset)
+        epoch, pos = divmod(k, n)
+        perm = self._perms.get(epoch)
+        if perm is None:  # keep only the current epoch's order
+            perm = np.random.default_rng([self.seed, epoch]).permutation(n)
+            self._perms = {epoch: perm}
+        image, label = self.dataset[int(perm[pos])]
+        return self.augment(image, label, random.Random(self.seed * 1_000_003 + k))
+
+    def batches(self, start_step: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        step = start_step
+        while True:
+            items = [self.item(step * self.batch_size + j) for j in range(self.batch_size)]
+            yield np.stack([i for i, _ in items]), np.stack([lab for _, lab in items])
+            step += 1
+
+
+def _to_tensor(images: np.ndarray, device: str, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+    return (x - mean) / std
+
+
+def train(
+    model: nn.Module,
+    model_name: str,
+    label_set: LabelSet,
+    train_set: SegmentationDataset,
+    val_set: SegmentationDataset | None,
+    config: TrainConfig,
+    *,
+    out_dir: str | Path | None = None,
+    resume: str | Path | None = None,
+    progress: bool = False,
+) -> TrainResult:
+    """Run the training loop; returns the validation history. ``out_dir`` None = no checkpoints."""
+    import torch
+    import torch.nn.functional as F
+
+    from refinenet_ros.datasets import TrainAugment
+    from refinenet_ros.evaluate import evaluate, torch_predictor
+    from refinenet_ros.models import IMAGENET_MEAN, IMAGENET_STD
+
+    device = config.device
+    model.to(device)
+    mult = config.decoder_lr_mult if config.decoder_lr_mult is not None else decoder_lr_mult_for(model_name)
+    groups = param_groups(model, config.lr, mult, config.freeze_bn)
+    optimizer = torch.optim.SGD(
+        groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    result = TrainResult(steps=config.steps)
+    start = 0
+    if resume is not None:
+        start = _resume(Path(resume), model, optimizer, result)
+        log.info("resumed from %s at step %d", resume, start)
+    out = Path(out_dir) if out_dir is not None else None
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    augment = TrainAugment(config.crop_size, config.scale_range, config.flip, label_set.ignore_index)
+    stream = _Batches(train_set, augment, config.batch_size, config.seed).batches(start)
+
+    def validate(step: int) -> None:
+        if val_set is None:
+            return
+        predict = torch_predictor(model, device=device)
+        miou = evaluate(predict, val_set, label_set).metrics.miou
+        result.history.append((step, miou))
+        improved = not math.isnan(miou) and (math.isnan(result.best_miou) or miou > result.best_miou)
+        if improved:
+            result.best_miou, result.best_step = miou, step
+            if out is not None:
+                result.best_checkpoint = _save(
+                    out / "best.pt", model, model_name, label_set, config, step, result
+                )
+        log.info("step %d: validation mIoU %.2f %% (best %.2f %% at step %d)", step, 100 * miou,
+                 100 * result.best_miou, result.best_step)  # fmt: skip
+
+    if start == 0 and val_set is not None and not result.history:
+        validate(0)
+    from tqdm import tqdm
+
+    bar = tqdm(total=config.steps, initial=start, unit="step", desc="training", disable=not progress,
+               dynamic_ncols=True)  # fmt: skip
+    t0 = time.perf_counter()
+    for step in range(start, config.steps):
+        for g in optimizer.param_groups:
+            g["lr"] = poly_lr(g["base_lr"], step, config.steps, config.poly_power)
+        images, labels = next(stream)
+        set_train_mode(model, config.freeze_bn)
+        x = _to_tensor(images, device, mean, std)
+        target = torch.from_numpy(labels).to(device)
+        logits = model(x)
+        logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+        loss = F.cross_entropy(logits, target, ignore_index=label_set.ignore_index)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss became {value} at step {step + 1}; lower --lr")
+        result.losses.append(value)
+        bar.update(1)
+        done = step + 1
+        if progress:
+            last = f"{100 * result.history[-1][1]:.1f}" if result.history else "-"
+            bar.set_postfix(loss=f"{value:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}", mIoU=last,
+                            refresh=False)  # fmt: skip
+        if done == config.steps or (config.val_every > 0 and done % config.val_every == 0):
+            validate(done)
+        if out is not None and (done % max(1, config.checkpoint_every) == 0 or done == config.steps):
+            result.last_checkpoint = _save(
+                out / "last.pt", model, model_name, label_set, config, done, result
+            )
+            _save_optimizer(out / "last.optim.pt", optimizer, done)
+    bar.close()
+    result.seconds = time.perf_counter() - t0
+    model.eval()
+    return result
+
+
+def _save(
+    path: Path, model: nn.Module, model_name: str, label_set: LabelSet, config: TrainConfig, step: int,
+    result: TrainResult,
+) -> Path:  # fmt: skip
+    from refinenet_ros.models import IMAGENET_MEAN, IMAGENET_STD, save_checkpoint
+
+    history = [[s, None if math.isnan(m) else m] for s, m in result.history]
+    best = None if math.isnan(result.best_miou) else result.best_miou
+    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
+    save_checkpoint(
+        path, model, model_name=model_name, label_set=label_set.name, num_classes=label_set.num_classes,
+        mean=IMAGENET_MEAN, std=IMAGENET_STD, network_size=None,
+        extra={"step": step, "train_config": cfg, "val_history": history, "best_miou": best,
+               "best_step": result.best_step},
+    )  # fmt: skip
+    return path
+
+
+def _save_optimizer(path: Path, optimizer: torch.optim.Optimizer, step: int) -> None:
+    """Momentum buffers live beside the weights (tensors are not checkpoint metadata)."""
+    import torch
+
+    from refinenet_ros.io import atomic_write
+
+    with atomic_write(path) as f:
+        torch.save({"step": step, "optimizer": optimizer.state_dict()}, f)
+
+
+def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, result: TrainResult) -> int:
+    import torch
+
+    from refinenet_ros.models import load_checkpoint, read_checkpoint_metadata
+
+    meta = read_checkpoint_metadata(path)
+    if not meta or "step" not in (meta.get("extra") or {}):
+        raise CliError(f"--resume {path}: not a checkpoint written by refinenet-ros train (no step recorded)")
+    extra = meta["extra"]
+    load_checkpoint(model, path)
+    step = int(extra["step"])
+    result.history = [
+        (int(s), float("nan") if m is None else float(m)) for s, m in extra.get("val_history", [])
+    ]
+    if extra.get("best_miou") is not None:
+        result.best_miou, result.best_step = float(extra["best_miou"]), int(extra.get("best_step", 0))
+    optim_path = path.with_name(path.name.replace(".pt", "") + ".optim.pt")
+    if optim_path.is_file():
+        state = torch.load(optim_path, map_location="cpu", weights_only=True)
+        if int(state.get("step", -1)) == step:
+            optimizer.load_state_dict(state["optimizer"])
+            for g in optimizer.param_groups:  # base_lr comes from this run's settings
+                g.setdefault("base_lr", g["lr"])
+        else:
+            log.warning("%s is from step %s, not %d: momentum restarts", optim_path, state.get("step"), step)
+    else:
+        log.warning("no %s beside %s: optimiser momentum restarts from zero", optim_path.name, path.name)
+    return step
+
+
+# ---------------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from refinenet_ros.evaluate import add_dataset_arguments
+
+    add_dataset_arguments(parser)
+    parser.add_argument("--val-split", default=None,
+                        help="validation split of the same data set (default: val / validation, for "
+                             "folders ROOT/images/val when present; 'none' to skip validation)")  # fmt: skip
+    parser.add_argument("--val-images", default=None, help="generic layout: validation images folder")
+    parser.add_argument("--val-label-dir", default=None, help="generic layout: validation labels folder")
+    parser.add_argument("--val-limit", type=int, default=0, help="validate on the first N images (0: all)")
+    parser.add_argument("--out", default="train_out", help="folder for last.pt / best.pt")
+    parser.add_argument("--resume", default=None, help="continue from OUT/last.pt")
+    parser.add_argument("--reset-classifier", action="store_true",
+                        help="--weights from another label set: load all but the classifier")  # fmt: skip
+    g = parser.add_argument_group("optimisation")
+    g.add_argument("--steps", type=int, default=1000, help="training iterations")
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--crop", type=int, nargs=2, default=(320, 320), metavar=("H", "W"))
+    g.add_argument("--scale-range", type=float, nargs=2, default=(0.5, 2.0), metavar=("MIN", "MAX"))
+    g.add_argument("--no-flip", action="store_true", help="no random horizontal mirroring")
+    g.add_argument("--lr", type=float, default=5e-4, help="encoder learning rate (SGD)")
+    g.add_argument("--decoder-lr-mult", type=float, default=None,
+                   help="decoder LR = lr x this (default 10 for lw_* models, 1 otherwise)")  # fmt: skip
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight-decay", type=float, default=1e-5)
+    g.add_argument("--poly-power", type=float, default=0.9)
+    g.add_argument("--freeze-bn", action="store_true", help="keep BatchNorm statistics and affine fixed")
+    g.add_argument("--val-every", type=int, default=500, help="validate every N steps (0: only at the end)")
+    g.add_argument("--checkpoint-every", type=int, default=500)
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_model_arguments(parser)
+
+
+def _folders_split(args: argparse.Namespace, name: str) -> str | None:
+    """ROOT/images/NAME when it exists (folders layout), else None."""
+    return name if args.root and (Path(args.root) / "images" / name).is_dir() else None
+
+
+def _train_set(args: argparse.Namespace) -> SegmentationDataset:
+    from refinenet_ros.evaluate import dataset_from_args
+
+    split = args.split
+    if split is None and args.images is None:
+        defaults = {"cityscapes": "train", "voc": "train", "ade20k": "training"}
+        split = defaults.get(args.dataset) or _folders_split(args, "train") or ""
+    return dataset_from_args(args, split=split)
+
+
+def _val_set(args: argparse.Namespace) -> SegmentationDataset | None:
+    from refinenet_ros.datasets import DatasetError, open_dataset
+
+    if args.val_split == "none":
+        return None
+    try:
+        if args.images is not None:  # generic layout: validation folders given separately
+            if args.val_images is None:
+                return None
+            ds = open_dataset("folders", images=args.val_images, labels=args.val_label_dir,
+                              label_offset=args.label_offset)  # fmt: skip
+        else:
+            split = args.val_split
+            if split is None:
+                defaults = {"cityscapes": "val", "voc": "val", "ade20k": "validation"}
+                split = defaults.get(args.dataset) or _folders_split(args, "val")
+            if split is None:
+                return None
+            ds = open_dataset(args.dataset, args.root, split, label_offset=args.label_offset)
+    except DatasetError as exc:
+        raise CliError(f"validation set: {exc}") from None
+    return ds.subset(args.val_limit) if args.val_limit > 0 else ds
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from refinenet_ros.models import CheckpointError, build_model, load_checkpoint
+
+    if args.steps < 1 or args.batch_size < 1:
+        raise CliError("--steps and --batch-size must be >= 1")
+    if min(args.crop) < 32:
+        raise CliError(f"--crop {args.crop[0]} {args.crop[1]}: both sides must be >= 32 pixels")
+    if not 0 < args.scale_range[0] <= args.scale_range[1]:
+        raise CliError(f"--scale-range {args.scale_range}: need 0 < MIN <= MAX")
+    if args.resume is not None and not Path(args.resume).is_file():
+        raise CliError(f"--resume {args.resume}: no such file")
+    train_set = _train_set(args)
+    val_set = _val_set(args)
+    cfg = model_config_from_args(args).resolved()
+    assert cfg.model is not None
+    label_set = cfg.label_set
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    model = build_model(cfg.model, label_set.num_classes, seed=cfg.seed)
+    if cfg.weights is not None and args.resume is None:
+        try:
+            report = load_checkpoint(model, cfg.weights, strict=False, skip_classifier=args.reset_classifier)
+        except CheckpointError as exc:
+            hint = "" if args.reset_classifier else " (another label set? pass --reset-classifier)"
+            raise CliError(f"--weights: {exc}{hint}") from None
+        log.info("initial weights: %s", report.summary())
+    elif cfg.weights is None and args.resume is None:
+        log.warning("no --weights: training %s from random initialisation (seed %d)", cfg.model, cfg.seed)
+    config = TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, crop_size=(args.crop[0], args.crop[1]),
+        scale_range=(args.scale_range[0], args.scale_range[1]), flip=not args.no_flip, lr=args.lr,
+        decoder_lr_mult=args.decoder_lr_mult, momentum=args.momentum, weight_decay=args.weight_decay,
+        poly_power=args.poly_power, freeze_bn=args.freeze_bn, val_every=args.val_every,
+        checkpoint_every=args.checkpoint_every, seed=cfg.seed, device=device,
+    )  # fmt: skip
+    log.info("training %s [%s] on %s (%d images), validation: %s", cfg.model, label_set.name,
+             train_set.description, len(train_set),
+             f"{val_set.description} ({len(val_set)} images)" if val_set else "none")  # fmt: skip
+    try:
+        result = train(model, cfg.model, label_set, train_set, val_set, config, out_dir=args.out,
+                       resume=args.resume, progress=not args.no_progress)  # fmt: skip
+    except FloatingPointError as exc:
+        raise CliError(f"{exc} (last good checkpoint: {args.out}/last.pt if written)") from None
+    for step, miou in result.history:
+        print(f"step {step:>6d}: validation mIoU {100 * miou:.2f} %")
+    print(
+        f"trained {config.steps} steps in {result.seconds:.1f} s; best mIoU "
+        f"{100 * result.best_miou:.2f} % at step {result.best_step}; checkpoints in {args.out}/"
+    )
+    return 0

@@ -1,0 +1,146 @@
+"""`refinenet-ros train`: the loop learns, checkpoints load elsewhere, resume is exact."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from refinenet_ros.cli import main
+from refinenet_ros.datasets import open_dataset, write_shapes_dataset
+from refinenet_ros.labels import get_label_set
+from refinenet_ros.models import build_model, load_checkpoint, read_checkpoint_metadata
+from refinenet_ros.train import TrainConfig, decoder_lr_mult_for, param_groups, poly_lr, train
+
+MODEL = "lw_refinenet_mobilenetv2"
+LABELS = get_label_set("person_part")  # 7 classes; the toy set uses 0..3
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("shapes")
+    write_shapes_dataset(root, "train", 48, (48, 48), classes=4, seed=0)
+    write_shapes_dataset(root, "val", 12, (48, 48), classes=4, seed=1)
+    return root
+
+
+@pytest.mark.slow
+def test_validation_miou_rises_far_above_chance(shapes: Path, tmp_path: Path) -> None:
+    """A randomly initialised network trained for 200 SGD steps on coloured shapes.
+
+    The encoder starts from random weights here (no downloads), so it gets the decoder's
+    learning rate (the x10 decoder multiplier assumes a pretrained encoder).
+    """
+    torch.manual_seed(0)
+    model = build_model(MODEL, LABELS.num_classes, seed=0)
+    config = TrainConfig(
+        steps=200, batch_size=6, crop_size=(48, 48), scale_range=(0.75, 1.25), lr=3e-3,
+        decoder_lr_mult=1.0, val_every=100, checkpoint_every=100, seed=0,
+    )  # fmt: skip
+    train_set = open_dataset("folders", shapes, "train")
+    val_set = open_dataset("folders", shapes, "val")
+    result = train(model, MODEL, LABELS, train_set, val_set, config, out_dir=tmp_path)
+    steps = [s for s, _ in result.history]
+    assert steps == [0, 100, 200]
+    before, after = result.history[0][1], result.history[-1][1]
+    print(f"validation mIoU before {100 * before:.1f} % -> after {100 * after:.1f} %")
+    assert before < 0.2  # chance: 4 classes present, random network
+    assert after > 0.6 and after > 3 * before
+    assert result.best_miou == max(m for _, m in result.history)
+    assert sum(result.losses[-20:]) < 0.5 * sum(result.losses[:20])
+    # best.pt is an ordinary checkpoint: metadata for the other tools, loadable weights.
+    meta = read_checkpoint_metadata(tmp_path / "best.pt")
+    assert meta is not None and meta["model_name"] == MODEL and meta["label_set"] == "person_part"
+    assert meta["extra"]["best_miou"] == pytest.approx(result.best_miou)
+    fresh = build_model(MODEL, LABELS.num_classes, seed=5)
+    load_checkpoint(fresh, tmp_path / "last.pt")
+    for a, b in zip(fresh.state_dict().values(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_resume_from_mid_run_checkpoint_matches_straight_run(
+    shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    train_set = open_dataset("folders", shapes, "train").subset(8)
+    config = TrainConfig(steps=4, batch_size=2, crop_size=(48, 48), lr=1e-3, val_every=0, checkpoint_every=2)
+    straight = build_model(MODEL, LABELS.num_classes, seed=0)
+    train(straight, MODEL, LABELS, train_set, None, config, out_dir=tmp_path / "a")
+
+    class Stop(Exception):
+        pass
+
+    # Interrupt the same 4-step run right after its step-2 checkpoint (as Ctrl-C would).
+    import refinenet_ros.train as train_module
+
+    original = train_module._save_optimizer
+    calls: list[int] = []
+
+    def save_then_stop(path: Path, optimizer: torch.optim.Optimizer, step: int) -> None:
+        original(path, optimizer, step)
+        calls.append(step)
+        if step == 2:
+            raise Stop
+
+    monkeypatch.setattr(train_module, "_save_optimizer", save_then_stop)
+    with pytest.raises(Stop):
+        first = build_model(MODEL, LABELS.num_classes, seed=0)
+        train(first, MODEL, LABELS, train_set, None, config, out_dir=tmp_path / "b")
+    monkeypatch.undo()
+    assert calls == [2]
+    resumed = build_model(MODEL, LABELS.num_classes, seed=7)
+    train(resumed, MODEL, LABELS, train_set, None, config, resume=tmp_path / "b" / "last.pt")
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        if not k.endswith("num_batches_tracked"):  # a counter checkpoints do not carry
+            assert torch.allclose(a, b, atol=1e-6), k
+
+
+def test_param_groups_lr_schedule_and_frozen_bn() -> None:
+    model = build_model(MODEL, LABELS.num_classes, seed=0)
+    assert decoder_lr_mult_for(MODEL) == 10.0 and decoder_lr_mult_for("refinenet_resnet101") == 1.0
+    groups = param_groups(model, 1e-3, 10.0, freeze_bn=True)
+    enc, dec = groups
+    assert enc["lr"] == 1e-3 and dec["lr"] == pytest.approx(1e-2)
+    n_bn = sum(
+        p.numel() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()
+    )
+    assert n_bn > 0
+    total = sum(p.numel() for p in model.parameters())
+    assert sum(p.numel() for g in groups for p in g["params"]) == total - n_bn
+    assert poly_lr(1.0, 0, 100, 0.9) == 1.0 and poly_lr(1.0, 100, 100, 0.9) == 0.0
+    assert poly_lr(1.0, 50, 100, 0.9) == pytest.approx(0.5**0.9)
+
+
+def test_frozen_bn_keeps_running_stats(shapes: Path) -> None:
+    model = build_model(MODEL, LABELS.num_classes, seed=0)
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    mean_before = bn.running_mean.clone()
+    weight_before = bn.weight.detach().clone()
+    train_set = open_dataset("folders", shapes, "train").subset(4)
+    config = TrainConfig(steps=2, batch_size=2, crop_size=(48, 48), lr=1e-3, val_every=0, freeze_bn=True)
+    train(model, MODEL, LABELS, train_set, None, config)
+    assert torch.equal(bn.running_mean, mean_before) and torch.equal(bn.weight.detach(), weight_before)
+
+
+def test_cli_train_then_segment_with_the_checkpoint(shapes: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    rc = main([
+        "train", "--root", str(shapes), "--labels", "person_part", "--model", MODEL, "--steps", "3",
+        "--batch-size", "2", "--crop", "48", "48", "--val-every", "0", "--val-limit", "2",
+        "--out", str(out), "--no-progress", "--lr", "1e-3",
+    ])  # fmt: skip
+    assert rc == 0
+    meta = read_checkpoint_metadata(out / "last.pt")
+    assert meta is not None and meta["extra"]["step"] == 3
+    history = meta["extra"]["val_history"]
+    assert [s for s, _ in history] == [0, 3] and all(not math.isnan(m) for _, m in history)
+    # Labels and model come from the checkpoint's metadata.
+    seg_out = tmp_path / "seg"
+    img = next((shapes / "images" / "val").iterdir())
+    assert main(["segment", str(img), "--weights", str(out / "best.pt"), "--out", str(seg_out),
+                 "--backend", "torch"]) == 0  # fmt: skip
+    assert (seg_out / f"{img.stem}_labels.png").is_file()
+    # Errors are one line, exit 2.
+    assert main(["train", "--root", str(tmp_path / "none"), "--out", str(out)]) == 2
+    assert main(["train", "--root", str(shapes), "--resume", str(tmp_path / "x.pt")]) == 2
