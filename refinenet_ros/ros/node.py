@@ -101,6 +101,7 @@ class SegmentationNode(LifecycleNode):
         self._subs: list[Subscription[Any]] = []
         self._slots = LatestFrameSlots(1)
         self._worker: threading.Thread | None = None
+        self._stop = threading.Event()
         self._active = False
         self.stats = NodeStats()
         self._throttle = Throttle(5.0)
@@ -162,7 +163,10 @@ class SegmentationNode(LifecycleNode):
             )
         self._slots.reopen()
         self._active = True
-        self._worker = threading.Thread(target=self._work, name="refinenet-worker", daemon=True)
+        self._stop = threading.Event()  # one per activation: a worker outliving its join never resumes
+        self._worker = threading.Thread(
+            target=self._work, args=(self._stop,), name="refinenet-worker", daemon=True
+        )
         self._worker.start()
         inputs = ", ".join(self.resolve_topic_name(c.topic("image/compressed" if compressed else "image"))
                            for c in self.cameras)  # fmt: skip
@@ -199,9 +203,11 @@ class SegmentationNode(LifecycleNode):
 
     def _stop_worker(self) -> None:
         self._active = False
+        self._stop.set()
         self._slots.close()
         if self._worker is not None:
-            self._worker.join(timeout=1.5)
+            # an inference in flight finishes in the background (daemon thread): exit stays < 2 s
+            self._worker.join(timeout=1.0)
             self._worker = None
 
     # ---- setup -------------------------------------------------------------------------
@@ -252,14 +258,14 @@ class SegmentationNode(LifecycleNode):
         self._slots.put(Frame(camera, msg, time.monotonic()))
 
     # ---- worker --------------------------------------------------------------------------
-    def _work(self) -> None:
+    def _work(self, stop: threading.Event) -> None:
         timeout = self.cfg.batch_timeout_ms / 1e3
-        while not self._slots.closed:
+        while not stop.is_set():
             frames = self._slots.take(0.25, timeout)
             if not frames:
                 continue
             try:
-                self._process(frames)
+                self._process(frames, stop)
             except Exception as exc:
                 self.stats.errors += 1
                 self.stats.last_problem = f"{type(exc).__name__}: {exc}"
@@ -286,7 +292,7 @@ class SegmentationNode(LifecycleNode):
         wanted["camera_info"] = cam.info_pub.get_subscription_count() > 0
         return wanted
 
-    def _process(self, frames: Sequence[Frame]) -> None:
+    def _process(self, frames: Sequence[Frame], stop: threading.Event) -> None:
         stats = self.stats
         max_age = self.cfg.max_input_age_ms
         todo: list[tuple[Frame, npt.NDArray[np.uint8], dict[str, bool]]] = []
@@ -317,13 +323,18 @@ class SegmentationNode(LifecycleNode):
             return
         t1 = time.perf_counter()
         stats.stages["decode"].add((t1 - t0) * 1e3 / len(todo))
-        results = self.segmenter.segment_batch([rgb for _, rgb, _ in todo])
+        segmenter = self.segmenter
+        if segmenter is None:  # cleaned up meanwhile
+            return
+        results = segmenter.segment_batch([rgb for _, rgb, _ in todo])
         stats.backend_calls += 1
         stats.largest_batch = max(stats.largest_batch, len(todo))
         timings = results[0].timings_ms
         for stage in ("preprocess", "infer", "postprocess"):
             stats.stages[stage].add(timings[stage])
         for (frame, rgb, wanted), result in zip(todo, results, strict=True):
+            if stop.is_set():  # deactivated or shutting down while inferring
+                return
             t2 = time.perf_counter()
             self._publish(self.cameras[frame.camera], frame.msg.header, rgb, result, wanted)
             stats.stages["publish"].add((time.perf_counter() - t2) * 1e3)
