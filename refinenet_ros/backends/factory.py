@@ -91,6 +91,8 @@ def choose_kind(options: BackendOptions) -> tuple[str, str]:
         skip.append("TensorRT skipped: device cpu")
     else:
         reason = tensorrt_unavailable_reason()
+        if reason is None and options.input_size is None and options.onnx is None:
+            reason = "no fixed network size (set network_size to use TensorRT engines)"
         if reason is None:
             return "tensorrt", "CUDA device and TensorRT present"
         skip.append(f"TensorRT not used: {reason}")
@@ -183,6 +185,11 @@ def _tensorrt_backend(model_cfg: ModelConfig, options: BackendOptions) -> Backen
         raise BackendError(f"tensorrt backend: {reason}")
     if options.device == "cpu":
         raise BackendError("tensorrt backend runs on CUDA only; use --backend onnxruntime for --device cpu")
+    if options.input_size is None and options.onnx is None:
+        raise BackendError(
+            "tensorrt backend needs a fixed network size (engines are built for one shape): "
+            "set --network-size H W / the network_size parameter"
+        )
     from refinenet_ros.backends.tensorrt import TensorRTBackend
 
     return TensorRTBackend.from_onnx(onnx_for(model_cfg, options), options)
