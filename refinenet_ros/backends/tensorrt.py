@@ -78,7 +78,10 @@ _LOGGER = _Logger()
 
 
 class _ProgressLogger(trt.IProgressMonitor):
-    """Build progress in the log: a 5-minute build must never look like a hang."""
+    """Build progress in the log: a 5-minute build must never look like a hang.
+
+    TensorRT calls it from several builder threads, hence the lock.
+    """
 
     def __init__(self, every_s: float = 5.0) -> None:
         trt.IProgressMonitor.__init__(self)
@@ -86,24 +89,30 @@ class _ProgressLogger(trt.IProgressMonitor):
         self._t0 = time.monotonic()
         self._last = 0.0
         self._steps: dict[str, int] = {}
+        self._lock = threading.Lock()
 
     def phase_start(self, phase_name: str, parent_phase: str, num_steps: int) -> None:
-        self._steps[phase_name] = num_steps
-        if not parent_phase:
+        with self._lock:
+            self._steps[phase_name] = num_steps
+        if not parent_phase:  # top-level phases only: nested ones would flood the log
             log.info("TensorRT build: %s (%d steps, %.0f s elapsed)", phase_name, num_steps, self._elapsed())
 
     def step_complete(self, phase_name: str, step: int) -> bool:
         now = time.monotonic()
-        if now - self._last >= self._every:
-            self._last = now
+        with self._lock:
+            due = now - self._last >= self._every
+            if due:
+                self._last = now
             total = self._steps.get(phase_name, 0)
+        if due:
             log.info(
                 "TensorRT build: %s %d/%d (%.0f s elapsed)", phase_name, step + 1, total, self._elapsed()
             )
         return True  # False would cancel the build
 
     def phase_finish(self, phase_name: str) -> None:
-        self._steps.pop(phase_name, None)
+        with self._lock:
+            self._steps.pop(phase_name, None)
 
     def _elapsed(self) -> float:
         return time.monotonic() - self._t0
@@ -280,7 +289,10 @@ def build_engine(
         raise BackendError("TensorRT failed to build the engine (see the TensorRT errors above)")
     if timing_cache is not None:
         atomic_write_bytes(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
-    return bytes(memoryview(serialized))
+    data = bytes(memoryview(serialized))
+    # TensorRT objects go first: the progress monitor and calibrator must outlive them.
+    del serialized, config, parser, network, builder
+    return data
 
 
 def deserialize(data: bytes) -> trt.ICudaEngine | None:
