@@ -127,7 +127,7 @@ class RosClient:
         self.executor.add_node(self.node)
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
-        self._publishers: dict[tuple[str, type], Any] = {}
+        self._publishers: dict[tuple[str, type, bool], Any] = {}
 
     def _spin(self) -> None:
         with contextlib.suppress(Exception):  # shutdown races (ExternalShutdownException, ...)
@@ -140,7 +140,7 @@ class RosClient:
         return QoSProfile(depth=depth, reliability=rel)
 
     def publisher(self, msg_type: type, topic: str, reliable: bool = False, depth: int = 10) -> Any:
-        key = (topic, msg_type)
+        key = (topic, msg_type, reliable)
         if key not in self._publishers:
             self._publishers[key] = self.node.create_publisher(msg_type, topic, self.qos(reliable, depth))
         return self._publishers[key]

@@ -132,9 +132,15 @@ def test_lifecycle_transitions_through_the_services(ros_client: RosClient, nodes
 
     assert transition(ros_client, Transition.TRANSITION_CLEANUP)
     assert state(ros_client) == "unconfigured"
-    assert transition(ros_client, Transition.TRANSITION_CONFIGURE)  # configure again after cleanup
+    # configure again after cleanup, now with reliable QoS: the best-effort camera is refused
+    # with a hint, a reliable one is served
+    assert set_param(ros_client, "qos", "reliable").successful
+    assert transition(ros_client, Transition.TRANSITION_CONFIGURE)
     assert transition(ros_client, Transition.TRANSITION_ACTIVATE)
-    send_until_seen(pub, lambda s: image_msg(img, stamp_ns=s), [labels])
+    assert lc.wait_log("incompatible QoS on subscription /lc/image", 15), lc.log()[-2000:]
+    assert "qos:=sensor_data" in lc.log()
+    reliable_pub = ros_client.publisher(Image, "/lc/image", reliable=True)
+    send_until_seen(reliable_pub, lambda s: image_msg(img, stamp_ns=s), [labels])
     assert transition(ros_client, Transition.TRANSITION_ACTIVE_SHUTDOWN)
     assert state(ros_client) == "finalized"
     assert lc.proc.poll() is None

@@ -123,16 +123,9 @@ class SegmentationNode(LifecycleNode):
         self.cameras = []
         for name in names:
             cam = CameraIO(name)
-            warn = self.get_logger().warning
             for leaf in OUTPUTS:
-                topic = cam.output(leaf)
-                cam.publishers[leaf] = self.create_lifecycle_publisher(
-                    Image, topic, qos, event_callbacks=publisher_callbacks(topic, self.cfg.qos, warn)
-                )
-            topic = cam.output("labels/camera_info")
-            cam.info_pub = self.create_lifecycle_publisher(
-                CameraInfo, topic, qos, event_callbacks=publisher_callbacks(topic, self.cfg.qos, warn)
-            )
+                cam.publishers[leaf] = self._lifecycle_publisher(Image, cam.output(leaf), qos)
+            cam.info_pub = self._lifecycle_publisher(CameraInfo, cam.output("labels/camera_info"), qos)
             self.cameras.append(cam)
         self._slots = LatestFrameSlots(len(self.cameras))
         self.stats = NodeStats()
@@ -150,7 +143,7 @@ class SegmentationNode(LifecycleNode):
                     topic,
                     lambda msg, i=index: self._on_image(i, msg),
                     qos,
-                    event_callbacks=subscription_callbacks(topic, self.cfg.qos, warn),
+                    event_callbacks=subscription_callbacks(self._resolved(topic), self.cfg.qos, warn),
                 )
             )
             self._subs.append(
@@ -247,6 +240,18 @@ class SegmentationNode(LifecycleNode):
         )
         return segmenter
 
+    def _lifecycle_publisher(self, msg_type: Any, topic: str, qos: Any) -> LifecyclePublisher[Any]:
+        """A lifecycle publisher whose incompatible-QoS events are logged with the fix."""
+        events = publisher_callbacks(self._resolved(topic), self.cfg.qos, self.get_logger().warning)
+        return self.create_lifecycle_publisher(msg_type, topic, qos, event_callbacks=events)
+
+    def _resolved(self, topic: str) -> str:
+        """Fully qualified topic name (after namespace and remapping), for log messages."""
+        try:
+            return self.resolve_topic_name(topic)
+        except Exception:  # invalid names fail later with rclpy's own message
+            return topic
+
     def _on_params_set(self, params: list[Any]) -> None:
         for p in params:
             if p.name in LIVE:
@@ -314,7 +319,7 @@ class SegmentationNode(LifecycleNode):
             except MalformedImage as exc:
                 stats.malformed += 1
                 stats.last_problem = str(exc)
-                topic = self.resolve_topic_name(cam.topic("image"))
+                topic = self._resolved(cam.topic("image"))
                 if self._throttle.allow(f"{frame.camera}:{exc}"):
                     self.get_logger().error(f"dropping frame from {topic}: {exc}")
                 continue
