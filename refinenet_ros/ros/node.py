@@ -152,6 +152,9 @@ class SegmentationNode(LifecycleNode):
                     cam.topic("camera_info"),
                     lambda msg, c=cam: setattr(c, "camera_info", msg),
                     qos,
+                    event_callbacks=subscription_callbacks(
+                        self._resolved(cam.topic("camera_info")), self.cfg.qos, warn
+                    ),
                 )
             )
         self._slots.reopen()
