@@ -29,7 +29,17 @@ ROS_ENV = {
     "ROS_DOMAIN_ID": str(100 + os.getpid() % 100),
     "PYTHONUNBUFFERED": "1",
 }
-NODE_EXE = Path(sys.executable).with_name("segmentation_node")
+_BIN = Path(sys.executable).parent
+
+
+def _console_script(name: str, module: str) -> list[str]:
+    """The installed console script, else ``python -m module`` (colcon installs scripts elsewhere)."""
+    exe = _BIN / name
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", module]
+
+
+NODE_CMD = _console_script("segmentation_node", "refinenet_ros.ros.node")
+CLI_CMD = _console_script("refinenet-ros", "refinenet_ros")
 OUT = "refinenet_segmentation"  # the node name: outputs are /<ns>/refinenet_segmentation/<leaf>
 SMALL = (64, 96)  # (H, W) of test frames: small enough for a fast CPU forward
 
@@ -197,7 +207,7 @@ class NodeProcess:
         self.log_path = log_path
         env = dict(os.environ, **ROS_ENV)
         env.pop("ROS_AUTOMATIC_DISCOVERY_RANGE", None)
-        argv = [str(NODE_EXE)] if cmd is None else cmd
+        argv = NODE_CMD if cmd is None else cmd
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [*argv, "--ros-args", *ros_args], stdout=self._log, stderr=subprocess.STDOUT, env=env

@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from ros_helpers import ROS_ENV
+from ros_helpers import CLI_CMD, ROS_ENV
 
 from refinenet_ros.io import read_label_png
 
@@ -20,11 +19,12 @@ pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 def test_demo_plays_records_and_reports(tmp_path: Path, ros_env: dict[str, str]) -> None:
     out = tmp_path / "demo_out"
-    cli = str(Path(sys.executable).with_name("refinenet-ros"))
     env = dict(os.environ, **ROS_ENV)
     args = ["demo", "--frames", "8", "--rate", "4", "--size", "64", "96", "--out", str(out)]
     # backend auto (the product default): its ONNX/engine cache lands in tmp_path/engines
-    proc = subprocess.run([cli, *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        [*CLI_CMD, *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "latency (stamp -> recorder) p50" in proc.stdout
     summary = json.loads((out / "summary.json").read_text())

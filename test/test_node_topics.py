@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 from ros_helpers import (
-    NODE_EXE,
+    CLI_CMD,
     OUT,
     SMALL,
     Collector,
@@ -52,7 +52,6 @@ def nodes(
         "    output_resolution: network\n    backend: torch\n    overlay_alpha: 0.5\n"
         "    publish_confidence: false\n"
     )
-    cli = str(NODE_EXE.with_name("refinenet-ros"))
     procs = {
         "main": NodeProcess(
             [
@@ -70,7 +69,7 @@ def nodes(
                 *node_args(input_transport="compressed", overlay_alpha=0.0, backend="torch"),
             ],
             tmp / "comp.log",
-            cmd=[cli, "node"],
+            cmd=[*CLI_CMD, "node"],
         ),
     }
     for name, proc in procs.items():
