@@ -13,6 +13,7 @@ the input header. Malformed frames are counted and logged once per problem, neve
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -27,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
+from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecyclePublisher, LifecycleState, TransitionCallbackReturn
 from rclpy.subscription import Subscription
@@ -428,13 +430,17 @@ def main(args: Sequence[str] | None = None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except RCLError as exc:  # the context went away under the executor (shutdown race)
+        if rclpy.ok():
+            raise
+        print(f"{NODE_NAME}: shutting down after: {exc}", file=sys.stderr)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C during teardown kills at once
         if node is not None:
             node._stop_worker()
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.try_shutdown()
+            with contextlib.suppress(RCLError):
+                node.destroy_node()
+        rclpy.try_shutdown()
     return code
 
 
