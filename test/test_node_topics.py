@@ -273,6 +273,20 @@ def test_incompatible_qos_is_logged_with_the_fix(
     assert "qos:=reliable" in nodes["main"].log()
 
 
+def test_nothing_is_computed_without_subscribers(ros_client: RosClient, nodes: dict[str, Any]) -> None:
+    """/net has no output subscriber yet (the next test makes them): frames are counted, not segmented."""
+    from sensor_msgs.msg import Image
+
+    pub = ros_client.publisher(Image, "/net/image")
+    assert ros_client.wait_matched(pub)
+    for _ in range(3):
+        pub.publish(image_msg(smooth_image(SMALL), stamp_ns=fresh_stamp()))
+        time.sleep(0.2)
+    time.sleep(0.5)
+    diag = diagnostics(ros_client, "net")
+    assert int(diag["no_subscriber"]) >= 1 and diag["backend_calls"] == "0", diag
+
+
 def test_params_file_network_resolution_and_camera_info_rescaling(ros_client: RosClient, out: Any) -> None:
     from sensor_msgs.msg import CameraInfo, Image
 
