@@ -200,6 +200,15 @@ class RosClient:
         self._thread.join(timeout=2.0)
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGTERM the node if the test process dies (a killed pytest leaves no orphans)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class NodeProcess:
     """``segmentation_node --ros-args ...`` as a child process with its log in a file."""
 
@@ -210,7 +219,11 @@ class NodeProcess:
         argv = NODE_CMD if cmd is None else cmd
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [*argv, "--ros-args", *ros_args], stdout=self._log, stderr=subprocess.STDOUT, env=env
+            [*argv, "--ros-args", *ros_args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=_die_with_parent,
         )
 
     def log(self) -> str:

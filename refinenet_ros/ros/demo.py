@@ -195,6 +195,14 @@ def _node_command(args: argparse.Namespace, ns: str) -> list[str]:
     return [sys.executable, "-m", "refinenet_ros.ros.node", *ros]
 
 
+def _die_with_parent() -> None:
+    """Linux: the node gets SIGTERM if the demo dies, even by SIGKILL (no orphan node)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 def _percentiles(values: list[float]) -> dict[str, float]:
     if not values:
         return {"p50": float("nan"), "p95": float("nan"), "p99": float("nan")}
@@ -221,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
 
     h, w = args.size
     frames = sample_sequence(args.frames, (h, w))
-    node = subprocess.Popen(_node_command(args, ns), env=env)
+    node = subprocess.Popen(_node_command(args, ns), env=env, preexec_fn=_die_with_parent)
     try:
         return _play_and_record(args, ns, frames, node, out_dir)
     finally:
