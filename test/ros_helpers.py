@@ -23,6 +23,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+__all__ = ["ros_client", "ros_env"]  # what conftest.py's star import exposes: the fixtures
+
 ROS_ENV = {
     "FASTDDS_BUILTIN_TRANSPORTS": "SHM?max_msg_size=8MB&sockets_size=64MB",
     "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp",
