@@ -30,12 +30,14 @@ file instead of re-exporting.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import logging
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -218,10 +220,25 @@ def _trace_to_onnx(pipeline: nn.Module, example: Any, spec: ExportSpec) -> onnx.
 
         # Folds the exporter's Identity/Constant/Shape leftovers: a smaller graph for
         # TensorRT to parse and the exact node set the TensorRT operator check sees.
-        model = onnxscript.optimizer.optimize(model)
+        with _quiet_loggers("onnx_ir", "onnxscript"):  # ~80 INFO lines per export otherwise
+            model = onnxscript.optimizer.optimize(model)
     except ImportError:  # pragma: no cover - onnxscript is a dependency
         log.debug("onnxscript not installed: graph left unoptimised")
     return model
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names: str) -> Iterator[None]:
+    """Raise library loggers to WARNING for the duration (their INFO is per-node chatter)."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def _dynamo_export(pipeline: nn.Module, example: Any, spec: ExportSpec) -> onnx.ModelProto:
