@@ -12,8 +12,8 @@ import numpy.typing as npt
 import pytest
 
 from refinenet_ros.backends import BackendError, BackendOptions, create_backend
-from refinenet_ros.backends.factory import choose_kind
-from refinenet_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
+from refinenet_ros.backends.factory import choose_kind, tensorrt_unavailable_reason
+from refinenet_ros.backends.onnxruntime_backend import OnnxRuntimeBackend, available_providers
 from refinenet_ros.config import ModelConfig
 from refinenet_ros.io import read_label_png
 from refinenet_ros.samples import sample_images
@@ -93,21 +93,29 @@ def test_static_batch_graph_pads_short_batches(small_model_cfg: ModelConfig, tmp
     np.testing.assert_array_equal(one[0], full[0])
 
 
-def test_auto_picks_onnxruntime_here_and_says_why(
+def test_auto_explains_its_choice(
     small_model_cfg: ModelConfig, engine_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # Without a fixed network size TensorRT is never chosen, on any machine.
     kind, why = choose_kind(BackendOptions())
-    assert kind == "onnxruntime"
-    assert "TensorRT not used" in why  # this machine has no GPU / only the stubs
+    assert kind == "onnxruntime" and "TensorRT not used" in why
+    reason = tensorrt_unavailable_reason()
+    if reason is None:
+        assert choose_kind(BackendOptions(input_size=(H, W)))[0] == "tensorrt"
+    else:
+        assert reason in choose_kind(BackendOptions(input_size=(H, W)))[1]
     assert choose_kind(BackendOptions(device="cpu"))[1].endswith("(TensorRT skipped: device cpu)")
     with caplog.at_level("INFO", logger="refinenet_ros"):
-        backend = create_backend(
-            small_model_cfg, BackendOptions(input_size=(H, W), engine_dir=str(engine_dir))
-        )
+        options = BackendOptions(device="cpu", input_size=(H, W), engine_dir=str(engine_dir))
+        backend = create_backend(small_model_cfg, options)
     assert backend.name == "onnxruntime"
-    assert "backend: onnxruntime (ONNX Runtime with CPUExecutionProvider" in caplog.text
+    assert "backend: onnxruntime (ONNX Runtime with CPUExecutionProvider (TensorRT skipped" in caplog.text
 
 
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" in available_providers() or tensorrt_unavailable_reason() is None,
+    reason="this machine has a GPU runtime: the no-GPU errors do not apply",
+)
 def test_unavailable_devices_and_backends_fail_with_the_fix(
     small_model_cfg: ModelConfig, engine_dir: Path
 ) -> None:
@@ -118,6 +126,9 @@ def test_unavailable_devices_and_backends_fail_with_the_fix(
         )
     with pytest.raises(BackendError, match=r"tensorrt backend: .*pip install tensorrt"):
         create_backend(small_model_cfg, BackendOptions(kind="tensorrt", input_size=(H, W)))
+
+
+def test_missing_onnx_file_is_a_clear_error(small_model_cfg: ModelConfig, engine_dir: Path) -> None:
     with pytest.raises(BackendError, match="no such file"):
         create_backend(
             small_model_cfg, BackendOptions(kind="onnxruntime", onnx=str(engine_dir / "nope.onnx"))
