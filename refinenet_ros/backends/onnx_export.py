@@ -43,6 +43,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
+from torch import nn
 
 from refinenet_ros import __version__
 from refinenet_ros.backends.base import BackendError
@@ -51,7 +53,6 @@ from refinenet_ros.io import atomic_write_bytes
 
 if TYPE_CHECKING:
     import onnx
-    from torch import nn
 
 log = logging.getLogger("refinenet_ros")
 
@@ -363,6 +364,19 @@ def verify_against_torch(
     return worst
 
 
+class _CastFirst(nn.Module):
+    """Casts the uint8 input before anything else touches it: TensorRT accepts uint8 only
+    at the network boundary, so the graph must start with Cast whatever order the wrapped
+    pipeline uses (``.float()`` on a float tensor records no node)."""
+
+    def __init__(self, pipeline: nn.Module) -> None:
+        super().__init__()
+        self.pipeline = pipeline
+
+    def forward(self, images: torch.Tensor) -> Any:
+        return self.pipeline(images.float())
+
+
 def export_onnx(
     cfg: ModelConfig,
     spec: ExportSpec,
@@ -386,7 +400,7 @@ def export_onnx(
     pipeline = InferencePipeline(net.eval(), IMAGENET_MEAN, IMAGENET_STD).eval()
     example = torch.zeros((spec.batch, spec.height, spec.width, 3), dtype=torch.uint8)
     with torch.no_grad():
-        proto = _trace_to_onnx(pipeline, example, spec)
+        proto = _trace_to_onnx(_CastFirst(pipeline).eval(), example, spec)
     _name_output_dims(proto, spec)
     onnx.helper.set_model_props(proto, build_metadata(cfg, spec, weights))
     proto.producer_name, proto.producer_version = "refinenet_ros", __version__
