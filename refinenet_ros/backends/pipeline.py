@@ -20,6 +20,9 @@ from torch import nn
 class InferencePipeline(nn.Module):
     """uint8 [N,H,W,3] -> (labels int32 [N,H,W], confidence float32 [N,H,W])."""
 
+    scale: torch.Tensor
+    shift: torch.Tensor
+
     def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.model = model
