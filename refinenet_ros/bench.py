@@ -74,7 +74,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--warmup", type=int, default=2, help="untimed calls first (allocator, kernel choice)")
     g.add_argument("--threads", type=int, default=0, help="CPU threads (0: library default)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: best available)")
-    g.add_argument("--engine-dir", default="engines", help="TensorRT engine cache directory")
+    g.add_argument("--engine-dir", default="engines", help="ONNX / TensorRT engine cache directory")
+    g.add_argument("--calib-images", default=None, metavar="DIR",
+                   help="INT8 calibration images (default: the bundled samples)")  # fmt: skip
+    g.add_argument("--calib-count", type=_positive, default=16,
+                   help="INT8 calibration images used (default: 16, enough for a bench)")  # fmt: skip
     _add_common(m)
 
     n = sub.add_parser("node", help="publisher -> segmentation_node -> subscriber latency and overhead",
@@ -149,6 +153,8 @@ def _run_model(args: argparse.Namespace, cpu: Any) -> int:
         threads=args.threads,
         device=args.device,
         engine_dir=args.engine_dir,
+        calib_images=args.calib_images,
+        calib_count=args.calib_count,
     )
     figures = run_model_bench(settings, cpu)
     print()

@@ -92,6 +92,7 @@ def test_bench_model_writes_documented_json(tmp_path: Path, capsys: pytest.Captu
         assert 0 < lat["min"] <= lat["p50"] <= lat["p95"]
         assert r["throughput_fps"] > 0
         assert r["gflops"] > 0 and r["peak_fraction"] > 0
+        assert r["gflops_best"] >= r["gflops"] and r["peak_fraction_best"] >= r["peak_fraction"]
         # achieved GFLOP/s is the FLOP count over the median call time
         expected = r["gflop_per_image"] * r["batch"] / (lat["p50"] / 1e3)
         assert math.isclose(r["gflops"], expected, rel_tol=0.02, abs_tol=0.1)
