@@ -1,7 +1,8 @@
 """Measure a model on a labelled data set: mIoU, per-class IoU, pixel / mean class accuracy, fwIoU.
 
 Data sets: ``--dataset cityscapes|voc|ade20k|folders --root DIR [--split S]`` or any
-``--images DIR --labels DIR`` pair (``--label-offset 1`` for exports where 0 = unlabelled).
+``--images DIR --label-dir DIR`` pair (``--label-offset 1`` for exports where 0 = unlabelled;
+``--labels`` names the label set, as everywhere).
 Single-scale evaluation runs through the Segmenter, so it measures exactly what the node
 and the bag tool produce with the chosen backend. ``--scales``/``--flip`` average softmax
 maps over scales and mirror images (the paper's test-time protocol) and need the torch
@@ -162,7 +163,7 @@ def _progress(total: int, enabled: bool) -> Any:
 # ---------------------------------------------------------------------------------- CLI
 
 
-def add_dataset_arguments(parser: argparse.ArgumentParser, *, split_default_help: str = "") -> None:
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     """--dataset/--root/--split or --images/--labels; shared with ``train``."""
     from refinenet_ros.datasets import DATASET_FORMATS
 
@@ -172,7 +173,8 @@ def add_dataset_arguments(parser: argparse.ArgumentParser, *, split_default_help
     g.add_argument("--root", default=None, help="data set root folder")
     g.add_argument("--split", default=None,
                    help="split: cityscapes train|val, voc train|val|FILE, ade20k training|validation, "
-                        f"folders: subfolder (none by default){split_default_help}")  # fmt: skip
+                        "folders: ROOT/images/SPLIT (default: the train split for train, val for "
+                        "evaluate, when present)")  # fmt: skip
     g.add_argument("--images", default=None, help="generic layout: folder of images (with --labels)")
     g.add_argument("--labels-dir", "--label-dir", dest="labels_dir", default=None,
                    help="generic layout: folder of label images matched to --images by name")  # fmt: skip
@@ -185,11 +187,15 @@ def add_dataset_arguments(parser: argparse.ArgumentParser, *, split_default_help
 def dataset_from_args(args: argparse.Namespace, split: str | None = None) -> SegmentationDataset:
     from refinenet_ros.datasets import DatasetError, open_dataset
 
+    split = split if split is not None else args.split
+    root = Path(args.root) if args.root else None
+    if split is None and args.dataset == "folders" and root and (root / "images" / "val").is_dir():
+        split = "val"  # a folders data set with train/val subfolders: evaluate on val
     try:
         ds = open_dataset(
             args.dataset,
             args.root,
-            split if split is not None else args.split,
+            split,
             images=args.images,
             labels=args.labels_dir,
             label_offset=args.label_offset,
