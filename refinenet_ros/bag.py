@@ -349,6 +349,10 @@ def run_bag(
     except (AnyReaderError, OSError) as exc:
         raise BagError(f"cannot open {input_bag} as a rosbag2: {exc}") from None
     try:
+        if not reader.is2:
+            raise BagError(
+                f"{input_bag} is a ROS 1 bag; convert it first: rosbags-convert --src {input_bag} --dst DIR"
+            )
         job = _BagJob(reader, typestore, segmenter, options, BagSummary(output=output), on_frame)
         job.find_cameras(input_bag)
         job.read_camera_infos()

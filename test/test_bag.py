@@ -196,3 +196,43 @@ def test_cli_end_to_end(tmp_path: Path, sample_bag: Path, capsys: pytest.Capture
     msgs = read_bag(out)
     assert len(msgs[f"{TOPIC}/labels"]) == 6 and len(msgs[f"{TOPIC}/confidence"]) == 6
     assert f"{TOPIC}/color" not in msgs
+
+
+def test_two_cameras_of_different_sizes_in_one_bag(tmp_path: Path, segmenter: Segmenter) -> None:
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    from refinenet_ros.ros.encodings import encode_image
+
+    ts = get_typestore(Stores.LATEST)
+    t = ts.types
+    path = tmp_path / "two"
+    sizes = {"/left/image": (64, 96), "/right/image": (48, 64)}
+    rng = np.random.default_rng(0)
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        conns = {
+            topic: writer.add_connection(topic, "sensor_msgs/msg/Image", typestore=ts) for topic in sizes
+        }
+        for i in range(3):
+            for k, (topic, (h, w)) in enumerate(sizes.items()):
+                data, step = encode_image(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "bgr8")
+                header = t["std_msgs/msg/Header"](
+                    stamp=t["builtin_interfaces/msg/Time"](sec=100 + i, nanosec=k), frame_id=topic[1:]
+                )
+                msg = t["sensor_msgs/msg/Image"](
+                    header=header, height=h, width=w, encoding="bgr8", is_bigendian=0, step=step,
+                    data=np.frombuffer(data, np.uint8),
+                )  # fmt: skip
+                writer.write(
+                    conns[topic], (100 + i) * 10**9 + k, ts.serialize_cdr(msg, "sensor_msgs/msg/Image")
+                )
+    out = tmp_path / "out"
+    summary = run_bag(path, out, segmenter, BagOptions(tuple(sizes), outputs=("labels",), progress=False))
+    assert summary.frames == 6 and summary.frames_per_topic == {"/left/image": 3, "/right/image": 3}
+    msgs = read_bag(out)
+    for k, (topic, size) in enumerate(sizes.items()):
+        labels = msgs[f"{topic}/labels"]
+        assert [(m.header.stamp.sec, m.header.stamp.nanosec) for _, m in labels] == [
+            (100 + i, k) for i in range(3)
+        ]
+        assert all((m.height, m.width) == size and m.header.frame_id == topic[1:] for _, m in labels)
