@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from refinenet_ros.camera_info import scale_camera_info
 from refinenet_ros.cli import (
     CliError,
     add_backend_arguments,
@@ -238,8 +239,6 @@ class _OutputWriter:
         The rescaling itself is the node's (one implementation for both): it duck-types
         the message, so it fills a rosbags CameraInfo as well as an rclpy one.
         """
-        from refinenet_ros.ros.messages import scale_camera_info
-
         out: Any = self.CameraInfo(
             header=header,
             height=height,

@@ -136,14 +136,14 @@ def test_camera_info_is_rescaled_to_the_label_image() -> None:
     pytest.importorskip("sensor_msgs")
     from sensor_msgs.msg import CameraInfo
 
-    from refinenet_ros.ros.messages import scale_camera_info
+    from refinenet_ros.camera_info import scale_camera_info
 
     info = CameraInfo(width=640, height=480, distortion_model="plumb_bob")
     info.k = [500.0, 0.0, 320.0, 0.0, 400.0, 240.0, 0.0, 0.0, 1.0]
     info.p = [500.0, 0.0, 320.0, -25.0, 0.0, 400.0, 240.0, 0.0, 0.0, 0.0, 1.0, 0.0]
     info.d = [0.1, -0.2, 0.0, 0.0, 0.0]
     info.roi.x_offset, info.roi.width, info.roi.height = 64, 320, 240
-    out = scale_camera_info(info, (480, 640), (240, 160))
+    out = scale_camera_info(info, (480, 640), (240, 160), out=CameraInfo())
     assert (out.width, out.height) == (160, 240)
     np.testing.assert_allclose(out.k, [125.0, 0, 80.0, 0, 200.0, 120.0, 0, 0, 1])
     np.testing.assert_allclose(out.p, [125.0, 0, 80.0, -6.25, 0, 200.0, 120.0, 0, 0, 0, 1, 0])

@@ -58,6 +58,8 @@ class TorchBackend:
     def infer(self, images: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.integer], npt.NDArray[np.float32]]:
         check_batch(images, self)
         with torch.inference_mode():
+            if not images.flags.writeable:  # decoded bag/message views: torch wants writable memory
+                images = images.copy()
             x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device, non_blocking=True)
             if self._dtype == torch.float16:
                 with torch.autocast("cuda", dtype=torch.float16):

@@ -1,4 +1,6 @@
-"""sensor_msgs <-> numpy: decode incoming images, fill outgoing ones in place, rescale CameraInfo.
+"""sensor_msgs <-> numpy: decode incoming images, fill outgoing ones in place.
+
+CameraInfo rescaling lives in :mod:`refinenet_ros.camera_info` (shared with the bag tool).
 
 Measured with rclpy 9.1.2 at 640x480 rgb8 (see the node's notes): assigning an ndarray to
 ``msg.data`` costs ~70 ms (the generated setter validates every element), building an
@@ -17,11 +19,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from sensor_msgs.msg import CompressedImage, Image
 
 from refinenet_ros.ros.encodings import decode_compressed, decode_image
 
-__all__ = ["OutgoingImage", "image_to_rgb", "scale_camera_info"]
+__all__ = ["OutgoingImage", "image_to_rgb"]
 
 _LITTLE = sys.byteorder == "little"
 
@@ -67,39 +69,3 @@ class OutgoingImage:
             self._key = key
         msg.header = header
         return self._view
-
-
-def scale_camera_info(
-    info: CameraInfo, image_size: tuple[int, int], label_size: tuple[int, int], out: CameraInfo | None = None
-) -> CameraInfo:
-    """CameraInfo of an image of ``image_size`` (H, W) -> the same camera at ``label_size``.
-
-    Scales K, P (focal lengths, principal point, Tx/Ty) and the ROI like image_proc's
-    resize; D and R are resolution independent. The header is kept (the caller sets the
-    input image's). ``image_size`` is the size of the image actually received, which is
-    what the intrinsics must describe (after any binning/ROI of the driver).
-    """
-    sy = label_size[0] / image_size[0]
-    sx = label_size[1] / image_size[1]
-    out = CameraInfo() if out is None else out
-    out.header = info.header
-    out.height, out.width = label_size
-    out.distortion_model = info.distortion_model
-    out.d = info.d
-    out.r = info.r
-    k = np.array(info.k, dtype=np.float64)
-    k[[0, 1, 2]] *= sx
-    k[[3, 4, 5]] *= sy
-    out.k = k
-    p = np.array(info.p, dtype=np.float64)
-    p[[0, 1, 2, 3]] *= sx
-    p[[4, 5, 6, 7]] *= sy
-    out.p = p
-    out.binning_x, out.binning_y = info.binning_x, info.binning_y
-    roi = info.roi
-    out.roi.x_offset = round(roi.x_offset * sx)
-    out.roi.y_offset = round(roi.y_offset * sy)
-    out.roi.width = round(roi.width * sx)
-    out.roi.height = round(roi.height * sy)
-    out.roi.do_rectify = roi.do_rectify
-    return out

@@ -34,9 +34,10 @@ from rclpy.lifecycle import LifecycleNode, LifecyclePublisher, LifecycleState, T
 from rclpy.subscription import Subscription
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
+from refinenet_ros.camera_info import scale_camera_info
 from refinenet_ros.ros.diagnostics import NodeStats, diagnostic_array
 from refinenet_ros.ros.encodings import MalformedImage
-from refinenet_ros.ros.messages import OutgoingImage, image_to_rgb, scale_camera_info
+from refinenet_ros.ros.messages import OutgoingImage, image_to_rgb
 from refinenet_ros.ros.params import LIVE, NodeConfig, declare_parameters, read_config, validate_change
 from refinenet_ros.ros.qos import publisher_callbacks, qos_profile, subscription_callbacks
 from refinenet_ros.ros.scheduling import Frame, LatestFrameSlots, Throttle
