@@ -52,7 +52,7 @@ typecheck: $(STAMP)
 	$(VENV)/bin/pyright refinenet_ros/backends/tensorrt.py
 
 unit: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -rs
 
 test: lint typecheck unit
 

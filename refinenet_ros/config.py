@@ -60,6 +60,23 @@ class ModelConfig:
         return f"{cfg.model} [{cfg.labels}] weights={source}"
 
 
+def warn_if_random_weights(cfg: ModelConfig) -> None:
+    """The one line every inference entry point prints when no weights were given.
+
+    Called where a model is put to work (``create_backend``, multi-scale evaluation),
+    not in :func:`load_model`: a cached ONNX graph or engine skips building the model,
+    and the user must be told all the same.
+    """
+    if cfg.weights is None:
+        cfg = cfg.resolved()
+        log.warning(
+            "no weights given: %s uses seeded random weights (seed %d), so its labels are "
+            "meaningless; pass --weights / the 'weights' parameter for real segmentation",
+            cfg.model,
+            cfg.seed,
+        )
+
+
 def load_model(cfg: ModelConfig) -> nn.Module:
     """Build the network in eval mode with the configured weights (or seeded random)."""
     from refinenet_ros.models import build_model, load_checkpoint
@@ -68,14 +85,7 @@ def load_model(cfg: ModelConfig) -> nn.Module:
     assert cfg.model is not None
     label_set = get_label_set(cfg.labels or DEFAULT_LABELS)
     model = build_model(cfg.model, label_set.num_classes, seed=cfg.seed, cascaded=cfg.cascaded)
-    if cfg.weights is None:
-        log.warning(
-            "no weights given: %s uses seeded random weights (seed %d), so its labels are "
-            "meaningless; pass --weights / the 'weights' parameter for real segmentation",
-            cfg.model,
-            cfg.seed,
-        )
-    else:
+    if cfg.weights is not None:
         report = load_checkpoint(model, cfg.weights)
         log.info("loaded %s", report.summary())
     return model.eval()

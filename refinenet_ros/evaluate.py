@@ -233,9 +233,10 @@ def run(args: argparse.Namespace) -> int:
     label_set = model_cfg.label_set
     options = backend_options_from_args(args)
     if multiscale:
-        from refinenet_ros.config import load_model
+        from refinenet_ros.config import load_model, warn_if_random_weights
 
         device = "cpu" if args.device == "auto" else args.device
+        warn_if_random_weights(model_cfg)
         model = load_model(model_cfg).to(device)
         predict = torch_predictor(
             model, scales=args.scales, flip=args.flip, device=device, network_size=options.input_size

@@ -91,3 +91,16 @@ def test_segment_with_weights_loads_them_and_drops_the_random_warning(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "random weights" not in proc.stderr
     assert read_label_png(Path(tmp_path / "o" / "p_labels.png")).max() < 7
+
+
+def test_random_weights_are_announced_even_when_the_onnx_graph_is_cached(tmp_path):
+    """A cached graph skips building the model; the user must still be told, once."""
+    img = tmp_path / "p.png"
+    cv2.imwrite(str(img), np.full((32, 48, 3), 90, np.uint8))
+    args = ["segment", str(img), "--out", str(tmp_path / "o"), "--backend", "onnxruntime"]
+    args += ["--engine-dir", str(tmp_path / "engines"), "--network-size", "32", "48"]
+    for _ in range(2):
+        proc = run_cli(*args)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stderr.count("seeded random weights") == 1
+    assert list((tmp_path / "engines" / "onnx").glob("*.onnx")), "second run should reuse the cache"

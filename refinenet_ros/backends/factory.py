@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from refinenet_ros.backends.base import BACKEND_KINDS, PRECISIONS, Backend, BackendError
-from refinenet_ros.config import ModelConfig, load_model
+from refinenet_ros.config import ModelConfig, load_model, warn_if_random_weights
 
 log = logging.getLogger("refinenet_ros")
 
@@ -117,6 +117,8 @@ def create_backend(model_cfg: ModelConfig, options: BackendOptions = BackendOpti
         raise BackendError(f"unknown precision {options.precision!r}; choose one of {', '.join(PRECISIONS)}")
     kind, why = choose_kind(options)
     log.info("backend: %s (%s)", kind, why)
+    if options.onnx is None:
+        warn_if_random_weights(model_cfg)
     if kind == "torch":
         from refinenet_ros.backends.torch_backend import TorchBackend
 
