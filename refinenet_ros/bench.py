@@ -158,7 +158,9 @@ def _run_model(args: argparse.Namespace, cpu: Any) -> int:
     )
     figures = run_model_bench(settings, cpu)
     print()
-    print(f"{figures['model']}: backend-only, {settings.iterations} timed calls each")
+    print(f"{figures['model']}: backend-only, {settings.iterations} timed calls each; "
+          f"torch sgemm ceiling {figures['gemm_gflops_best']:.1f} GFLOP/s "
+          f"({100 * (figures['gemm_peak_fraction'] or 0):.0f} % of the derived peak)")  # fmt: skip
     print(results_table(figures["results"]))
     report = Report("model", cpu, settings.to_json(), figures)
     if args.json:

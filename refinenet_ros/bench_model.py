@@ -80,6 +80,25 @@ def count_flops(model_cfg: ModelConfig, height: int, width: int) -> int:
     return int(counter.get_total_flops())
 
 
+def gemm_ceiling(n: int = 2048, repeats: int = 4) -> float:
+    """Best FP32 GFLOP/s of a torch n x n matmul: what this machine really sustains.
+
+    A check on the derived peak: above 100 % means the cores run faster than the clock
+    the peak assumed (turbo; a VM's 'cpu MHz' is the nominal clock), far below means the
+    FMA-unit assumption is too generous for this part or the machine is busy.
+    """
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
 def input_batch(batch: int, height: int, width: int) -> npt.NDArray[np.uint8]:
     """Real images (the bundled samples panned at this size), so data-dependent paths run."""
     from refinenet_ros.samples import sample_sequence
@@ -157,6 +176,9 @@ def run_model_bench(settings: ModelBenchSettings, cpu: CpuInfo) -> dict[str, Any
     """Every configuration in ``settings``; returns the JSON figures (``results`` list)."""
     cfg = settings.model_cfg.resolved()
     settings = replace(settings, model_cfg=cfg)
+    gemm = gemm_ceiling()
+    log.info("torch sgemm 2048^3: %.1f GFLOP/s (%.0f %% of the derived peak)", gemm,
+             100 * gemm / cpu.peak_gflops if cpu.peak_gflops > 0 else float("nan"))  # fmt: skip
     results: list[dict[str, Any]] = []
     reference: dict[tuple[int, int, int], tuple[str, npt.NDArray[np.integer]]] = {}
     for width, height in settings.resolutions:
@@ -181,7 +203,12 @@ def run_model_bench(settings: ModelBenchSettings, cpu: CpuInfo) -> dict[str, Any
                             row["pixel_agreement"] = round(float(np.mean(labels == ref_labels)), 5)
                     results.append(row)
                     print(_row_line(row), flush=True)
-    return {"model": cfg.model, "results": results}
+    return {
+        "model": cfg.model,
+        "gemm_gflops_best": round(gemm, 1),
+        "gemm_peak_fraction": round(gemm / cpu.peak_gflops, 3) if cpu.peak_gflops > 0 else None,
+        "results": results,
+    }
 
 
 def _row_line(row: dict[str, Any]) -> str:

@@ -347,6 +347,7 @@ def _figures(
         },
         "stages_ms": {s: {f"p{q}": _float(diag, f"{s}_ms_p{q}") for q in (50, 95, 99)} for s in STAGES},
         "node_latency_ms": {f"p{q}": _float(diag, f"latency_ms_p{q}") for q in (50, 95, 99)},
+        "node_input_age_ms": {f"p{q}": _float(diag, f"input_age_ms_p{q}") for q in (50, 95, 99)},
         "node_frames_in": int(_float(diag, "frames_in")) if diag else None,
         "node_frames_out": int(_float(diag, "frames_out")) if diag else None,
         "diagnostics_received": bool(diag),
@@ -374,6 +375,7 @@ def print_node_table(node: dict[str, Any]) -> None:
         ["node overhead = e2e - backend", ov["p50"], ov["p95"], None],
         ["  node stages except infer", node["node_stages_overhead_ms_p50"], None, None],
     ]
+    rows.append(["  node: input age at processing", *node["node_input_age_ms"].values()])
     rows += [[f"  node stage: {s}", *v.values()] for s, v in node["stages_ms"].items()]
     print(format_table(["ms", "p50", "p95", "p99"], rows))
 

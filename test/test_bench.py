@@ -81,6 +81,7 @@ def test_bench_model_writes_documented_json(tmp_path: Path, capsys: pytest.Captu
     assert doc["versions"]["torch"] and doc["versions"]["python"]
     assert doc["settings"]["model"] == "lw_refinenet_mobilenetv2"
     assert doc["settings"]["resolutions"] == ["96x64"]
+    assert doc["gemm_gflops_best"] > 0 and doc["gemm_peak_fraction"] > 0
     rows = doc["results"]
     assert [(r["batch"], r["width"], r["height"]) for r in rows] == [(1, 96, 64), (2, 96, 64)]
     flops = {r["gflop_per_image"] for r in rows}
