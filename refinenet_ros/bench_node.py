@@ -150,7 +150,8 @@ class _Client:
         from sensor_msgs.msg import Image
 
         self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=int(env["ROS_DOMAIN_ID"]))
+        # args=[]: never parse this CLI's own argv (e.g. --node-arg NAME:=V) as ROS arguments
+        rclpy.init(args=[], context=self.context, domain_id=int(env["ROS_DOMAIN_ID"]))
         self.node = rclpy.create_node("refinenet_bench_client", context=self.context)
         qos = QoSProfile(depth=1, reliability=qos_profile_sensor_data.reliability,
                          durability=qos_profile_sensor_data.durability)  # fmt: skip
