@@ -166,3 +166,27 @@ def test_bench_node_writes_documented_json(tmp_path: Path) -> None:
         )
     assert node["outputs"] == ["labels", "overlay"]
     assert set(node["stages_ms"]) == {"decode", "preprocess", "infer", "postprocess", "publish"}
+
+
+@pytest.mark.parametrize("name", ["voc", "cityscapes", "ade20k"])
+def test_fast_colorize_matches_the_palette_lookup(name: str) -> None:
+    """The cv2.LUT path the benchmark motivated gives exactly the palette lookup, for
+    every uint8 value (ignore index and out-of-range included), into fresh, message-like
+    and strided buffers, and the int32 fallback agrees."""
+    import numpy as np
+
+    from refinenet_ros.labels import colorize, get_label_set
+
+    ls = get_label_set(name)
+    labels = np.random.default_rng(3).integers(0, 256, (37, 53), dtype=np.uint8)
+    expected = ls.lut()[labels]
+    np.testing.assert_array_equal(colorize(labels, ls), expected)
+    buf = bytearray(labels.size * 3)  # what a reused Image message's data looks like
+    view = np.frombuffer(buf, np.uint8).reshape(37, 53, 3)
+    assert colorize(labels, ls, out=view) is view
+    np.testing.assert_array_equal(view, expected)
+    strided = np.zeros((37, 106, 3), np.uint8)[:, ::2]
+    colorize(labels, ls, out=strided)
+    np.testing.assert_array_equal(strided, expected)
+    np.testing.assert_array_equal(colorize(labels.astype(np.int32), ls), expected)
+    np.testing.assert_array_equal(colorize(labels[:, ::3], ls), expected[:, ::3])
