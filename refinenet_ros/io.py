@@ -19,22 +19,52 @@ import numpy.typing as npt
 from refinenet_ros.labels import LabelSet
 
 
+def _process_umask() -> int:
+    """The umask, read without changing it (os.umask can only set-and-return)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return 0o022
+
+
+_FILE_MODE = 0o666 & ~_process_umask()
+"""What ``open()`` would give a new file; mkstemp's 0600 would hide reports from other users."""
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temp file beside ``path``; rename it over ``path`` only on success."""
+    """Open a temp file beside ``path``; rename it over ``path`` only on success.
+
+    The file keeps the permissions of the one it replaces (else the umask's default),
+    and the directory is fsynced so the rename itself survives a power cut.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    perms = target.stat().st_mode & 0o777 if target.exists() else _FILE_MODE
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, perms)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    _fsync_dir(target.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist a rename (best effort: not every filesystem lets a directory be fsynced)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

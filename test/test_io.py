@@ -35,3 +35,20 @@ def test_label_png_uses_16_bit_above_255_classes(tmp_path):
     path = tmp_path / "wide.png"
     write_label_png(path, labels, get_label_set("voc"))
     np.testing.assert_array_equal(read_label_png(path), labels)
+
+
+def test_atomic_write_gives_normal_permissions_and_keeps_existing_ones(tmp_path):
+    import os
+
+    from refinenet_ros.io import atomic_write_text
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    fresh = tmp_path / "report.json"
+    atomic_write_text(fresh, "{}")
+    assert fresh.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
+    kept = tmp_path / "shared.json"
+    kept.write_text("old")
+    kept.chmod(0o640)
+    atomic_write_text(kept, "new")
+    assert kept.read_text() == "new" and kept.stat().st_mode & 0o777 == 0o640
