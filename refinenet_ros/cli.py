@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from refinenet_ros import __version__
+from refinenet_ros.io import UnreadableImage
 
 if TYPE_CHECKING:
     from refinenet_ros.backends.factory import BackendOptions
@@ -147,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args._run(args) or 0)
-    except CliError as exc:
+    except (CliError, UnreadableImage) as exc:
         print(f"refinenet-ros {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

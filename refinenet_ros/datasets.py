@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from refinenet_ros.io import read_rgb
 from refinenet_ros.labels import CITYSCAPES_ID_TO_TRAINID, IGNORE_INDEX
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
@@ -52,16 +53,6 @@ def _offset_lut(offset: int, size: int = 65536) -> npt.NDArray[np.uint16]:
     lut = np.where(values < 0, IGNORE_INDEX, values).astype(np.uint16)
     lut[IGNORE_INDEX] = IGNORE_INDEX  # an explicit ignore stays ignore
     return lut
-
-
-def read_rgb(path: Path) -> npt.NDArray[np.uint8]:
-    """Any image file -> HxWx3 uint8 RGB (greyscale and alpha are converted)."""
-    import cv2
-
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise DatasetError(f"{path}: not an image OpenCV can read")
-    return np.ascontiguousarray(bgr[..., ::-1])
 
 
 def read_label(path: Path) -> npt.NDArray[np.uint16]:

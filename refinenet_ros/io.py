@@ -76,6 +76,20 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+class UnreadableImage(ValueError):
+    """An input file that is not an image OpenCV can decode (a user error, not a bug)."""
+
+
+def read_rgb(path: str | os.PathLike[str]) -> npt.NDArray[np.uint8]:
+    """Any image file -> HxWx3 uint8 RGB (greyscale and alpha are converted)."""
+    import cv2
+
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise UnreadableImage(f"{path}: not an image OpenCV can read")
+    return np.ascontiguousarray(bgr[..., ::-1])
+
+
 def write_rgb_png(path: str | os.PathLike[str], rgb: npt.NDArray[np.uint8]) -> None:
     import cv2
 

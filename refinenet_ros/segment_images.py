@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 
 from refinenet_ros.cli import (
     CliError,
@@ -66,17 +65,8 @@ def collect_inputs(args: argparse.Namespace) -> list[tuple[str, Path | None]]:
     return items
 
 
-def read_rgb(path: Path) -> npt.NDArray[np.uint8]:
-    import cv2
-
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise CliError(f"{path}: not an image OpenCV can read")
-    return np.ascontiguousarray(bgr[..., ::-1])
-
-
 def run(args: argparse.Namespace) -> int:
-    from refinenet_ros.io import write_label_png, write_mono_png, write_rgb_png
+    from refinenet_ros.io import read_rgb, write_label_png, write_mono_png, write_rgb_png
     from refinenet_ros.samples import sample_images
     from refinenet_ros.segmenter import build_segmenter
 
