@@ -22,13 +22,15 @@ import argparse
 import contextlib
 import logging
 import os
+import queue
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -59,6 +61,14 @@ COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 MAX_REPORTED_MALFORMED = 20
 """Malformed messages logged one by one per topic; the rest are only counted."""
+OVERLAP_DEPTH = 1
+"""Chunks queued between stages: with one being read, one segmented and one written, at
+most five batches are in memory, and one is enough to keep every stage busy."""
+COPY_CHUNK_MESSAGES = 256
+COPY_CHUNK_BYTES = 32 << 20
+"""Copied messages with no frame pending are handed on in chunks of at most this size."""
+POLL_S = 0.1
+"""How often a blocked stage checks whether the run was stopped (error, Ctrl-C)."""
 
 
 class BagError(ValueError):
@@ -77,6 +87,8 @@ class BagOptions:
     batch: int = 4
     alpha: float = 0.5
     progress: bool = True
+    overlap: bool = True
+    """Read + decode and segment on two threads while this one renders and writes."""
 
 
 @dataclass
@@ -151,6 +163,17 @@ class _Copy:
 
 
 @dataclass
+class _Chunk:
+    """Messages in reading order up to and including one batch of frames: written as a unit."""
+
+    items: list[_Frame | _Copy] = field(default_factory=list)
+    frames: list[_Frame] = field(default_factory=list)
+    results: list[SegmentationResult] = field(default_factory=list)
+    malformed: int = 0  # skipped while reading this chunk (progress only; the summary counts them)
+    copy_bytes: int = 0
+
+
+@dataclass
 class _Camera:
     topic: str
     base: str
@@ -160,12 +183,26 @@ class _Camera:
     info_by_stamp: dict[int, Any] = field(default_factory=dict)
 
 
+_ENCODING_LAYOUT: dict[str, tuple[int, int]] = {"rgb8": (3, 1), "mono8": (1, 1), "mono16": (1, 2)}
+"""Output encodings: (channels, bytes per channel)."""
+
+
 def _stamp_ns(header: Any) -> int:
     return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
 
 
 class _OutputWriter:
-    """Builds and serialises the output messages with one typestore."""
+    """Renders, serialises and writes one frame's output messages with one typestore.
+
+    Image messages are serialised without an intermediate array: sensor_msgs/Image ends
+    with its ``data`` sequence, so its CDR bytes are the serialised fields with an empty
+    ``data`` (patched to the real length) followed by the raw pixels. Each output renders
+    straight into that tail of a per-topic reusable bytearray (``colorize`` / ``overlay`` /
+    ``confidence_u8`` take ``out=``), and ``Writer.write`` copies the bytes before the
+    buffer is reused for the next frame. Same bytes as ``serialize_cdr`` of a filled
+    message (a test compares them), without the 7.4 MB of fresh arrays and the extra
+    copy per 720p frame.
+    """
 
     def __init__(self, writer: Writer, typestore: Typestore, options: BagOptions, label_dtype: Any) -> None:
         self.writer = writer
@@ -179,6 +216,9 @@ class _OutputWriter:
         self.Header = t["std_msgs/msg/Header"]
         self.Time = t["builtin_interfaces/msg/Time"]
         self.written = 0
+        self._empty = np.zeros(0, dtype=np.uint8)
+        self._buffers: dict[tuple[str, str], bytearray] = {}
+        self._scratch: dict[str, npt.NDArray[np.uint8]] = {}
 
     def header(self, src: Any) -> Any:
         return self.Header(
@@ -186,21 +226,40 @@ class _OutputWriter:
             frame_id=str(src.frame_id),
         )
 
-    def image(self, header: Any, array: npt.NDArray[Any], encoding: str) -> Any:
-        h, w = array.shape[:2]
-        data = np.ascontiguousarray(array)
-        if data.dtype == np.uint16:
-            data = data.astype("<u2", copy=False)
-        flat = data.view(np.uint8).reshape(-1)
-        return self.Image(
-            header=header,
-            height=h,
-            width=w,
-            encoding=encoding,
-            is_bigendian=0,
-            step=flat.size // h,
-            data=flat,
-        )
+    def image_buffer(
+        self, key: tuple[str, str], header: Any, height: int, width: int, encoding: str
+    ) -> tuple[bytearray, npt.NDArray[Any]]:
+        """A serialised Image whose pixels are still to be filled: (CDR bytes, pixel view).
+
+        The view is (H, W, 3) uint8 for rgb8, (H, W) uint8 for mono8, (H, W) ``<u2`` for
+        mono16; whatever is written into it is the message's ``data``.
+        """
+        channels, itemsize = _ENCODING_LAYOUT[encoding]
+        step = width * channels * itemsize
+        nbytes = step * height
+        prefix = bytes(
+            self.ts.serialize_cdr(
+                self.Image(header=header, height=height, width=width, encoding=encoding, is_bigendian=0,
+                           step=step, data=self._empty),
+                IMAGE_TYPE,
+            )
+        )  # fmt: skip
+        # The empty data sequence serialises as its uint32 length (0) at the very end.
+        head = len(prefix)
+        buf = self._buffers.get(key)
+        if buf is None or len(buf) != head + nbytes:
+            buf = self._buffers[key] = bytearray(head + nbytes)
+        buf[:head] = prefix
+        buf[head - 4 : head] = nbytes.to_bytes(4, "little" if prefix[1] == 1 else "big")
+        pixels: npt.NDArray[Any] = np.frombuffer(buf, dtype=np.uint8, count=nbytes, offset=head)
+        if itemsize == 2:
+            pixels = pixels.view("<u2")
+        return buf, pixels.reshape((height, width, channels) if channels > 1 else (height, width))
+
+    def write_buffer(self, connection: Connection, timestamp: int, buf: bytearray) -> None:
+        with memoryview(buf) as view:  # released at once: the buffer is refilled next frame
+            self.writer.write(connection, timestamp, view)
+        self.written += 1
 
     def write(self, connection: Connection, timestamp: int, msg: Any, msgtype: str) -> None:
         self.writer.write(connection, timestamp, self.ts.serialize_cdr(msg, msgtype))
@@ -211,25 +270,39 @@ class _OutputWriter:
         conns = cam.connections
         ts = frame.timestamp
         outputs = self.options.outputs
-        color = result.color() if ("color" in outputs or "overlay" in outputs) else None
+        h, w = result.size
         if "labels" in outputs:
-            enc = "mono16" if self.mono16 else "mono8"
-            self.write(conns["labels"], ts, self.image(header, result.labels, enc), IMAGE_TYPE)
+            buf, pixels = self.image_buffer(
+                (cam.topic, "labels"), header, h, w, "mono16" if self.mono16 else "mono8"
+            )
+            pixels[...] = result.labels
+            self.write_buffer(conns["labels"], ts, buf)
             info = _matching_info(cam, frame)
             if info is not None and "camera_info" in conns:
-                h, w = result.size
                 msg = self.camera_info(header, info, h, w, result.input_size)
                 self.write(conns["camera_info"], ts, msg, CAMERA_INFO_TYPE)
+        color: npt.NDArray[np.uint8] | None = None
         if "color" in outputs:
-            assert color is not None
-            self.write(conns["color"], ts, self.image(header, color, "rgb8"), IMAGE_TYPE)
+            buf, color = self.image_buffer((cam.topic, "color"), header, h, w, "rgb8")
+            result.color(out=color)
+            self.write_buffer(conns["color"], ts, buf)  # copied: the pixels stay for the overlay
         if "overlay" in outputs:
-            overlay = result.overlay(frame.rgb, self.options.alpha, color=color)
-            self.write(conns["overlay"], ts, self.image(header, overlay, "rgb8"), IMAGE_TYPE)
+            if color is None:
+                color = result.color(out=self._scratch_rgb(cam.topic, h, w))
+            buf, pixels = self.image_buffer((cam.topic, "overlay"), header, h, w, "rgb8")
+            result.overlay(frame.rgb, self.options.alpha, out=pixels, color=color)
+            self.write_buffer(conns["overlay"], ts, buf)
         if "confidence" in outputs:
-            self.write(
-                conns["confidence"], ts, self.image(header, result.confidence_u8(), "mono8"), IMAGE_TYPE
-            )
+            buf, pixels = self.image_buffer((cam.topic, "confidence"), header, h, w, "mono8")
+            result.confidence_u8(out=pixels)
+            self.write_buffer(conns["confidence"], ts, buf)
+
+    def _scratch_rgb(self, topic: str, height: int, width: int) -> npt.NDArray[np.uint8]:
+        """The colour image for an overlay when ``color`` itself is not written."""
+        arr = self._scratch.get(topic)
+        if arr is None or arr.shape != (height, width, 3):
+            arr = self._scratch[topic] = np.empty((height, width, 3), dtype=np.uint8)
+        return arr
 
     def camera_info(
         self, header: Any, info: Any, height: int, width: int, image_size: tuple[int, int]
@@ -276,6 +349,99 @@ def _matching_info(cam: _Camera, frame: _Frame) -> Any:
             break
         best = info
     return best
+
+
+# ---------------------------------------------------------------------------------- overlap
+
+T = TypeVar("T")
+
+
+@dataclass
+class _Failed:
+    """A stage's exception, passed downstream in order and raised in the consumer."""
+
+    error: BaseException
+
+
+_END = object()
+
+
+class _Overlap(Generic[T]):
+    """``map(stage, source())`` with ``source`` and ``stage`` each on its own thread.
+
+    The consumer iterates in its own thread (the bag writer: sqlite3 connections must
+    stay on the thread that made them, and Ctrl-C arrives there). Bounded queues keep
+    memory bounded and items in order. An exception in either thread travels down the
+    queues as an item and is raised by the consumer at that point of the stream; leaving
+    the ``with`` block early (consumer error, Ctrl-C) stops both threads and joins them,
+    so nothing touches the reader or the segmenter after the run returns.
+    ONNX Runtime, torch, OpenCV and file writes release the GIL, so the stages overlap.
+    """
+
+    def __init__(self, source: Callable[[], Iterator[T]], stage: Callable[[T], T], *, depth: int = 1) -> None:
+        self._stop = threading.Event()
+        self._read_q: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
+        self._out_q: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
+        self._threads = [
+            threading.Thread(target=self._produce, args=(source, self._read_q), name="bag-read", daemon=True),
+            threading.Thread(
+                target=self._produce,
+                args=(lambda: map(stage, self._drain(self._read_q)), self._out_q),
+                name="bag-segment",
+                daemon=True,
+            ),
+        ]
+
+    def __enter__(self) -> _Overlap[T]:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+
+    def __iter__(self) -> Iterator[T]:
+        return self._drain(self._out_q)
+
+    def _produce(self, make: Callable[[], Iterator[Any]], q: queue.Queue[Any]) -> None:
+        items: Iterator[Any] | None = None
+        try:
+            items = make()
+            for item in items:
+                if not self._put(q, item):
+                    return
+            self._put(q, _END)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            self._put(q, _Failed(exc))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()  # finish the reader's generator on this thread
+
+    def _put(self, q: queue.Queue[Any], item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                q.put(item, timeout=POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _drain(self, q: queue.Queue[Any]) -> Iterator[Any]:
+        while True:
+            try:
+                item = q.get(timeout=POLL_S)
+            except queue.Empty:
+                if self._stop.is_set():
+                    return
+                continue
+            if item is _END:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
 
 
 # ---------------------------------------------------------------------------------- run
@@ -468,12 +634,13 @@ class _BagJob:
         return msg, rgb
 
     def _write(self, writer: Writer) -> None:
-        """Stream the input in log-time order; frames wait for a full batch and everything
-        read after them waits too, so the output stays in the input's order."""
-        from rosbags.highlevel import AnyReaderError
+        """Read -> segment -> render + write, in log-time order.
 
-        from refinenet_ros.ros.encodings import MalformedImage
-
+        A chunk is every message read up to and including one full batch of frames; the
+        output is written chunk by chunk in reading order, so it keeps the input's order
+        whether the stages overlap (``options.overlap``: reading and segmenting run on
+        two threads ahead of this one) or run one after the other.
+        """
         opts, summary, cameras = self.options, self.summary, self.cameras
         out = _OutputWriter(writer, self.typestore, opts, self.segmenter.label_set.label_dtype)
         copy_map = _copy_connections(writer, self.reader.connections, self.typestore) if opts.copy else {}
@@ -482,55 +649,92 @@ class _BagJob:
         read_conns = self.reader.connections if opts.copy else cam_conns
         summary.bag_seconds = self.reader.duration / 1e9 if self.reader.message_count else 0.0
         progress = _progress(sum(c.msgcount for c in cam_conns), opts.progress)
-        pending: list[_Frame | _Copy] = []
-        n_frames = 0
         index: dict[str, int] = {}
         t0 = time.perf_counter()
 
-        def flush() -> None:
-            frames = [p for p in pending if isinstance(p, _Frame)]
-            results = self.segmenter.segment_batch([f.rgb for f in frames]) if frames else []
-            by_id = {id(f): r for f, r in zip(frames, results, strict=True)}
-            for item in pending:
-                if isinstance(item, _Copy):
-                    writer.write(item.connection, item.timestamp, item.data)
-                    summary.copied += 1
-                else:
-                    out.frame(cameras[item.topic], item, by_id[id(item)])
-            pending.clear()
-            if frames:
-                summary.frames += len(frames)
-                progress.update(len(frames))
-                if self.on_frame is not None:
-                    self.on_frame(summary.frames)
+        def read() -> Iterator[_Chunk]:
+            return self._read_chunks(read_conns, copy_map, index)
 
+        try:
+            with contextlib.ExitStack() as stack:
+                chunks: Iterator[_Chunk]
+                if opts.overlap:
+                    chunks = iter(stack.enter_context(_Overlap(read, self._segment, depth=OVERLAP_DEPTH)))
+                else:
+                    chunks = map(self._segment, read())
+                for chunk in chunks:
+                    self._write_chunk(writer, out, chunk, progress)
+        finally:
+            progress.close()
+        summary.seconds = time.perf_counter() - t0
+        summary.written = out.written
+        for topic in cameras:
+            seen = index.get(topic, -1) + 1
+            summary.frames_per_topic[topic] = seen - summary.malformed_per_topic.get(topic, 0)
+
+    def _read_chunks(
+        self, read_conns: Sequence[Connection], copy_map: dict[int, Connection], index: dict[str, int]
+    ) -> Iterator[_Chunk]:
+        """Stage 1: read and decode. Frames wait for a full batch and everything read after
+        them waits with them; copies with no frame pending go out in bounded chunks."""
+        from rosbags.highlevel import AnyReaderError
+
+        from refinenet_ros.ros.encodings import MalformedImage
+
+        opts, cameras = self.options, self.cameras
+        batch = max(1, opts.batch)
+        chunk = _Chunk()
         for conn, timestamp, raw in self.reader.messages(connections=read_conns):
             if opts.copy:
-                pending.append(_Copy(copy_map[conn.id], timestamp, raw))
+                chunk.items.append(_Copy(copy_map[conn.id], timestamp, raw))
+                chunk.copy_bytes += len(raw)
             if conn.topic not in cameras:
-                if n_frames == 0:
-                    flush()  # nothing to keep in order with: write through
+                if not chunk.frames and (
+                    len(chunk.items) >= COPY_CHUNK_MESSAGES or chunk.copy_bytes >= COPY_CHUNK_BYTES
+                ):
+                    yield chunk
+                    chunk = _Chunk()
                 continue
             i = index[conn.topic] = index.get(conn.topic, -1) + 1
             try:
                 msg, rgb = self._decode(conn, raw)
             except (MalformedImage, AnyReaderError, ValueError) as exc:
-                _report_malformed(summary, conn.topic, i, timestamp, exc)
-                progress.update(1)
-                progress.set_postfix(malformed=summary.malformed, refresh=False)
+                _report_malformed(self.summary, conn.topic, i, timestamp, exc)
+                chunk.malformed += 1
                 continue
-            pending.append(_Frame(conn.topic, i, timestamp, msg.header, rgb))
-            n_frames += 1
-            if n_frames >= max(1, opts.batch):
-                flush()
-                n_frames = 0
-        flush()
-        summary.seconds = time.perf_counter() - t0
-        progress.close()
-        summary.written = out.written
-        for topic in cameras:
-            seen = index.get(topic, -1) + 1
-            summary.frames_per_topic[topic] = seen - summary.malformed_per_topic.get(topic, 0)
+            frame = _Frame(conn.topic, i, timestamp, msg.header, rgb)
+            chunk.items.append(frame)
+            chunk.frames.append(frame)
+            if len(chunk.frames) >= batch:
+                yield chunk
+                chunk = _Chunk()
+        if chunk.items or chunk.malformed:
+            yield chunk
+
+    def _segment(self, chunk: _Chunk) -> _Chunk:
+        """Stage 2: one batched Segmenter call per chunk (labels + confidence at input size)."""
+        if chunk.frames:
+            chunk.results = self.segmenter.segment_batch([f.rgb for f in chunk.frames])
+        return chunk
+
+    def _write_chunk(self, writer: Writer, out: _OutputWriter, chunk: _Chunk, progress: Any) -> None:
+        """Stage 3 (this thread, which owns the writer): render + serialise + write in order."""
+        summary = self.summary
+        results = iter(chunk.results)
+        for item in chunk.items:
+            if isinstance(item, _Copy):
+                writer.write(item.connection, item.timestamp, item.data)
+                summary.copied += 1
+            else:
+                out.frame(self.cameras[item.topic], item, next(results))
+        if chunk.malformed:
+            progress.update(chunk.malformed)
+            progress.set_postfix(malformed=summary.malformed, refresh=False)
+        if chunk.frames:
+            summary.frames += len(chunk.frames)
+            progress.update(len(chunk.frames))
+            if self.on_frame is not None:
+                self.on_frame(summary.frames)
 
 
 def _copy_connections(
@@ -693,6 +897,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="replace an existing OUTPUT")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colours")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
+    parser.add_argument("--no-overlap", action="store_true",
+                        help="read, segment and write one after the other in one thread "
+                        "(slower; same output; for debugging)")  # fmt: skip
     add_model_arguments(parser)
     add_backend_arguments(parser)
     parser.set_defaults(batch=4)
@@ -713,6 +920,7 @@ def run(args: argparse.Namespace) -> int:
         batch=max(1, args.batch),
         alpha=args.alpha,
         progress=not args.no_progress,
+        overlap=not args.no_overlap,
     )
     # Refuse before loading a model: a refused run costs nothing and changes nothing.
     try:

@@ -8,9 +8,11 @@ on one backend object (built once, so no figure pays its warm-up):
   batches (what the accelerator alone could sustain);
 - segmenter: ``Segmenter.segment_batch`` + colour, overlay and confidence rendering on
   decoded camera frames (everything but bag I/O);
-- bag tool: ``bag.run_bag`` on the bag (everything), its own frames/s.
+- bag tool: ``bag.run_bag`` on the bag (everything), its own frames/s, with its stages
+  overlapped (the default: reading and segmenting on two threads ahead of rendering and
+  writing) and, for comparison in the same run, one after the other (``--no-overlap``).
 
-Backend-only is measured before and after the bag run and averaged, so a load change on
+Backend-only is measured before and after the bag runs and averaged, so a load change on
 a shared machine during the run shows up as a spread instead of a biased ratio.
 """
 
@@ -20,6 +22,7 @@ import argparse
 import logging
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -136,12 +139,13 @@ def run_bag_command(args: argparse.Namespace, cpu: CpuInfo) -> int:
     seg_fps = segmenter_fps(segmenter, frames, batch, 0.5)
     out_bag = work / "output_bag"
     bag_options = BagOptions(image_topics=(topic,), batch=batch, progress=False, force=True)
-    t0 = time.perf_counter()
     try:
+        serial = run_bag(in_bag, out_bag, segmenter, replace(bag_options, overlap=False))
+        t0 = time.perf_counter()
         summary = run_bag(in_bag, out_bag, segmenter, bag_options)
+        bag_wall = time.perf_counter() - t0
     except BagError as exc:
         raise CliError(str(exc)) from None
-    bag_wall = time.perf_counter() - t0
     fps_after = backend_only_fps(backend, batches)
     backend_fps = (fps_before + fps_after) / 2
     figures = {
@@ -159,6 +163,8 @@ def run_bag_command(args: argparse.Namespace, cpu: CpuInfo) -> int:
             "bag_fps": round(summary.fps, 3),
             "bag_wall_s": round(bag_wall, 2),
             "bag_vs_backend": round(summary.fps / backend_fps, 3) if backend_fps > 0 else None,
+            "bag_serial_fps": round(serial.fps, 3),
+            "bag_serial_vs_backend": round(serial.fps / backend_fps, 3) if backend_fps > 0 else None,
             "segmenter_vs_backend": round(seg_fps / backend_fps, 3) if backend_fps > 0 else None,
             "malformed": summary.malformed,
             "written": summary.written,
@@ -172,6 +178,7 @@ def run_bag_command(args: argparse.Namespace, cpu: CpuInfo) -> int:
         ["path", "frames/s", "vs backend-only"],
         [["backend-only (infer)", b["backend_only_fps"], 1.0],
          ["segmenter + rendering", b["segmenter_fps"], b["segmenter_vs_backend"]],
+         ["bag tool, stages in series (--no-overlap)", b["bag_serial_fps"], b["bag_serial_vs_backend"]],
          ["bag tool (refinenet-ros bag)", b["bag_fps"], b["bag_vs_backend"]]],
     ))  # fmt: skip
     settings = {
