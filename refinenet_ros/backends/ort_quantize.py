@@ -18,6 +18,7 @@ import json
 import logging
 import tempfile
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,15 +36,50 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("refinenet_ros")
 
-QUANT_SETTINGS: dict[str, Any] = {
-    "format": "QDQ",
-    "per_channel": True,
-    "op_types": ["Conv"],
-    "activation": "QUInt8",
-    "weight": "QInt8",
-    "method": "Percentile",
-    "version": 1,
-}
+CALIBRATION_METHODS = ("MinMax", "Percentile", "Entropy")
+
+FAST_OP_TYPES: tuple[str, ...] = ("Conv", "Add", "MaxPool", "Relu", "Clip")
+"""Conv plus the ops between convolutions, so activations stay INT8 from conv to conv."""
+
+
+@dataclass(frozen=True)
+class QuantOptions:
+    """How the FP32 graph is quantised; every field is part of the cache key.
+
+    ``op_types``: the ONNX ops given QDQ pairs. Conv alone leaves every residual Add and
+    every max-pool of the chained residual pooling between a DequantizeLinear and a
+    QuantizeLinear, so the graph converts back and forth between convolutions; adding
+    Add/MaxPool/Relu keeps activations INT8 from one conv to the next (the measured
+    speed-up on this CPU is in docs/benchmarks.md). ``method``: how activation ranges are
+    taken from the calibration images (``Percentile`` clips rare outliers, which MinMax
+    would stretch every range for). ``keep_fp32``: node-name substrings left unquantised
+    (e.g. the classifier), for graphs whose labels need a full-precision head.
+    """
+
+    op_types: tuple[str, ...] = FAST_OP_TYPES
+    method: str = "Percentile"
+    percentile: float = 99.999
+    per_channel: bool = True
+    keep_fp32: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.method not in CALIBRATION_METHODS:
+            raise BackendError(
+                f"int8 calibration method {self.method!r} unknown; "
+                f"choose one of {', '.join(CALIBRATION_METHODS)}"
+            )
+        if not self.op_types:
+            raise BackendError("int8 quantisation needs at least one op type (e.g. Conv)")
+
+    def settings(self) -> dict[str, Any]:
+        """JSON-able description: the cache key and the ``quantization`` graph metadata."""
+        return {
+            "format": "QDQ",
+            "activation": "QUInt8",
+            "weight": "QInt8",
+            "version": 2,
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()},
+        }
 
 
 def _static_size(onnx_path: Path) -> tuple[int, int]:
@@ -62,7 +98,14 @@ def _static_size(onnx_path: Path) -> tuple[int, int]:
     return int(dims[1]), int(dims[2])
 
 
-def quantize_graph(fp32_path: Path, out_path: Path, source: ImageSource, *, max_images: int = 64) -> Path:
+def quantize_graph(
+    fp32_path: Path,
+    out_path: Path,
+    source: ImageSource,
+    *,
+    max_images: int = 64,
+    options: QuantOptions = QuantOptions(),
+) -> Path:
     """Write the QDQ INT8 version of ``fp32_path`` to ``out_path`` (atomically)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -102,43 +145,60 @@ def quantize_graph(fp32_path: Path, out_path: Path, source: ImageSource, *, max_
             str(out_tmp),
             reader,
             quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            op_types_to_quantize=["Conv"],
+            per_channel=options.per_channel,
+            op_types_to_quantize=list(options.op_types),
+            nodes_to_exclude=_excluded_nodes(pre, options.keep_fp32),
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.Percentile,
+            calibrate_method=getattr(CalibrationMethod, options.method),
+            extra_options={"CalibPercentile": options.percentile} if options.method == "Percentile" else {},
         )
         if reader.count == 0:
             raise BackendError(f"int8 calibration got no images from {source.describe()}")
-        _copy_metadata(fp32_path, out_tmp)
+        _copy_metadata(fp32_path, out_tmp, options)
         atomic_write_bytes(out_path, out_tmp.read_bytes())
     log.info(
-        "quantised %s to INT8 (QDQ, per-channel, %d calibration images) -> %s",
+        "quantised %s to INT8 (QDQ %s, %s calibration on %d images) -> %s",
         fp32_path.name,
+        "+".join(options.op_types),
+        options.method,
         reader.count,
         out_path,
     )
     return out_path
 
 
-def _copy_metadata(src: Path, dst: Path) -> None:
+def _excluded_nodes(graph_path: Path, patterns: tuple[str, ...]) -> list[str]:
+    """Names of the nodes whose name contains any of ``patterns`` (left in FP32)."""
+    if not patterns:
+        return []
+    import onnx
+
+    names = [n.name for n in onnx.load(str(graph_path), load_external_data=False).graph.node]
+    excluded = [n for n in names if any(p in n for p in patterns)]
+    if not excluded:
+        raise BackendError(f"int8 keep_fp32 {list(patterns)} matches no node of {graph_path.name}")
+    return excluded
+
+
+def _copy_metadata(src: Path, dst: Path, options: QuantOptions) -> None:
     """quantize_static drops metadata_props; the backend reads num_classes etc. from them."""
     import onnx
 
     meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
     model = onnx.load(str(dst))
     meta["precision"] = "int8"
-    meta["quantization"] = json.dumps(QUANT_SETTINGS, sort_keys=True)
+    meta["quantization"] = json.dumps(options.settings(), sort_keys=True)
     onnx.helper.set_model_props(model, meta)
     onnx.save(model, str(dst))
 
 
-def quantized_cached(fp32_path: Path, options: BackendOptions) -> Path:
-    """The cached INT8 graph for ``fp32_path`` and the options' calibration data."""
+def quantized_cached(fp32_path: Path, options: BackendOptions, quant: QuantOptions = QuantOptions()) -> Path:
+    """The cached INT8 graph for ``fp32_path``, the options' calibration data and ``quant``."""
     source = make_source(options.calib_images, options.calib_bag, options.calib_topic, options.calib_count)
     key = hashlib.sha256(
         json.dumps(
-            {"fp32": sha256_file(fp32_path), "calib": source.fingerprint(), "settings": QUANT_SETTINGS},
+            {"fp32": sha256_file(fp32_path), "calib": source.fingerprint(), "settings": quant.settings()},
             sort_keys=True,
         ).encode()
     ).hexdigest()
@@ -147,4 +207,4 @@ def quantized_cached(fp32_path: Path, options: BackendOptions) -> Path:
         log.info("using cached INT8 graph %s", out)
         return out
     log.info("quantising to INT8, calibrating on %s", source.describe())
-    return quantize_graph(fp32_path, out, source, max_images=options.calib_count)
+    return quantize_graph(fp32_path, out, source, max_images=options.calib_count, options=quant)
