@@ -1,11 +1,14 @@
 """INT8 for the ONNX Runtime backend: static QDQ quantisation calibrated on real images.
 
 ``onnxruntime.quantization.quantize_static`` inserts QuantizeLinear/DequantizeLinear
-pairs (QDQ format, per-channel weight scales) around the convolutions, with activation
-ranges measured by running the FP32 graph on calibration images — the same sources and
-the same preprocessing as TensorRT's INT8 calibration (:mod:`calibration`). Only Conv
-is quantised: it carries almost all the FLOPs, and leaving Add/Resize/the argmax head
-in FP32 keeps label agreement high.
+pairs (QDQ format, per-channel weight scales) around the ops of :class:`QuantOptions`,
+with activation ranges measured by running the FP32 graph on calibration images — the
+same sources and the same preprocessing as TensorRT's INT8 calibration
+(:mod:`calibration`). The default op set (Conv, Add, MaxPool, Relu, Clip) keeps
+activations INT8 from one convolution to the next; quantising Conv alone leaves the
+residual adds and the chained residual pooling converting back and forth, which costs
+most of the INT8 gain on this kind of CPU (docs/benchmarks.md has the figures). The
+upsampling and the softmax/argmax head stay FP32.
 
 The quantised graph is cached beside the FP32 one, keyed by the FP32 graph's sha256, the
 calibration fingerprint and the quantisation settings.
