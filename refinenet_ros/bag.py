@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -88,7 +88,8 @@ class BagOptions:
     alpha: float = 0.5
     progress: bool = True
     overlap: bool = True
-    """Read + decode and segment on two threads while this one renders and writes."""
+    """Read + decode and segment on two threads while this one renders and writes
+    (``refinenet-ros bag`` decides with :func:`overlap_helps`)."""
 
 
 @dataclass
@@ -125,6 +126,19 @@ class BagSummary:
             bad = self.malformed_per_topic.get(topic, 0)
             lines.append(f"  {topic}: {n} frames" + (f", {bad} malformed" if bad else ""))
         return "\n".join(lines)
+
+
+def overlap_helps(device: str, threads: int, cpus: int | None = None) -> bool:
+    """Whether overlapping bag I/O with inference can speed a run up.
+
+    It can when inference leaves CPU time free: an accelerator, or a CPU backend limited to
+    fewer threads than there are CPUs. A CPU backend on every core (``threads`` 0 = the
+    library's default) already keeps the machine busy: measured on 2 cores, overlapping
+    then cost 5 % (threads oversubscribe ONNX Runtime's pool), while with ``--threads 1``
+    it took the bag tool from 0.84x to 0.93x of backend-only (docs/benchmarks.md).
+    """
+    cpus = cpus if cpus is not None else (os.cpu_count() or 1)
+    return not device.startswith("cpu") or 0 < threads < cpus
 
 
 def output_base(topic: str, msgtype: str) -> str:
@@ -897,9 +911,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="replace an existing OUTPUT")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colours")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
-    parser.add_argument("--no-overlap", action="store_true",
-                        help="read, segment and write one after the other in one thread "
-                        "(slower; same output; for debugging)")  # fmt: skip
+    parser.add_argument("--overlap", choices=("auto", "on", "off"), default="auto",
+                        help="read + segment on threads while writing (same output). auto: on unless "
+                        "a CPU backend already uses every core (default: auto)")  # fmt: skip
     add_model_arguments(parser)
     add_backend_arguments(parser)
     parser.set_defaults(batch=4)
@@ -920,7 +934,6 @@ def run(args: argparse.Namespace) -> int:
         batch=max(1, args.batch),
         alpha=args.alpha,
         progress=not args.no_progress,
-        overlap=not args.no_overlap,
     )
     # Refuse before loading a model: a refused run costs nothing and changes nothing.
     try:
@@ -929,8 +942,11 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     model_cfg = model_config_from_args(args)
     segmenter = build_segmenter(model_cfg, backend_options_from_args(args))
-    log.info("model %s, backend %s on %s, batch %d", model_cfg.describe(), segmenter.backend.name,
-             segmenter.backend.device, options.batch)  # fmt: skip
+    backend = segmenter.backend
+    overlap = args.overlap == "on" or (args.overlap == "auto" and overlap_helps(backend.device, args.threads))
+    options = replace(options, overlap=overlap)
+    log.info("model %s, backend %s on %s, batch %d, I/O %s inference", model_cfg.describe(), backend.name,
+             backend.device, options.batch, "overlapped with" if overlap else "in series with")  # fmt: skip
     try:
         summary = run_bag(args.input, args.output, segmenter, options)
     except BagError as exc:

@@ -327,3 +327,19 @@ def test_failure_mid_run_fails_cleanly_and_leaves_no_output(
     assert not [t.name for t in threading.enumerate() if t.name.startswith("bag-")]  # stages joined
     # The segmenter is still usable: nothing runs it behind our back.
     assert run_bag(sample_bag, out, segmenter, opts).frames == 6
+
+
+def test_overlap_is_chosen_only_where_inference_leaves_cpu_time() -> None:
+    from refinenet_ros.bag import overlap_helps
+
+    assert overlap_helps("cuda:0", 0, cpus=2)  # accelerator: the CPU only does I/O
+    assert not overlap_helps("cpu", 0, cpus=2)  # library default: every core already busy
+    assert overlap_helps("cpu", 1, cpus=2)
+    assert not overlap_helps("cpu", 2, cpus=2)
+
+
+def test_cli_overlap_on_matches_off(tmp_path: Path, sample_bag: Path) -> None:
+    common = [str(sample_bag), "--image-topic", TOPIC, "--backend", "torch", "--no-progress", "--batch", "4"]
+    assert main(["bag", common[0], str(tmp_path / "on"), *common[1:], "--overlap", "on"]) == 0
+    assert main(["bag", common[0], str(tmp_path / "off"), *common[1:], "--overlap", "off"]) == 0
+    assert raw_messages(tmp_path / "on") == raw_messages(tmp_path / "off")
