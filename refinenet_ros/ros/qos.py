@@ -61,25 +61,30 @@ def _fix(policy: str, ours: str, side: str) -> str:
     return f"align the {policy} policy of both sides (this node uses qos={ours})"
 
 
+def _incompatible_qos_logger(
+    side: str, topic: str, qos_name: str, log: Callable[[str], object]
+) -> Callable[[QoSRequestedIncompatibleQoSInfo], None]:
+    """One event handler for either side: names the topic, the policy and the fix."""
+
+    def on_incompatible(event: QoSRequestedIncompatibleQoSInfo) -> None:
+        policy = qos_policy_name_from_kind(event.last_policy_kind)
+        log(
+            f"incompatible QoS on {side} {topic}: {policy} (seen {event.total_count} times); "
+            f"{_fix(policy, qos_name, side)}"
+        )
+
+    return on_incompatible
+
+
 def subscription_callbacks(
     topic: str, qos_name: str, log: Callable[[str], object]
 ) -> SubscriptionEventCallbacks:
-    def on_incompatible(event: QoSRequestedIncompatibleQoSInfo) -> None:
-        policy = qos_policy_name_from_kind(event.last_policy_kind)
-        log(
-            f"incompatible QoS on subscription {topic}: {policy} (seen {event.total_count} times); "
-            f"{_fix(policy, qos_name, 'subscription')}"
-        )
-
-    return SubscriptionEventCallbacks(incompatible_qos=on_incompatible)
+    return SubscriptionEventCallbacks(
+        incompatible_qos=_incompatible_qos_logger("subscription", topic, qos_name, log)
+    )
 
 
 def publisher_callbacks(topic: str, qos_name: str, log: Callable[[str], object]) -> PublisherEventCallbacks:
-    def on_incompatible(event: QoSRequestedIncompatibleQoSInfo) -> None:
-        policy = qos_policy_name_from_kind(event.last_policy_kind)
-        log(
-            f"incompatible QoS on publisher {topic}: {policy} (seen {event.total_count} times); "
-            f"{_fix(policy, qos_name, 'publisher')}"
-        )
-
-    return PublisherEventCallbacks(incompatible_qos=on_incompatible)
+    return PublisherEventCallbacks(
+        incompatible_qos=_incompatible_qos_logger("publisher", topic, qos_name, log)
+    )
