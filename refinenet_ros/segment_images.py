@@ -98,11 +98,12 @@ def run(args: argparse.Namespace) -> int:
         write_rgb_png(out_dir / f"{name}_overlay.png", result.overlay(image, args.alpha, color=color))
         write_mono_png(out_dir / f"{name}_confidence.png", result.confidence_u8())
         t = result.timings_ms
-        present = np.unique(result.labels)
+        n_present = len(np.unique(result.labels))
+        classes = f"{n_present} class{'es' if n_present != 1 else ''} present"
         print(
             f"{name}: {image.shape[1]}x{image.shape[0]} -> {total:.1f} ms "
             f"(preprocess {t['preprocess']:.1f}, infer {t['infer']:.1f}, postprocess "
-            f"{t['postprocess']:.1f}); {len(present)} classes, mean confidence "
+            f"{t['postprocess']:.1f}); {classes}, mean confidence "
             f"{float(result.confidence.mean()):.2f}"
         )
     print(f"{len(items)} images -> {out_dir}/ ; median {float(np.median(totals)):.1f} ms/image")
