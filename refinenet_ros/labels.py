@@ -189,7 +189,12 @@ def colorize(
         raise ValueError(f"colorize expects a 2-D label image, got shape {labels.shape}")
     if out is None:
         out = np.empty((*labels.shape, 3), dtype=np.uint8)
-    if labels.dtype == np.uint8 and out.flags.c_contiguous and out.flags.writeable:
+    if (
+        labels.dtype == np.uint8
+        and ls.label_dtype == np.uint8
+        and out.flags.c_contiguous
+        and out.flags.writeable
+    ):
         # Three 1-channel cv2.LUT passes + one merge: 5.6x faster than np.take at 1080p
         # (1.5 ms vs 8.5 ms here), which matters for the node's ~/color and ~/overlay.
         import cv2

@@ -70,3 +70,12 @@ def test_colorize_fills_a_given_buffer_in_place():
 def test_colorize_rejects_non_2d_labels():
     with pytest.raises(ValueError, match="2-D"):
         colorize(np.zeros((2, 2, 2), np.uint8), "voc")
+
+
+def test_colorize_uint8_labels_with_a_label_set_above_255_classes():
+    from refinenet_ros.labels import LabelSet
+
+    palette = np.stack([np.arange(300) % 256, np.arange(300) // 256, np.full(300, 7)], 1).astype(np.uint8)
+    wide = LabelSet("wide", "synthetic", tuple(f"c{i}" for i in range(300)), palette)
+    rgb = colorize(np.array([[3, 200]], dtype=np.uint8), wide)
+    assert tuple(rgb[0, 0]) == (3, 0, 7) and tuple(rgb[0, 1]) == (200, 0, 7)
