@@ -362,3 +362,20 @@ def start_node(
         code, _ = proc.stop(signal.SIGKILL)
         pytest.fail(f"node {name} did not become ready (exit {code}):\n{proc.log()[-4000:]}")
     return proc
+
+
+def running_nodes(
+    procs: dict[str, NodeProcess], ready: dict[str, str] | str = "active: segmenting", timeout: float = 180.0
+) -> Iterator[dict[str, NodeProcess]]:
+    """Fixture body for several node processes started together: wait until each logs
+    its ``ready`` line (else kill all and fail with the log), yield them, kill survivors."""
+    for name, proc in procs.items():
+        line = ready if isinstance(ready, str) else ready[name]
+        if not proc.wait_log(line, timeout):
+            for p in procs.values():
+                p.stop(signal.SIGKILL)
+            pytest.fail(f"node {name} did not start:\n{proc.log()[-4000:]}")
+    yield procs
+    for proc in procs.values():
+        if proc.proc.poll() is None:
+            proc.stop(signal.SIGKILL)

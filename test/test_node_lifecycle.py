@@ -19,6 +19,7 @@ from ros_helpers import (
     fresh_stamp,
     image_msg,
     node_args,
+    running_nodes,
     send_until_seen,
     smooth_image,
     stamp_ns,
@@ -52,15 +53,7 @@ def nodes(
         ),
     }
     ready = {"lc": "waiting for lifecycle transitions", "multi": "active: segmenting"}
-    for name, proc in procs.items():
-        if not proc.wait_log(ready[name], 180):
-            for p in procs.values():
-                p.stop(signal.SIGKILL)
-            pytest.fail(f"node {name} did not start:\n{proc.log()[-4000:]}")
-    yield procs
-    for proc in procs.values():
-        if proc.proc.poll() is None:
-            proc.stop(signal.SIGKILL)
+    yield from running_nodes(procs, ready)
 
 
 def state(client: RosClient) -> str:

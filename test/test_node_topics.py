@@ -29,6 +29,7 @@ from ros_helpers import (
     image_msg,
     msg_array,
     node_args,
+    running_nodes,
     send_until_seen,
     smooth_image,
     stamp_ns,
@@ -72,15 +73,7 @@ def nodes(
             cmd=[*CLI_CMD, "node"],
         ),
     }
-    for name, proc in procs.items():
-        if not proc.wait_log("active: segmenting", 180):
-            for p in procs.values():
-                p.stop(signal.SIGKILL)
-            pytest.fail(f"node {name} did not start:\n{proc.log()[-4000:]}")
-    yield procs
-    for proc in procs.values():
-        if proc.proc.poll() is None:
-            proc.stop(signal.SIGKILL)
+    yield from running_nodes(procs)
 
 
 @pytest.fixture(scope="module")
