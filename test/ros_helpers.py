@@ -379,3 +379,22 @@ def running_nodes(
     for proc in procs.values():
         if proc.proc.poll() is None:
             proc.stop(signal.SIGKILL)
+
+
+def publish_camera_info(
+    client: RosClient, topic: str, size: tuple[int, int], focal: tuple[float, float]
+) -> Any:
+    """Publish a pinhole CameraInfo for an image of ``size`` (H, W) a few times, so the
+    node has it before the first image; returns the message for comparisons."""
+    from sensor_msgs.msg import CameraInfo
+
+    (h, w), (fx, fy) = size, focal
+    info = CameraInfo(width=w, height=h)
+    info.k = [fx, 0.0, w / 2, 0.0, fy, h / 2, 0.0, 0.0, 1.0]
+    info.p = [fx, 0.0, w / 2, 0.0, 0.0, fy, h / 2, 0.0, 0.0, 0.0, 1.0, 0.0]
+    pub = client.publisher(CameraInfo, topic)
+    client.wait_matched(pub)
+    for _ in range(3):
+        pub.publish(info)
+        time.sleep(0.1)
+    return info

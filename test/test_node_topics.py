@@ -29,6 +29,7 @@ from ros_helpers import (
     image_msg,
     msg_array,
     node_args,
+    publish_camera_info,
     running_nodes,
     send_until_seen,
     smooth_image,
@@ -95,16 +96,9 @@ def out(ros_client: RosClient, nodes: dict[str, NodeProcess]) -> Callable[[str, 
 
 
 def test_outputs_carry_the_input_header_at_input_resolution(ros_client: RosClient, out: Any) -> None:
-    from sensor_msgs.msg import CameraInfo, Image
+    from sensor_msgs.msg import Image
 
-    info = CameraInfo(width=120, height=80)
-    info.k = [100.0, 0.0, 60.0, 0.0, 100.0, 40.0, 0.0, 0.0, 1.0]
-    info.p = [100.0, 0.0, 60.0, 0.0, 0.0, 100.0, 40.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-    info_pub = ros_client.publisher(CameraInfo, "/main/camera_info")
-    ros_client.wait_matched(info_pub)
-    for _ in range(3):
-        info_pub.publish(info)
-        time.sleep(0.1)
+    info = publish_camera_info(ros_client, "/main/camera_info", (80, 120), (100.0, 100.0))
     img = smooth_image((80, 120), seed=3)
     leaves = ["labels", "color", "overlay", "confidence", "labels/camera_info"]
     collectors = [out("main", leaf) for leaf in leaves]
@@ -281,16 +275,9 @@ def test_nothing_is_computed_without_subscribers(ros_client: RosClient, nodes: d
 
 
 def test_params_file_network_resolution_and_camera_info_rescaling(ros_client: RosClient, out: Any) -> None:
-    from sensor_msgs.msg import CameraInfo, Image
+    from sensor_msgs.msg import Image
 
-    info = CameraInfo(width=128, height=96)
-    info.k = [100.0, 0.0, 64.0, 0.0, 90.0, 48.0, 0.0, 0.0, 1.0]
-    info.p = [100.0, 0.0, 64.0, 0.0, 0.0, 90.0, 48.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-    info_pub = ros_client.publisher(CameraInfo, "/net/camera_info")
-    ros_client.wait_matched(info_pub)
-    for _ in range(3):
-        info_pub.publish(info)
-        time.sleep(0.1)
+    publish_camera_info(ros_client, "/net/camera_info", (96, 128), (100.0, 90.0))
     img = smooth_image((96, 128), seed=13)
     leaves = ["labels", "color", "overlay", "labels/camera_info"]
     confidence = out("net", "confidence")
