@@ -281,9 +281,16 @@ def fresh_stamp() -> int:
 
 
 def send_until_seen(
-    pub: Any, make: Callable[[int], Any], collectors: list[Collector], timeout: float = 30.0
+    pub: Any,
+    make: Callable[[int], Any],
+    collectors: list[Collector],
+    timeout: float = 30.0,
+    companion: Callable[[int], None] | None = None,
 ) -> dict[int, list[Any]]:
     """Publish ``make(stamp)`` (a new stamp each time) until every collector got one of them.
+
+    ``companion(stamp)``, if given, is called just before each frame (e.g. to publish the
+    frame's CameraInfo, as camera drivers do).
 
     Returns {stamp: [message per collector]} for the first stamp seen on all collectors:
     repeats only cover DDS discovery after a subscription appears, not lost frames.
@@ -293,6 +300,8 @@ def send_until_seen(
     while time.monotonic() < deadline:
         stamp = fresh_stamp()
         sent.append(stamp)
+        if companion is not None:
+            companion(stamp)
         pub.publish(make(stamp))
         wait_until = time.monotonic() + 1.5
         while time.monotonic() < wait_until:
@@ -301,7 +310,10 @@ def send_until_seen(
                 if all(found):
                     return {s: [f[0] for f in found]}
             time.sleep(0.02)
-    raise AssertionError(f"no output for any of {len(sent)} frames within {timeout} s")
+    got = [sum(stamp_ns(m) in sent for m in c.msgs) for c in collectors]
+    raise AssertionError(
+        f"no frame of {len(sent)} seen on every output within {timeout} s; per output: {got}"
+    )
 
 
 def diagnostics(client: RosClient, ns: str, timeout: float = 5.0) -> dict[str, str]:
@@ -381,11 +393,17 @@ def running_nodes(
             proc.stop(signal.SIGKILL)
 
 
-def publish_camera_info(
+def camera_info_publisher(
     client: RosClient, topic: str, size: tuple[int, int], focal: tuple[float, float]
-) -> Any:
-    """Publish a pinhole CameraInfo for an image of ``size`` (H, W) a few times, so the
-    node has it before the first image; returns the message for comparisons."""
+) -> tuple[Any, Callable[[int], None]]:
+    """A pinhole CameraInfo for an image of ``size`` (H, W), and ``publish(stamp_ns)`` that
+    sends it stamped like the frame, as a camera driver does with every image.
+
+    Pass ``publish`` to ``send_until_seen(..., companion=publish)``. A few best-effort
+    messages sent once are not enough: the test's writer can see the node's reader matched
+    before the node's reader has matched the writer (discovery is one-sided for a moment),
+    and those messages are dropped, leaving the node without camera_info (seen in CI).
+    """
     from sensor_msgs.msg import CameraInfo
 
     (h, w), (fx, fy) = size, focal
@@ -394,7 +412,9 @@ def publish_camera_info(
     info.p = [fx, 0.0, w / 2, 0.0, 0.0, fy, h / 2, 0.0, 0.0, 0.0, 1.0, 0.0]
     pub = client.publisher(CameraInfo, topic)
     client.wait_matched(pub)
-    for _ in range(3):
+
+    def publish(stamp: int) -> None:
+        info.header.stamp.sec, info.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
         pub.publish(info)
-        time.sleep(0.1)
-    return info
+
+    return info, publish
