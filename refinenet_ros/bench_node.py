@@ -12,7 +12,7 @@ keeps the input header, and both processes read the same system clock).
   loses count as drops, latency includes waiting for the worker.
 
 The node's /diagnostics give its per-stage times (decode, preprocess, infer,
-postprocess, publish; p50/p95/p99 over its last 300 frames, warm-up included) and drop
+postprocess, render, publish; p50/p95/p99 over its last 300 frames, warm-up included) and drop
 counters. Node overhead = end-to-end latency - backend (``infer``) time, per percentile:
 what the node, DDS and this subscriber add on top of the network itself.
 """
@@ -36,11 +36,11 @@ from typing import Any
 from refinenet_ros.bench_machine import CpuInfo
 from refinenet_ros.bench_report import Report, format_table, percentiles
 from refinenet_ros.cli import CliError, model_config_from_args
+from refinenet_ros.ros.scheduling import NODE_STAGES
 
 SHM_ONLY = "SHM?max_msg_size=8MB&sockets_size=64MB"
 NAMESPACE = "/refinenet_bench"
 NODE_NAME = "refinenet_segmentation"
-STAGES = ("decode", "preprocess", "infer", "postprocess", "publish")
 FRAME_TIMEOUT_S = 30.0
 
 
@@ -338,7 +338,7 @@ def _figures(
         # the node's own non-inference work per frame (medians of its stages, summed): a
         # steadier figure than the difference of two percentiles when the machine is busy
         "node_stages_overhead_ms_p50": round(
-            sum(_float(diag, f"{s}_ms_p50") for s in STAGES if s != "infer"), 2
+            sum(_float(diag, f"{s}_ms_p50") for s in NODE_STAGES if s != "infer"), 2
         ),
         "fps": round(len(lat) / span_s, 3) if span_s > 0 else 0.0,
         "drops": len(stamps) - len(lat),
@@ -346,7 +346,7 @@ def _figures(
             "skipped": int(_float(diag, "dropped_skipped")) if diag else None,
             "stale": int(_float(diag, "dropped_stale")) if diag else None,
         },
-        "stages_ms": {s: {f"p{q}": _float(diag, f"{s}_ms_p{q}") for q in (50, 95, 99)} for s in STAGES},
+        "stages_ms": {s: {f"p{q}": _float(diag, f"{s}_ms_p{q}") for q in (50, 95, 99)} for s in NODE_STAGES},
         "node_latency_ms": {f"p{q}": _float(diag, f"latency_ms_p{q}") for q in (50, 95, 99)},
         "node_input_age_ms": {f"p{q}": _float(diag, f"input_age_ms_p{q}") for q in (50, 95, 99)},
         "node_frames_in": int(_float(diag, "frames_in")) if diag else None,

@@ -165,7 +165,9 @@ def test_bench_node_writes_documented_json(tmp_path: Path) -> None:
             node["latency_ms"][q] - node["backend_ms"][q], abs=0.02
         )
     assert node["outputs"] == ["labels", "overlay"]
-    assert set(node["stages_ms"]) == {"decode", "preprocess", "infer", "postprocess", "publish"}
+    stages = node["stages_ms"]
+    assert set(stages) == {"decode", "preprocess", "infer", "postprocess", "render", "publish"}
+    assert stages["render"]["p50"] > 0 and stages["publish"]["p50"] > 0  # overlay drawn, two publishes
 
 
 @pytest.mark.parametrize("name", ["voc", "cityscapes", "ade20k"])

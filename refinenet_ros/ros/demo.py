@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 
 from refinenet_ros.cli import CliError
+from refinenet_ros.ros.scheduling import NODE_STAGES
 
 OUTPUTS = ("labels", "color", "overlay", "confidence", "labels/camera_info")
-STAGES = ("decode", "preprocess", "infer", "postprocess", "publish")
 SHM_ONLY = "SHM?max_msg_size=8MB&sockets_size=64MB"
 
 
@@ -373,7 +373,7 @@ def _report(
     frames_in = int(diag.get("frames_in", "0"))
     out_count = recorder.counts.get("labels", 0)
     latency = _percentiles(recorder.latencies_ms)
-    stages = {s: float(diag.get(f"{s}_ms_p50", "nan")) for s in STAGES}
+    stages = {s: float(diag.get(f"{s}_ms_p50", "nan")) for s in NODE_STAGES}
     summary = {
         "frames_sent": sent,
         "frames_in": frames_in,

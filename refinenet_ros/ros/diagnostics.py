@@ -10,9 +10,7 @@ from dataclasses import dataclass, field
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
-from refinenet_ros.ros.scheduling import RateMeter, Rolling
-
-STAGES = ("decode", "preprocess", "infer", "postprocess", "publish")
+from refinenet_ros.ros.scheduling import NODE_STAGES, RateMeter, Rolling
 
 
 @dataclass
@@ -27,7 +25,7 @@ class NodeStats:
     backend_calls: int = 0  # segment_batch calls: frames_out / backend_calls > 1 means cameras batched
     largest_batch: int = 0
     last_problem: str = ""
-    stages: dict[str, Rolling] = field(default_factory=lambda: {s: Rolling() for s in STAGES})
+    stages: dict[str, Rolling] = field(default_factory=lambda: {s: Rolling() for s in NODE_STAGES})
     input_age_ms: Rolling = field(default_factory=Rolling)
     latency_ms: Rolling = field(default_factory=Rolling)
     rate_in: RateMeter = field(default_factory=RateMeter)

@@ -18,6 +18,11 @@ from typing import Any
 
 import numpy as np
 
+# The node's per-frame stages, in order, as /diagnostics reports them (``<stage>_ms_p50``):
+# render (colour, overlay, confidence, CameraInfo into the reused messages) is kept apart
+# from publish (the rclpy/DDS calls), so a slow output is blamed on the right side.
+NODE_STAGES = ("decode", "preprocess", "infer", "postprocess", "render", "publish")
+
 
 @dataclass
 class Frame:
