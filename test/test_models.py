@@ -28,6 +28,7 @@ from refinenet_ros.models import (
     RefineNet,
     build_model,
     count_parameters,
+    fold_batchnorm,
     predict_probs,
 )
 from refinenet_ros.models.blocks import ChainedResidualPooling, RCUChain, upsample_to
@@ -374,3 +375,30 @@ def test_predict_probs_restores_mode_and_validates(small_models: dict[str, nn.Mo
         predict_probs(model, torch.randn(1, 3, 16, 16), scales=(1.0, -0.5))
     with pytest.raises(ValueError, match="NCHW"):
         predict_probs(model, torch.randn(3, 16, 16))
+
+
+# ---------------------------------------------------------------------------- BN folding
+@pytest.mark.parametrize("name", [*FORWARD_MODELS, "cascaded"])
+def test_fold_batchnorm_folds_every_bn_and_keeps_the_output(name: str) -> None:
+    """Every BatchNorm of every architecture is recognised, and the folded model computes
+    the same logits (BN statistics made non-trivial, else folding is a near no-op)."""
+    model = (
+        build_model("refinenet_resnet50", 3, seed=0, cascaded=True)
+        if name == "cascaded"
+        else build_model(name, 3, seed=0)
+    )
+    gen = torch.Generator().manual_seed(1)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for bn in bns:
+        n = bn.num_features
+        bn.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
+        bn.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+        bn.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
+        bn.bias.data.copy_(torch.rand(n, generator=gen) - 0.5)
+    x = torch.randn(1, 3, 45, 61, generator=gen)
+    with torch.inference_mode():
+        reference = model(x)
+        assert fold_batchnorm(model) == len(bns) > 0
+        folded = model(x)
+    assert not [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    torch.testing.assert_close(folded, reference, rtol=1e-4, atol=1e-4 * reference.abs().max().item())

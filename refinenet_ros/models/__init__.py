@@ -10,6 +10,7 @@ Public API (other modules code against these names)::
     read_checkpoint_metadata(path) -> dict | None, CheckpointError, LoadReport
     guess_model_name(state_dict) -> str | None, checkpoint_num_classes(state_dict) -> int | None
     predict_probs(model, x, *, scales=(1.0,), flip=False) -> Tensor, PAPER_SCALES
+    fold_batchnorm(model) -> int  (inference only: BN folded into the conv before it)
 
 Models take normalised float NCHW RGB and return logits at ``ceil(H/4) x ceil(W/4)``.
 """
@@ -25,6 +26,7 @@ from .checkpoint import (
     read_checkpoint_metadata,
     save_checkpoint,
 )
+from .fold import fold_batchnorm
 from .multiscale import PAPER_SCALES, predict_probs
 from .refinenet import (
     CASCADE_SCALES,
@@ -58,6 +60,7 @@ __all__ = [
     "build_model",
     "checkpoint_num_classes",
     "count_parameters",
+    "fold_batchnorm",
     "guess_model_name",
     "load_checkpoint",
     "predict_probs",
