@@ -295,7 +295,7 @@ def test_params_file_network_resolution_and_camera_info_rescaling(ros_client: Ro
         assert (msg.height, msg.width) == (48, 64)
     np.testing.assert_allclose(cam_info.k, [50.0, 0, 32.0, 0, 45.0, 24.0, 0, 0, 1])
     np.testing.assert_allclose(cam_info.p[:8], [50.0, 0, 32.0, 0, 0, 45.0, 24.0, 0])
-    small = cv2.resize(img, (64, 48), interpolation=cv2.INTER_AREA).astype(float)
+    small = cv2.resize(img, (64, 48), interpolation=cv2.INTER_LINEAR).astype(float)
     expected = 0.5 * small + 0.5 * msg_array(color)
     assert np.abs(msg_array(overlay) - expected).max() <= 1.0  # params file's overlay_alpha 0.5
     time.sleep(0.5)
