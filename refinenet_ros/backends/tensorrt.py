@@ -248,14 +248,21 @@ def build_engine(
         raise BackendError(f"TensorRT could not parse {onnx_path}: " + "; ".join(errors[:5]))
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    if precision in ("fp16", "int8") and not hasattr(trt.BuilderFlag, precision.upper()):
+        # TensorRT 11 removed the weakly-typed precision flags and implicit INT8 calibration.
+        raise BackendError(
+            f"TensorRT {trt.__version__} has no BuilderFlag.{precision.upper()}: this package "
+            f"builds {precision} engines with the TensorRT 10 API; use TensorRT 10.x, or fp32, or "
+            "the ONNX Runtime backend with --precision int8 (an explicitly quantised QDQ graph)"
+        )
     if precision == "fp16":
-        if not builder.platform_has_fast_fp16:
+        if not getattr(builder, "platform_has_fast_fp16", True):
             log.warning("this GPU has no fast FP16: the fp16 engine may be no faster than fp32")
         config.set_flag(trt.BuilderFlag.FP16)
     elif precision == "int8":
         if calibrator is None:
             raise BackendError("int8 needs calibration data (--calib-images or --calib-bag/--calib-topic)")
-        if not builder.platform_has_fast_int8:
+        if not getattr(builder, "platform_has_fast_int8", True):
             log.warning("this GPU has no fast INT8: the int8 engine may be no faster than fp16")
         # FP16 too, so layers TensorRT keeps out of INT8 do not fall back to FP32.
         config.set_flag(trt.BuilderFlag.INT8)
