@@ -48,7 +48,7 @@ class TorchBackend:
         self.max_batch = max_batch
         self._dtype = torch.float16 if precision == "fp16" else torch.float32
         model.eval()
-        if fold_bn:  # 1.02-1.07x on CPU (docs/benchmarks.md), and fewer kernel launches on CUDA
+        if fold_bn:  # 1.02-1.09x on CPU (docs/benchmarks.md), and fewer kernel launches on CUDA
             fold_batchnorm(model)
         pipeline = InferencePipeline(model, IMAGENET_MEAN, IMAGENET_STD)
         # channels_last: 1.9x faster convolutions on this CPU (oneDNN NHWC kernels).
