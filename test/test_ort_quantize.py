@@ -107,6 +107,11 @@ def test_int8_graph_is_quantised_and_labels_like_fp32(
     ]
     assert len(int8_weights) == len(conv_weights)
     assert int8_adds(graph) > 0
+    # ...but only the network: the normalisation in front of the first conv stays FP32
+    kinds = {o: n.op_type for n in graph.node for o in n.output}
+    first_conv = next(i for i, n in enumerate(graph.node) if n.op_type == "Conv")
+    front = [n for n in graph.node[:first_conv] if n.op_type not in ("QuantizeLinear", "DequantizeLinear")]
+    assert front and not [n.name for n in front if any(kinds.get(i) == "DequantizeLinear" for i in n.input)]
     meta = json.loads(int8.metadata["quantization"])
     assert meta["op_types"] == list(FAST_OP_TYPES) and meta["method"] == "Percentile"
     assert int8.metadata["precision"] == "int8" and int8.num_classes == fp32.num_classes == 7
