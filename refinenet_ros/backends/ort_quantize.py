@@ -22,7 +22,7 @@ import hashlib
 import json
 import logging
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +37,8 @@ from refinenet_ros.backends.onnx_export import INPUT_NAME
 from refinenet_ros.io import atomic_write_bytes
 
 if TYPE_CHECKING:
+    import onnx
+
     from refinenet_ros.backends.factory import BackendOptions
 
 log = logging.getLogger("refinenet_ros")
@@ -112,6 +114,7 @@ def quantize_graph(
     options: QuantOptions = QuantOptions(),
 ) -> Path:
     """Write the QDQ INT8 version of ``fp32_path`` to ``out_path`` (atomically)."""
+    import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -145,6 +148,7 @@ def quantize_graph(
         out_tmp = Path(tmp) / "int8.onnx"
         # Shape inference + graph optimisation first, as ORT's quantisation guide asks.
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        nodes = list(onnx.load(str(pre), load_external_data=False).graph.node)
         quantize_static(
             str(pre),
             str(out_tmp),
@@ -152,7 +156,7 @@ def quantize_graph(
             quant_format=QuantFormat.QDQ,
             per_channel=options.per_channel,
             op_types_to_quantize=list(options.op_types),
-            nodes_to_exclude=_outside_network(pre) + _excluded_nodes(pre, options.keep_fp32),
+            nodes_to_exclude=_outside_network(nodes) + _excluded_nodes(nodes, options.keep_fp32, pre.name),
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=getattr(CalibrationMethod, options.method),
@@ -173,7 +177,7 @@ def quantize_graph(
     return out_path
 
 
-def _outside_network(graph_path: Path) -> list[str]:
+def _outside_network(nodes: Sequence[onnx.NodeProto]) -> list[str]:
     """Nodes before the first Conv and after the last one, left in FP32.
 
     They are the InferencePipeline's own ops: uint8 cast, normalisation and layout change
@@ -181,25 +185,19 @@ def _outside_network(graph_path: Path) -> list[str]:
     graphs are topologically sorted). With Add in the op set, the normalisation Add on the
     full-size image became a QLinearAdd: 10.8 ms of a 174 ms LW-MobileNetV2 640x480 run.
     """
-    import onnx
-
-    nodes = onnx.load(str(graph_path), load_external_data=False).graph.node
     convs = [i for i, n in enumerate(nodes) if n.op_type == "Conv"]
     if not convs:
         return []
     return [n.name for i, n in enumerate(nodes) if (i < convs[0] or i > convs[-1]) and n.name]
 
 
-def _excluded_nodes(graph_path: Path, patterns: tuple[str, ...]) -> list[str]:
+def _excluded_nodes(nodes: Sequence[onnx.NodeProto], patterns: tuple[str, ...], graph_name: str) -> list[str]:
     """Names of the nodes whose name contains any of ``patterns`` (left in FP32)."""
     if not patterns:
         return []
-    import onnx
-
-    names = [n.name for n in onnx.load(str(graph_path), load_external_data=False).graph.node]
-    excluded = [n for n in names if any(p in n for p in patterns)]
+    excluded = [n.name for n in nodes if any(p in n.name for p in patterns)]
     if not excluded:
-        raise BackendError(f"int8 keep_fp32 {list(patterns)} matches no node of {graph_path.name}")
+        raise BackendError(f"int8 keep_fp32 {list(patterns)} matches no node of {graph_name}")
     return excluded
 
 
