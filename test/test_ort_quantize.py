@@ -72,6 +72,11 @@ def read_rgb(path: Path) -> npt.NDArray[np.uint8]:
     return np.ascontiguousarray(bgr[..., ::-1])
 
 
+def dequantised(graph: onnx.GraphProto) -> set[str]:
+    """Names of the tensors produced by DequantizeLinear (INT8 values read as FP32)."""
+    return {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+
+
 def int8_adds(graph: onnx.GraphProto) -> int:
     """Adds computed on dequantised INT8 tensors (both inputs straight from DequantizeLinear).
 
@@ -79,7 +84,7 @@ def int8_adds(graph: onnx.GraphProto) -> int:
     else (the chained residual pooling's sums) runs in FP32; quantising Add makes
     every Add take INT8 inputs, keeping activations INT8 between convolutions.
     """
-    dq_outputs = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    dq_outputs = dequantised(graph)
     return sum(1 for n in graph.node if n.op_type == "Add" and set(n.input) <= dq_outputs)
 
 
@@ -108,10 +113,9 @@ def test_int8_graph_is_quantised_and_labels_like_fp32(
     assert len(int8_weights) == len(conv_weights)
     assert int8_adds(graph) > 0
     # ...but only the network: the normalisation in front of the first conv stays FP32
-    kinds = {o: n.op_type for n in graph.node for o in n.output}
     first_conv = next(i for i, n in enumerate(graph.node) if n.op_type == "Conv")
     front = [n for n in graph.node[:first_conv] if n.op_type not in ("QuantizeLinear", "DequantizeLinear")]
-    assert front and not [n.name for n in front if any(kinds.get(i) == "DequantizeLinear" for i in n.input)]
+    assert front and not [n.name for n in front if dequantised(graph).intersection(n.input)]
     meta = json.loads(int8.metadata["quantization"])
     assert meta["op_types"] == list(FAST_OP_TYPES) and meta["method"] == "Percentile"
     assert int8.metadata["precision"] == "int8" and int8.num_classes == fp32.num_classes == 7
