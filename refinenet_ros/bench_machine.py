@@ -132,6 +132,23 @@ def _clock_ghz(blocks: list[dict[str, str]], model: str) -> tuple[float, str]:
     return 0.0, "unknown (pass --clock-ghz)"
 
 
+def cpu_flags(cpuinfo_text: str | None = None) -> frozenset[str]:
+    """The first CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
+    if cpuinfo_text is None:
+        try:
+            cpuinfo_text = CPUINFO.read_text()
+        except OSError:
+            return frozenset()
+    blocks = [b for b in _cpuinfo_blocks(cpuinfo_text) if "flags" in b]
+    return frozenset(blocks[0]["flags"].split()) if blocks else frozenset()
+
+
+def cpu_has_native_bf16(flags: frozenset[str] | None = None) -> bool:
+    """AVX-512 BF16 or AMX-BF16: bf16 matmuls run natively (elsewhere bf16 is emulated, slower)."""
+    flags = cpu_flags() if flags is None else flags
+    return bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
 def cpu_info(
     cpuinfo_text: str | None = None,
     *,

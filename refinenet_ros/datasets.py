@@ -26,8 +26,10 @@ from refinenet_ros.labels import CITYSCAPES_ID_TO_TRAINID, IGNORE_INDEX
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 LABEL_SUFFIXES = (".png", ".tif", ".tiff", ".pgm", ".bmp")
-DATASET_FORMATS: tuple[str, ...] = ("cityscapes", "voc", "ade20k", "folders")
-DEFAULT_SPLITS = {"cityscapes": "val", "voc": "val", "ade20k": "validation", "folders": ""}
+DATASET_FORMATS: tuple[str, ...] = ("camvid", "cityscapes", "voc", "ade20k", "folders")
+DEFAULT_SPLITS = {"camvid": "val", "cityscapes": "val", "voc": "val", "ade20k": "validation", "folders": ""}
+#: CamVid (SegNet release) marks unlabelled pixels with class 11.
+CAMVID_UNLABELLED = 11
 
 
 class DatasetError(ValueError):
@@ -139,6 +141,29 @@ def cityscapes(root: str | Path, split: str = "val") -> SegmentationDataset:
     )
 
 
+def camvid(root: str | Path, split: str = "val") -> SegmentationDataset:
+    """ROOT/SPLIT/*.png + ROOT/SPLITannot/*.png (the SegNet tutorial's 11-class CamVid).
+
+    Splits: ``train``, ``val``, ``test``, or several joined with ``+`` (``train+val``: the
+    CamVid literature retrains the chosen recipe on both). Label 11 (unlabelled) is ignored.
+    """
+    root = Path(root)
+    samples: list[Sample] = []
+    for part in split.split("+"):
+        img_dir = _require_dir(root / part, f"camvid {part} images")
+        lab_dir = _require_dir(root / f"{part}annot", f"camvid {part} labels")
+        for img in _files(img_dir, IMAGE_SUFFIXES):
+            label = lab_dir / f"{img.stem}.png"
+            if not label.is_file():
+                raise DatasetError(f"camvid: {img.name} in {img_dir} has no label {label}")
+            samples.append(Sample(img.stem, img, label))
+    return SegmentationDataset(
+        samples, description=f"camvid {split} ({root})", lut=_lut_from_mapping(
+            {v: v for v in range(CAMVID_UNLABELLED)}
+        )
+    )
+
+
 def voc(root: str | Path, split: str = "val") -> SegmentationDataset:
     """ROOT/JPEGImages/ID.jpg + ROOT/SegmentationClass/ID.png for the ids in the split file.
 
@@ -242,6 +267,8 @@ def open_dataset(
     if fmt not in DATASET_FORMATS:
         raise DatasetError(f"unknown data set format {fmt!r}; choose one of {', '.join(DATASET_FORMATS)}")
     split = DEFAULT_SPLITS[fmt] if split is None else split
+    if fmt == "camvid":
+        return camvid(root, split)
     if fmt == "cityscapes":
         return cityscapes(root, split)
     if fmt == "voc":
@@ -264,6 +291,9 @@ class TrainAugment:
     flip: bool = True
     ignore_index: int = IGNORE_INDEX
     pad_color: tuple[int, int, int] = (124, 116, 104)
+    #: photometric jitter strength j: brightness, contrast and saturation each scaled by a
+    #: factor drawn from [1 - j, 1 + j] (0 = off); colour, not geometry, so labels stay.
+    jitter: float = 0.0
 
     def __call__(
         self,
@@ -293,7 +323,23 @@ class TrainAugment:
         lab = lab[y : y + ch, x : x + cw]
         if self.flip and rng.random() < 0.5:
             img, lab = img[:, ::-1], lab[:, ::-1]
+        if self.jitter > 0:
+            img = photometric_jitter(img, rng, self.jitter)
         return np.ascontiguousarray(img, dtype=np.uint8), np.ascontiguousarray(lab).astype(np.int64)
+
+
+def photometric_jitter(image: npt.NDArray[np.uint8], rng: random.Random, strength: float) -> npt.NDArray[np.uint8]:
+    """Brightness, contrast and saturation, each by a factor in [1 - strength, 1 + strength].
+
+    Done on the crop (small) in float32; the draws come from ``rng`` so a resumed training
+    run sees the same pixels as an uninterrupted one.
+    """
+    b, c, s = (rng.uniform(1 - strength, 1 + strength) for _ in range(3))
+    x = image.astype(np.float32) * b
+    x = (x - x.mean()) * c + x.mean()
+    grey = x @ np.array([0.299, 0.587, 0.114], np.float32)
+    x = grey[..., None] + (x - grey[..., None]) * s
+    return np.clip(x + 0.5, 0, 255).astype(np.uint8)
 
 
 def write_shapes_dataset(

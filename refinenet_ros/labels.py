@@ -1,4 +1,4 @@
-"""Class sets and palettes for the seven datasets of the RefineNet papers.
+"""Class sets and palettes: CamVid (the bundled default) and the seven RefineNet datasets.
 
 Each :class:`LabelSet` holds class names in network output order and an RGB palette with
 one distinct colour per class. Cityscapes keeps its official palette (users recognise it in
@@ -141,6 +141,20 @@ PASCAL_CONTEXT_CLASSES = (
     "wood",
 )  # fmt: skip
 
+CAMVID_CLASSES = (
+    "sky", "building", "pole", "road", "pavement", "tree", "sign/symbol", "fence", "car",
+    "pedestrian", "bicyclist",
+)  # fmt: skip
+#: The CamVid palette of the SegNet tutorial's 11-class release (its ``camvid.py`` /
+#: ``Models/*.prototxt`` colour table), which CamVid users recognise.
+CAMVID_PALETTE = np.array(
+    [
+        (128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222),
+        (128, 128, 0), (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192),
+    ],
+    dtype=np.uint8,
+)  # fmt: skip
+
 PERSON_PART_CLASSES = (
     "background", "head", "torso", "upper arms", "lower arms", "upper legs", "lower legs",
 )  # fmt: skip
@@ -148,6 +162,7 @@ PERSON_PART_CLASSES = (
 
 def _make_sets() -> dict[str, LabelSet]:
     sets = [
+        LabelSet("camvid", "CamVid (11 classes, SegNet release)", CAMVID_CLASSES, CAMVID_PALETTE),
         LabelSet("cityscapes", "Cityscapes (19 train ids)", CITYSCAPES_CLASSES, CITYSCAPES_PALETTE),
         LabelSet("voc", "PASCAL VOC 2012", VOC_CLASSES, _voc_palette(21, skip_black=False)),
         LabelSet("nyud40", "NYUDv2 (40 classes)", NYUD40_CLASSES, _voc_palette(40, skip_black=True)),

@@ -12,6 +12,7 @@ from refinenet_ros.labels import (
 )
 
 EXPECTED_SIZES = {
+    "camvid": 11,
     "cityscapes": 19,
     "voc": 21,
     "nyud40": 40,
@@ -22,7 +23,7 @@ EXPECTED_SIZES = {
 }
 
 
-def test_the_papers_seven_label_sets_have_their_class_counts():
+def test_every_label_set_has_its_class_count():
     assert set(LABEL_SET_NAMES) == set(EXPECTED_SIZES)
     for name, size in EXPECTED_SIZES.items():
         ls = get_label_set(name)

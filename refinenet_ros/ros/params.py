@@ -40,7 +40,7 @@ class NodeConfig:
     """The node's parameters as plain values (see :data:`PARAMETERS` for their meaning)."""
 
     model: str = DEFAULT_MODEL
-    weights: str = ""
+    weights: str = "camvid"
     labels: str = ""
     seed: int = 0
     backend: str = "auto"
@@ -86,8 +86,9 @@ S, INT, D, B = (
 # name -> (type, description, extra descriptor fields)
 PARAMETERS: dict[str, tuple[int, str, dict[str, Any]]] = {
     "model": (S, "network architecture, e.g. lw_refinenet_mobilenetv2", {}),
-    "weights": (S, "checkpoint file; empty = seeded random weights (meaningless labels)", {}),
-    "labels": (S, "label set (voc, cityscapes, nyud40, ...); empty = from the checkpoint, else voc", {}),
+    "weights": (S, "bundled weights name (camvid) or a checkpoint file; 'random' = seeded random "
+                   "weights (meaningless labels)", {}),
+    "labels": (S, "label set (camvid, cityscapes, voc, ...); empty = from the weights", {}),
     "seed": (INT, "seed of the random init without weights", _int(0, 2**31 - 1)),
     "backend": (S, "inference backend", {}),
     "device": (S, "auto, cpu, cuda, cuda:N", {}),
