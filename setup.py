@@ -28,6 +28,9 @@ DEV = [
     "mypy==2.4.1",
     "pyright==1.1.414",
     "scikit-image==0.26.0",
+    "tflite==2.18.0",
+    # the TFLite interpreter: the reference the ImageNet conversion is tested against
+    "ai-edge-litert==2.3.0",
 ]
 
 setup(
@@ -37,6 +40,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(exclude=["test", "test.*"]),
+    # The bundled trained weights (fp16, < 10 MB) install with the code: pip and colcon alike.
+    package_data={"refinenet_ros.weights": ["*.pt"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
@@ -62,8 +67,10 @@ setup(
         "ros": ROS_WHEELS,
         "dev": DEV,
         "samples": ["scikit-image==0.26.0"],
+        # ImageNet initialisation of the MobileNetV2 encoder from TensorFlow's TFLite model.
+        "imagenet": ["tflite==2.18.0"],
     },
-    zip_safe=True,
+    zip_safe=False,  # the bundled weights are opened as files
     entry_points={
         "console_scripts": [
             "refinenet-ros = refinenet_ros.cli:main",

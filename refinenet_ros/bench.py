@@ -17,6 +17,7 @@ import argparse
 import logging
 from typing import Any
 
+from refinenet_ros.backends.engine_cache import default_cache_dir
 from refinenet_ros.cli import (
     CliError,
     add_backend_arguments,
@@ -74,7 +75,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--warmup", type=int, default=2, help="untimed calls first (allocator, kernel choice)")
     g.add_argument("--threads", type=int, default=0, help="CPU threads (0: library default)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: best available)")
-    g.add_argument("--engine-dir", default="engines", help="ONNX / TensorRT engine cache directory")
+    g.add_argument("--engine-dir", default=None,
+                   help="ONNX / TensorRT cache (default: $ROS_HOME/refinenet_ros, see segment --help)")  # fmt: skip
     g.add_argument("--calib-images", default=None, metavar="DIR",
                    help="INT8 calibration images (default: the bundled samples)")  # fmt: skip
     g.add_argument("--calib-count", type=_positive, default=16,
@@ -152,7 +154,7 @@ def _run_model(args: argparse.Namespace, cpu: Any) -> int:
         warmup=max(0, args.warmup),
         threads=args.threads,
         device=args.device,
-        engine_dir=args.engine_dir,
+        engine_dir=args.engine_dir or default_cache_dir(),
         calib_images=args.calib_images,
         calib_count=args.calib_count,
     )

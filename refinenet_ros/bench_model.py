@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from refinenet_ros.backends.engine_cache import default_cache_dir
 from refinenet_ros.bench_machine import CpuInfo
 from refinenet_ros.bench_report import format_table, percentiles
 from refinenet_ros.config import ModelConfig
@@ -39,7 +40,7 @@ class ModelBenchSettings:
     warmup: int = 2
     threads: int = 0
     device: str = "auto"
-    engine_dir: str = "engines"
+    engine_dir: str = field(default_factory=default_cache_dir)
     calib_images: str | None = None
     calib_count: int = 16
 

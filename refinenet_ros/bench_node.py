@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from refinenet_ros.backends.engine_cache import default_cache_dir
 from refinenet_ros.bench_machine import CpuInfo
 from refinenet_ros.bench_report import Report, format_table, percentiles
 from refinenet_ros.cli import CliError, model_config_from_args
@@ -74,7 +75,7 @@ def node_command(args: argparse.Namespace, outputs: tuple[str, ...]) -> list[str
         "backend": args.backend,
         "device": args.device,
         "precision": args.precision,
-        "engine_dir": args.engine_dir,
+        "engine_dir": args.engine_dir or default_cache_dir(),
         "threads": str(args.threads),
         "publish_color": str("color" in outputs).lower(),
         "publish_overlay": str("overlay" in outputs).lower(),

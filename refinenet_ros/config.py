@@ -1,34 +1,54 @@
 """What model to run and where its weights come from: shared by every entry point.
 
-The node, ``segment``, ``bag``, ``evaluate``, ``export``, ``bench`` and ``train`` all
-describe their model with one :class:`ModelConfig` and get it from :func:`load_model`,
-so "no weights given" is reported the same way everywhere: one warning line, because
-labels from a randomly initialised network are meaningless and a user must never
-mistake them for a result.
+The node, ``segment``, ``bag``, ``evaluate``, ``export`` and ``bench`` describe their
+model with one :class:`ModelConfig` (what the user asked for) and resolve it once, at the
+edge, into a :class:`ModelConfig` whose fields are all filled (:meth:`ModelConfig.resolved`):
+
+* ``weights``: a bundled name (``camvid``, see :mod:`refinenet_ros.weights`) or a
+  checkpoint path; left empty, the bundled default that fits the asked model/labels;
+  ``random`` asks for seeded random weights (one warning line wherever such a model is
+  put to work, because its labels are meaningless);
+* ``model``, ``labels``, ``cascaded``: as asked, else as the checkpoint records them;
+* ``mean``/``std`` and ``network_size``: the preprocessing the weights were trained with,
+  from the checkpoint's metadata (else the architecture's defaults), used by every
+  backend, the ONNX export, evaluate and train alike.
+
+Resolution reads the checkpoint's metadata once per file (cached by path, size and
+modification time), however many times it is asked.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from refinenet_ros.labels import LabelSet, get_label_set
+
+if TYPE_CHECKING:
+    from torch import nn
 
 log = logging.getLogger("refinenet_ros")
 
 DEFAULT_MODEL = "lw_refinenet_mobilenetv2"
-DEFAULT_LABELS = "voc"
+DEFAULT_LABELS = "camvid"
+RANDOM_WEIGHTS = "random"
+"""The ``weights`` value that asks for seeded random weights (tests, benchmarks)."""
+
+
+class ConfigError(ValueError):
+    """The asked model/labels/weights do not make a model; the message says which and why."""
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """A model name, its label set and optional weights.
+    """A model name, its label set, its weights and their preprocessing.
 
-    ``model``/``labels`` left as None take the values recorded in a refinenet_ros
-    checkpoint (``save_checkpoint``), else the package defaults.
+    Construct with what the user gave (None = not given) and call :meth:`resolved` once;
+    the resolved config has every field but ``weights`` (None = random init) filled.
     """
 
     model: str | None = None
@@ -36,19 +56,22 @@ class ModelConfig:
     weights: str | None = None
     seed: int = 0
     cascaded: bool = False
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    network_size: tuple[int, int] | None = None
+    #: the bundled weights' name when ``weights`` came from the registry (for messages)
+    weights_name: str | None = None
+    #: False: no bundled default when ``weights`` is None (train: random or backbone init)
+    default_weights: bool = True
+    is_resolved: bool = False
 
     def resolved(self) -> ModelConfig:
-        """Fill model/labels from the checkpoint's metadata, then from the defaults."""
-        model, labels, cascaded = self.model, self.labels, self.cascaded
-        if self.weights is not None and (model is None or labels is None):
-            from refinenet_ros.models import read_checkpoint_metadata
+        """Every field filled (see the module docstring); a resolved config returns itself."""
+        return self if self.is_resolved else _resolve(self)
 
-            meta = read_checkpoint_metadata(self.weights) or {}
-            model = model or meta.get("model_name")
-            recorded = meta.get("label_set")
-            labels = labels or (recorded if isinstance(recorded, str) else None)
-            cascaded = cascaded or bool(meta.get("cascaded", False))
-        return replace(self, model=model or DEFAULT_MODEL, labels=labels or DEFAULT_LABELS, cascaded=cascaded)
+    @property
+    def random_init(self) -> bool:
+        return self.resolved().weights is None
 
     @property
     def label_set(self) -> LabelSet:
@@ -56,22 +79,91 @@ class ModelConfig:
 
     def describe(self) -> str:
         cfg = self.resolved()
-        source = Path(cfg.weights).name if cfg.weights else f"random init (seed {cfg.seed})"
+        if cfg.weights is None:
+            source = f"random init (seed {cfg.seed})"
+        else:
+            source = cfg.weights_name or Path(cfg.weights).name
         return f"{cfg.model} [{cfg.labels}] weights={source}"
 
 
+@functools.lru_cache(maxsize=64)
+def _metadata(path: str, size: int, mtime_ns: int) -> dict[str, Any]:
+    """A checkpoint's metadata record, read once per file version (``torch.load`` is slow)."""
+    from refinenet_ros.models import read_checkpoint_metadata
+
+    return read_checkpoint_metadata(path) or {}
+
+
+def checkpoint_metadata(path: str | Path) -> dict[str, Any]:
+    st = os.stat(path)
+    return _metadata(str(path), st.st_size, st.st_mtime_ns)
+
+
+def _resolve(cfg: ModelConfig) -> ModelConfig:
+    from refinenet_ros.models import MODEL_SPECS
+    from refinenet_ros.weights import WEIGHTS, get_weights, weights_for
+
+    weights, name = cfg.weights, cfg.weights_name
+    if weights == RANDOM_WEIGHTS:
+        weights = None
+    elif weights is None and cfg.default_weights:
+        bundled = weights_for(cfg.model, cfg.labels)
+        if bundled is not None:
+            weights, name = str(bundled.path), bundled.name
+    elif weights is not None and weights in WEIGHTS and not Path(weights).is_file():
+        bundled = get_weights(weights)
+        weights, name = str(bundled.path), bundled.name
+    model, labels, cascaded = cfg.model, cfg.labels, cfg.cascaded
+    mean, std, size = cfg.mean, cfg.std, cfg.network_size
+    if weights is not None:
+        if not Path(weights).is_file():
+            raise ConfigError(f"weights {weights!r}: no such file and no bundled weights of that name")
+        meta = checkpoint_metadata(weights)
+        model = model or meta.get("model_name")
+        recorded = meta.get("label_set")
+        labels = labels or (recorded if isinstance(recorded, str) else None)
+        cascaded = cascaded or bool(meta.get("cascaded", False))
+        mean = mean or _triple(meta.get("mean"))
+        std = std or _triple(meta.get("std"))
+        recorded_size = meta.get("network_size")
+        if size is None and isinstance(recorded_size, list) and len(recorded_size) == 2:
+            size = (int(recorded_size[0]), int(recorded_size[1]))
+    model = model or DEFAULT_MODEL
+    spec = MODEL_SPECS.get(model)
+    if spec is None:
+        raise ConfigError(f"unknown model {model!r}; choose one of: {', '.join(MODEL_SPECS)}")
+    return replace(
+        cfg,
+        model=model,
+        labels=labels or DEFAULT_LABELS,
+        weights=weights,
+        weights_name=name,
+        cascaded=cascaded,
+        mean=mean or spec.mean,
+        std=std or spec.std,
+        network_size=size,
+        is_resolved=True,
+    )
+
+
+def _triple(value: Any) -> tuple[float, float, float] | None:
+    if isinstance(value, list | tuple) and len(value) == 3:
+        return (float(value[0]), float(value[1]), float(value[2]))
+    return None
+
+
 def warn_if_random_weights(cfg: ModelConfig) -> None:
-    """The one line every inference entry point prints when no weights were given.
+    """The one line every inference entry point prints when it runs random weights.
 
     Called where a model is put to work (``create_backend``, multi-scale evaluation),
     not in :func:`load_model`: a cached ONNX graph or engine skips building the model,
     and the user must be told all the same.
     """
+    cfg = cfg.resolved()
     if cfg.weights is None:
-        cfg = cfg.resolved()
         log.warning(
-            "no weights given: %s uses seeded random weights (seed %d), so its labels are "
-            "meaningless; pass --weights / the 'weights' parameter for real segmentation",
+            "%s runs seeded random weights (seed %d), so its labels are meaningless; "
+            "drop --weights random / weights:=random for the bundled camvid model, or pass a checkpoint",
             cfg.model,
             cfg.seed,
         )
@@ -83,9 +175,8 @@ def load_model(cfg: ModelConfig) -> nn.Module:
 
     cfg = cfg.resolved()
     assert cfg.model is not None
-    label_set = get_label_set(cfg.labels or DEFAULT_LABELS)
-    model = build_model(cfg.model, label_set.num_classes, seed=cfg.seed, cascaded=cfg.cascaded)
+    model = build_model(cfg.model, cfg.label_set.num_classes, seed=cfg.seed, cascaded=cfg.cascaded)
     if cfg.weights is not None:
         report = load_checkpoint(model, cfg.weights)
-        log.info("loaded %s", report.summary())
+        log.info("%s", report.summary())
     return model.eval()

@@ -158,9 +158,9 @@ def camvid(root: str | Path, split: str = "val") -> SegmentationDataset:
                 raise DatasetError(f"camvid: {img.name} in {img_dir} has no label {label}")
             samples.append(Sample(img.stem, img, label))
     return SegmentationDataset(
-        samples, description=f"camvid {split} ({root})", lut=_lut_from_mapping(
-            {v: v for v in range(CAMVID_UNLABELLED)}
-        )
+        samples,
+        description=f"camvid {split} ({root})",
+        lut=_lut_from_mapping({v: v for v in range(CAMVID_UNLABELLED)}),
     )
 
 
@@ -328,7 +328,9 @@ class TrainAugment:
         return np.ascontiguousarray(img, dtype=np.uint8), np.ascontiguousarray(lab).astype(np.int64)
 
 
-def photometric_jitter(image: npt.NDArray[np.uint8], rng: random.Random, strength: float) -> npt.NDArray[np.uint8]:
+def photometric_jitter(
+    image: npt.NDArray[np.uint8], rng: random.Random, strength: float
+) -> npt.NDArray[np.uint8]:
     """Brightness, contrast and saturation, each by a factor in [1 - strength, 1 + strength].
 
     Done on the crop (small) in float32; the draws come from ``rng`` so a resumed training

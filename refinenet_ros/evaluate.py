@@ -228,10 +228,12 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(
             f"--scales/--flip average softmax maps inside PyTorch; use --backend torch, not {args.backend}"
         )
+    from refinenet_ros.backends.factory import with_weights_size
+
     dataset = dataset_from_args(args)
     model_cfg = model_config_from_args(args)
     label_set = model_cfg.label_set
-    options = backend_options_from_args(args)
+    options = with_weights_size(model_cfg, backend_options_from_args(args))
     if multiscale:
         from refinenet_ros.config import load_model, warn_if_random_weights
 
@@ -239,8 +241,9 @@ def run(args: argparse.Namespace) -> int:
         warn_if_random_weights(model_cfg)
         model = load_model(model_cfg).to(device)
         predict = torch_predictor(
-            model, scales=args.scales, flip=args.flip, device=device, network_size=options.input_size
-        )
+            model, scales=args.scales, flip=args.flip, device=device, network_size=options.input_size,
+            mean=model_cfg.mean, std=model_cfg.std,
+        )  # fmt: skip
         backend_name = f"torch (multi-scale {args.scales}{', flip' if args.flip else ''})"
     else:
         from refinenet_ros.segmenter import build_segmenter
@@ -258,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         save_dir=args.save_predictions,
     )
-    resolved = model_cfg.resolved()
+    resolved = model_cfg
     report = {
         "model": resolved.model,
         "labels": label_set.name,

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from refinenet_ros.backends.base import Backend
-from refinenet_ros.backends.factory import BackendOptions, create_backend
+from refinenet_ros.backends.factory import BackendOptions, create_backend, with_weights_size
 from refinenet_ros.config import ModelConfig
 from refinenet_ros.labels import LabelSet, colorize
 
@@ -43,6 +43,8 @@ class SegmentationResult:
     label_set: LabelSet
     input_size: tuple[int, int]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    #: the input image (a reference, not a copy) so :meth:`overlay` needs no argument
+    image: npt.NDArray[np.uint8] | None = field(default=None, repr=False)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -55,7 +57,7 @@ class SegmentationResult:
 
     def overlay(
         self,
-        image: npt.NDArray[np.uint8],
+        image: npt.NDArray[np.uint8] | None = None,
         alpha: float = 0.5,
         out: npt.NDArray[np.uint8] | None = None,
         color: npt.NDArray[np.uint8] | None = None,
@@ -66,6 +68,10 @@ class SegmentationResult:
         overlay shows the pixels the network saw (and costs 0.2 ms at 1080p -> 320x240,
         where INTER_AREA took 6 ms in the node's render stage)."""
         color = self.color() if color is None else color
+        if image is None:
+            if self.image is None:
+                raise ValueError("overlay() needs the image: this result does not hold its input")
+            image = self.image
         base: npt.NDArray[np.integer | np.floating] = image
         if base.shape[:2] != color.shape[:2]:
             base = cv2.resize(base, (color.shape[1], color.shape[0]), interpolation=cv2.INTER_LINEAR)
@@ -178,7 +184,7 @@ class Segmenter:
             if lab.shape != out_size:
                 lab = cv2.resize(lab, (out_size[1], out_size[0]), interpolation=cv2.INTER_NEAREST)
                 conf = cv2.resize(conf, (out_size[1], out_size[0]), interpolation=cv2.INTER_LINEAR)
-            out.append(SegmentationResult(lab, conf, self.label_set, in_size))
+            out.append(SegmentationResult(lab, conf, self.label_set, in_size, image=image))
         t3 = time.perf_counter()
         timings = {
             "preprocess": (t1 - t0) * 1e3,
@@ -196,8 +202,12 @@ def build_segmenter(
     *,
     output_resolution: OutputResolution = "input",
 ) -> Segmenter:
-    """Model config + backend options -> ready Segmenter (the usual way to get one)."""
-    options = options or BackendOptions()
+    """Model config + backend options -> ready Segmenter (the usual way to get one).
+
+    The network size defaults to the one the weights record (360x480 for ``camvid``).
+    """
+    model_cfg = model_cfg.resolved()
+    options = with_weights_size(model_cfg, options or BackendOptions())
     backend = create_backend(model_cfg, options)
     return Segmenter(
         backend,

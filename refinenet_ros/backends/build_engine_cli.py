@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from refinenet_ros.backends.engine_cache import default_cache_dir
 from refinenet_ros.cli import CliError, add_model_arguments, model_config_from_args
 
 if TYPE_CHECKING:
@@ -38,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", default="fp16", choices=("fp32", "fp16", "int8"))
     g.add_argument("--batch", type=int, default=1, help="max batch (one per camera for multi-camera nodes)")
     g.add_argument("--workspace-mb", type=int, default=2048, help="builder workspace pool limit (MiB)")
-    g.add_argument("--engine-dir", default="engines", help="engine cache directory")
+    g.add_argument("--engine-dir", default=None,
+                   help="engine + ONNX cache (default: $REFINENET_ROS_CACHE, else $ROS_HOME/refinenet_ros)")  # fmt: skip
     g.add_argument("--device", default="cuda:0", help="CUDA device the engine is built for")
     c = parser.add_argument_group("INT8 calibration (precision int8)")
     c.add_argument("--calib-images", default=None, help="folder of the robot's camera images")
@@ -101,7 +103,7 @@ def _options_and_graph(args: argparse.Namespace) -> tuple[BackendOptions, Path]:
         precision=args.precision,
         input_size=size,
         max_batch=args.batch,
-        engine_dir=args.engine_dir,
+        engine_dir=args.engine_dir or default_cache_dir(),
         onnx=args.onnx,
         calib_images=args.calib_images,
         calib_bag=args.calib_bag,

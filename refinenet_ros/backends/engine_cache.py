@@ -44,7 +44,25 @@ log = logging.getLogger("refinenet_ros")
 CACHE_FORMAT = 1
 """Bumped when the sidecar layout changes; older sidecars then read as stale."""
 
-DEFAULT_ENGINE_DIR = "engines"
+CACHE_ENV = "REFINENET_ROS_CACHE"
+
+
+def default_cache_dir() -> str:
+    """Where ONNX graphs, quantised graphs and engines are cached unless a user says otherwise.
+
+    ``$REFINENET_ROS_CACHE``, else ``$ROS_HOME/refinenet_ros``, else ``~/.ros/refinenet_ros``:
+    where ROS users look for a node's state, and the same whatever folder the node or a
+    command was started from (a cache in the working directory rebuilt engines per folder
+    and crashed in read-only ones).
+    """
+    explicit = os.environ.get(CACHE_ENV)
+    if explicit:
+        return explicit
+    ros_home = os.environ.get("ROS_HOME") or os.path.join(os.path.expanduser("~"), ".ros")
+    return os.path.join(ros_home, "refinenet_ros")
+
+
+DEFAULT_ENGINE_DIR = default_cache_dir()
 
 T = TypeVar("T")
 
@@ -198,7 +216,8 @@ def default_stem(name: str, key: EngineKey) -> str:
 class EngineCache:
     """A directory of ``<stem>.engine`` + ``<stem>.json`` pairs (default ``engines/``)."""
 
-    def __init__(self, directory: str | os.PathLike[str] = DEFAULT_ENGINE_DIR) -> None:
+    def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
+        directory = default_cache_dir() if directory is None else directory
         self.directory = Path(directory)
 
     def engine_path(self, stem: str) -> Path:

@@ -10,10 +10,11 @@ restart neither re-exports nor rebuilds.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from refinenet_ros.backends.base import BACKEND_KINDS, PRECISIONS, Backend, BackendError
+from refinenet_ros.backends.engine_cache import default_cache_dir
 from refinenet_ros.config import ModelConfig, load_model, warn_if_random_weights
 
 log = logging.getLogger("refinenet_ros")
@@ -43,7 +44,7 @@ class BackendOptions:
     input_size: tuple[int, int] | None = None
     max_batch: int = 16
     threads: int = 0
-    engine_dir: str = "engines"
+    engine_dir: str = field(default_factory=default_cache_dir)
     onnx: str | None = None
     calib_images: str | None = None
     calib_bag: str | None = None
@@ -106,11 +107,25 @@ def choose_kind(options: BackendOptions) -> tuple[str, str]:
     return "torch", "; ".join(skip)
 
 
+def with_weights_size(model_cfg: ModelConfig, options: BackendOptions) -> BackendOptions:
+    """``options`` with the weights' recorded network size when none was asked for.
+
+    The bundled CamVid model runs at the 360x480 it was trained and measured at; a camera
+    frame of any size is resized to it (and the labels back), unless the user sets a size.
+    """
+    size = model_cfg.resolved().network_size
+    if options.input_size is None and size is not None and options.onnx is None:
+        return replace(options, input_size=size)
+    return options
+
+
 def create_backend(model_cfg: ModelConfig, options: BackendOptions = BackendOptions()) -> Backend:
     """Build the backend ``options.kind`` for ``model_cfg``.
 
-    ``auto`` picks the fastest backend available on this machine.
+    ``auto`` picks the fastest backend available on this machine. ``options.input_size``
+    should already include the weights' default size (:func:`with_weights_size`).
     """
+    model_cfg = model_cfg.resolved()
     if options.kind not in BACKEND_KINDS:
         raise BackendError(f"unknown backend {options.kind!r}; choose one of {', '.join(BACKEND_KINDS)}")
     if options.precision not in PRECISIONS:
@@ -131,12 +146,19 @@ def create_backend(model_cfg: ModelConfig, options: BackendOptions = BackendOpti
             max_batch=options.max_batch,
             threads=options.threads,
             precision=options.precision,
+            mean=_triple(model_cfg.mean),
+            std=_triple(model_cfg.std),
         )
     if kind == "onnxruntime":
         return _onnxruntime_backend(model_cfg, options)
     if kind == "tensorrt":
         return _tensorrt_backend(model_cfg, options)
     raise BackendError(f"backend {kind!r} is not available in this build")  # pragma: no cover
+
+
+def _triple(v: tuple[float, float, float] | None) -> tuple[float, float, float]:
+    assert v is not None, "resolved configs always carry mean/std"
+    return v
 
 
 def onnx_for(model_cfg: ModelConfig, options: BackendOptions, *, dynamic_hw: bool = False) -> Path:

@@ -156,9 +156,8 @@ def weights_fingerprint(cfg: ModelConfig) -> str:
 
 def build_metadata(cfg: ModelConfig, spec: ExportSpec, weights: str) -> dict[str, str]:
     """metadata_props: enough to know, from the .onnx alone, what it computes and from what."""
-    from refinenet_ros.models import IMAGENET_MEAN, IMAGENET_STD
-
     cfg = cfg.resolved()
+    assert cfg.mean is not None and cfg.std is not None
     label_set = cfg.label_set
     return {
         "refinenet_ros.version": __version__,
@@ -166,10 +165,10 @@ def build_metadata(cfg: ModelConfig, spec: ExportSpec, weights: str) -> dict[str
         "label_set": label_set.name,
         "num_classes": str(label_set.num_classes),
         "label_names": json.dumps(list(label_set.classes)),
-        "mean": json.dumps([float(v) for v in IMAGENET_MEAN]),
-        "std": json.dumps([float(v) for v in IMAGENET_STD]),
+        "mean": json.dumps([float(v) for v in cfg.mean]),
+        "std": json.dumps([float(v) for v in cfg.std]),
         "checkpoint_sha256": weights if cfg.weights else "",
-        "weights": Path(cfg.weights).name
+        "weights": (cfg.weights_name or Path(cfg.weights).name)
         if cfg.weights
         else f"random init (seed {cfg.seed}): labels meaningless",
         "network_size": "dynamic" if spec.dynamic else f"{spec.height}x{spec.width}",
@@ -391,13 +390,13 @@ def export_onnx(
 
     from refinenet_ros.backends.pipeline import InferencePipeline
     from refinenet_ros.config import load_model
-    from refinenet_ros.models import IMAGENET_MEAN, IMAGENET_STD
 
     t0 = time.perf_counter()
     cfg = cfg.resolved()
+    assert cfg.mean is not None and cfg.std is not None
     weights = weights_fingerprint(cfg)
     net = model if model is not None else load_model(cfg)
-    pipeline = InferencePipeline(net.eval(), IMAGENET_MEAN, IMAGENET_STD).eval()
+    pipeline = InferencePipeline(net.eval(), cfg.mean, cfg.std).eval()
     example = torch.zeros((spec.batch, spec.height, spec.width, 3), dtype=torch.uint8)
     with torch.no_grad():
         proto = _trace_to_onnx(_CastFirst(pipeline).eval(), example, spec)
@@ -445,6 +444,8 @@ def cache_key(cfg: ModelConfig, spec: ExportSpec, weights: str | None = None) ->
         "model": cfg.model,
         "labels": cfg.labels,
         "cascaded": cfg.cascaded,
+        "mean": cfg.mean,
+        "std": cfg.std,
         "weights": weights if weights is not None else weights_fingerprint(cfg),
         "spec": asdict(spec),
     }

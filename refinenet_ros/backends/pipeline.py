@@ -2,7 +2,7 @@
 
 ``InferencePipeline`` is what the torch backend runs and what ONNX export traces, so the
 eager path and the compiled engines compute exactly the same function:
-uint8 NHWC RGB -> cast -> ImageNet normalisation -> NCHW -> model (stride-4 logits)
+uint8 NHWC RGB -> cast -> the weights' normalisation (mean/std) -> NCHW -> model (stride-4 logits)
 -> bilinear upsample of the *logits* to H x W -> (argmax labels, max softmax).
 Upsampling logits before the argmax gives smooth boundaries; upsampling stride-4 labels
 with nearest neighbour (what several ROS nodes do) gives blocky ones.

