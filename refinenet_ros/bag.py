@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import logging
 import os
 import queue
+import re
 import shutil
 import tempfile
 import threading
@@ -59,6 +61,8 @@ STORAGES: tuple[str, ...] = ("mcap", "sqlite3")
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
+DEFAULT_MAX_PIXELS = 8192 * 8192
+"""= ``encodings.DEFAULT_MAX_PIXELS`` (kept here so ``--help`` needs no OpenCV; a test pins them)."""
 MAX_REPORTED_MALFORMED = 20
 """Malformed messages logged one by one per topic; the rest are only counted."""
 OVERLAP_DEPTH = 1
@@ -87,6 +91,9 @@ class BagOptions:
     batch: int = 4
     alpha: float = 0.5
     progress: bool = True
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    """Frames above this many pixels are skipped as malformed before they are decoded
+    (a 775 KB PNG can claim 16000x16000 and cost GBs)."""
     overlap: bool = True
     """Read + decode and segment on two threads while this one renders and writes
     (``refinenet-ros bag`` decides with :func:`overlap_helps`)."""
@@ -461,36 +468,159 @@ class _Overlap(Generic[T]):
 # ---------------------------------------------------------------------------------- run
 
 
+PARTIAL_INFIX = ".partial-"
+LOCK_NAME = ".lock"
+"""Each run's hidden stage folder holds this file, flock-ed for the run's lifetime: the
+kernel drops the lock when the process dies (even by SIGKILL), so a later run can tell a
+live run's folder (lock held) from debris (lock free) without guessing from ages."""
+_OUR_TOPIC = re.compile(r"^\s*name:\s*\S*/(?:labels|color|overlay|confidence)\s*$", re.M)
+
+
+def _partials(output: Path) -> list[Path]:
+    """Stage folders of runs writing ``output`` (live or dead), oldest name first."""
+    prefix = f".{output.name}{PARTIAL_INFIX}"
+    with contextlib.suppress(OSError):
+        return sorted(p for p in output.parent.iterdir() if p.name.startswith(prefix) and p.is_dir())
+    return []
+
+
+def _lock_state(stage: Path) -> str:
+    """``"live"`` (a running process holds the lock), ``"dead"`` (lock free) or ``"unknown"``
+    (no lock file: an older version's folder, or a run in its first microsecond)."""
+    try:
+        fd = os.open(stage / LOCK_NAME, os.O_RDWR)
+    except OSError:
+        return "unknown"
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return "live"
+    except OSError:
+        return "unknown"
+    finally:
+        os.close(fd)  # closing also releases a lock we just took
+    return "dead"
+
+
+def _remove_stale_partials(output: Path) -> None:
+    """Remove stage folders of interrupted runs (SIGKILL, power cut) of this output, saying so;
+    name the ones that cannot be proven dead instead of deleting them."""
+    unknown: list[str] = []
+    for stage in _partials(output):
+        state = _lock_state(stage)
+        if state == "dead":
+            shutil.rmtree(stage, ignore_errors=True)
+            log.warning("removed %s, left behind by an interrupted run", stage)
+        elif state == "unknown":
+            unknown.append(str(stage))
+    if unknown:
+        log.warning(
+            "left in place (not provably abandoned): %s; remove them if no other run is writing %s",
+            ", ".join(unknown), output,
+        )  # fmt: skip
+
+
+def _not_our_bag(path: Path) -> str | None:
+    """Why ``path`` is not a rosbag2 folder this tool could have written (None when it is).
+
+    ``--force`` replaces only such a folder: ``metadata.yaml`` plus ``NAME.mcap`` /
+    ``NAME.db3`` (and sqlite's side files) and at least one of our output topics. A user's
+    recording, a project folder or a file is never ours to delete.
+    """
+    if path.is_symlink():
+        return "it is a symbolic link"
+    if not path.is_dir():
+        return "it is a file, not a bag folder"
+    names = sorted(os.listdir(path))
+    if "metadata.yaml" not in names:
+        return "it has no metadata.yaml, so it is not a rosbag2 folder"
+    data_file = re.compile(rf"{re.escape(path.name)}\.(?:mcap|db3)(?:-shm|-wal|-journal)?")
+    others = [n for n in names if n != "metadata.yaml" and not data_file.fullmatch(n)]
+    if others:
+        more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+        return f"it holds {', '.join(others[:3])}{more}, which this tool never writes"
+    try:
+        metadata = (path / "metadata.yaml").read_text(errors="replace")
+    except OSError as exc:
+        return f"its metadata.yaml cannot be read ({exc.strerror})"
+    if not _OUR_TOPIC.search(metadata):
+        return "it has no labels/color/overlay/confidence topic, so it is not an output of this tool"
+    return None
+
+
 @contextlib.contextmanager
 def _staged_output(output: Path, force: bool) -> Iterator[Path]:
-    """Yield a path inside a hidden temp folder beside ``output``; move it into place on success.
+    """Yield a path inside a hidden stage folder beside ``output``; move it into place on success.
 
-    The bag folder keeps OUTPUT's name inside the temp folder so its files are named
-    ``OUTPUT.mcap``, not after the temporary folder. An existing OUTPUT (only with
-    ``force``) is replaced only after the new bag is complete.
+    The bag folder keeps OUTPUT's name inside the stage folder so its files are named
+    ``OUTPUT.mcap``, not after the stage folder. The stage folder is removed on any exit
+    this process lives through (error, Ctrl-C, SIGTERM via the CLI) and is locked while the
+    run lives, so the next run removes it after a SIGKILL. An existing OUTPUT (only with
+    ``force``, and only our own bag) is renamed aside once the new bag is complete, then dropped.
     """
     output.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    _remove_stale_partials(output)
+    stage = Path(tempfile.mkdtemp(prefix=f".{output.name}{PARTIAL_INFIX}", dir=output.parent))
+    lock_fd = -1
     try:
+        lock_fd = os.open(stage / LOCK_NAME, os.O_CREAT | os.O_RDWR, 0o644)
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        os.write(lock_fd, f"{os.getpid()}\n".encode())
         yield stage / output.name
-        if output.exists() or output.is_symlink():
-            if not force:  # appeared while we were writing
-                raise BagError(f"{output} appeared while writing; the new bag is left in {stage}")
-            old = stage / ".replaced"
-            os.replace(output, old)
-        os.replace(stage / output.name, output)
+        _install(stage / output.name, output, force)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        if lock_fd >= 0:
+            os.close(lock_fd)
+
+
+def _install(new: Path, output: Path, force: bool) -> None:
+    """Move the finished bag ``new`` to ``output``; what happens to our result is said truthfully."""
+    if output.exists() or output.is_symlink():
+        discarded = "this run's result was discarded"
+        if not force:  # another run (or the user) created it while we were writing
+            raise BagError(
+                f"output {output} was created by someone else while this run was writing; it is "
+                f"left untouched and {discarded}: run again with --force to replace it, or choose "
+                "another OUTPUT"
+            )
+        problem = _not_our_bag(output)
+        if problem:
+            raise BagError(f"output {output} appeared while this run was writing and {problem}; "
+                           f"it is left untouched and {discarded}")  # fmt: skip
+        os.replace(output, new.parent / ".replaced")  # dropped with the stage folder
+    os.replace(new, output)
 
 
 def _check_paths(input_bag: Path, output: Path, force: bool) -> None:
+    """Refuse, before anything is read or written, every output that could cost user data."""
     if not input_bag.exists():
         raise BagError(f"input bag {input_bag} does not exist")
+    inp, out = input_bag.resolve(), output.resolve()
+    if out == inp:
+        raise BagError(f"output {output} is the input bag; choose another output path")
+    if inp.is_relative_to(out):
+        raise BagError(f"output {output} contains the input bag {input_bag}; choose another output path")
+    if out.is_relative_to(inp):
+        raise BagError(f"output {output} is inside the input bag {input_bag}; choose a path outside it")
+    live = [p for p in _partials(output) if _lock_state(p) == "live"]
+    if live:
+        raise BagError(
+            f"another refinenet-ros bag run is writing {output} right now (in {live[0]}); "
+            "wait for it to finish or choose another OUTPUT"
+        )
     if output.exists() or output.is_symlink():
         if not force:
             raise BagError(f"output {output} exists; pass --force to replace it")
-        if output.resolve() == input_bag.resolve():
-            raise BagError(f"output {output} is the input bag; choose another output path")
+        problem = _not_our_bag(output)
+        if problem:
+            raise BagError(
+                f"output {output} exists and {problem}; --force replaces only a bag folder this "
+                "tool wrote: choose another OUTPUT (or move that one away yourself)"
+            )
+    parent = next((p for p in output.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise BagError(f"output {output}: {parent} is a file, not a folder")
 
 
 def run_bag(
@@ -506,10 +636,48 @@ def run_bag(
     Raises :class:`BagError` for user errors before anything is written. ``on_frame`` is
     called with the running frame count after each batch (benchmarks, custom progress).
     """
-    from rosbags.highlevel import AnyReader, AnyReaderError
     from rosbags.typesys import Stores, get_typestore
 
     input_bag, output = Path(input_bag), Path(output)
+    _check_options(options)
+    _check_paths(input_bag, output, options.force)
+    typestore = get_typestore(Stores.LATEST)
+    reader = _open_input(input_bag, typestore)
+    try:
+        job = _BagJob(reader, typestore, segmenter, options, BagSummary(output=output), on_frame, input_bag)
+        job.cameras = find_cameras(job.by_topic, options, input_bag)
+        job.read_camera_infos()
+        with _staged_output(output, options.force) as stage_path:
+            job.write(stage_path)
+    finally:
+        reader.close()
+    return job.summary
+
+
+def check_input(
+    input_bag: str | os.PathLike[str], output: str | os.PathLike[str], options: BagOptions
+) -> None:
+    """Every check that needs no model: options, paths, and the input bag's topics and types.
+
+    The CLI calls it before loading the model, so a mistyped topic or an empty bag costs a
+    second, not a model export, and changes nothing on disk.
+    """
+    from rosbags.typesys import Stores, get_typestore
+
+    input_bag, output = Path(input_bag), Path(output)
+    _check_options(options)
+    _check_paths(input_bag, output, options.force)
+    reader = _open_input(input_bag, get_typestore(Stores.LATEST))
+    try:
+        by_topic: dict[str, list[Connection]] = {}
+        for c in reader.connections:
+            by_topic.setdefault(c.topic, []).append(c)
+        find_cameras(by_topic, options, input_bag)
+    finally:
+        reader.close()
+
+
+def _check_options(options: BagOptions) -> None:
     if not options.image_topics:
         raise BagError("give at least one --image-topic")
     if options.storage not in STORAGES:
@@ -519,27 +687,48 @@ def run_bag(
         raise BagError(
             f"--outputs takes a comma list of {','.join(OUTPUT_KINDS)}; got {unknown or 'nothing'}"
         )
-    _check_paths(input_bag, output, options.force)
+    if options.max_pixels < 1:
+        raise BagError(f"--max-image-pixels {options.max_pixels}: must be at least 1")
 
-    typestore = get_typestore(Stores.LATEST)
+
+def _open_input(input_bag: Path, typestore: Typestore) -> AnyReader:
+    """Open a ROS 2 bag for reading; anything wrong with the file is the user's bag, not a bug."""
+    from rosbags.highlevel import AnyReader
+
     try:
         reader = AnyReader([input_bag], default_typestore=typestore)
         reader.open()
-    except (AnyReaderError, OSError) as exc:
-        raise BagError(f"cannot open {input_bag} as a rosbag2: {exc}") from None
-    try:
-        if not reader.is2:
-            raise BagError(
-                f"{input_bag} is a ROS 1 bag; convert it first: rosbags-convert --src {input_bag} --dst DIR"
-            )
-        job = _BagJob(reader, typestore, segmenter, options, BagSummary(output=output), on_frame)
-        job.find_cameras(input_bag)
-        job.read_camera_infos()
-        with _staged_output(output, options.force) as stage_path:
-            job.write(stage_path)
-    finally:
+    except Exception as exc:  # AnyReaderError, OSError, or whatever a corrupt file makes a parser raise
+        raise BagError(f"cannot open {input_bag} as a rosbag2: {type(exc).__name__}: {exc}") from None
+    if not reader.is2:
         reader.close()
-    return job.summary
+        raise BagError(
+            f"{input_bag} is a ROS 1 bag; convert it first: rosbags-convert --src {input_bag} --dst DIR"
+        )
+    return reader
+
+
+def find_cameras(
+    by_topic: dict[str, list[Connection]], options: BagOptions, input_bag: Path
+) -> dict[str, _Camera]:
+    """The cameras to segment, each checked: present, an image type, and not empty."""
+    cameras: dict[str, _Camera] = {}
+    for topic in options.image_topics:
+        conns = by_topic.get(topic)
+        if not conns:
+            images = sorted(t for t, cs in by_topic.items() if cs[0].msgtype in (IMAGE_TYPE, COMPRESSED_TYPE))
+            raise BagError(
+                f"topic {topic} is not in {input_bag}; image topics there: {', '.join(images) or 'none'}"
+            )
+        if conns[0].msgtype not in (IMAGE_TYPE, COMPRESSED_TYPE):
+            raise BagError(f"topic {topic} has type {conns[0].msgtype}, not Image or CompressedImage")
+        if sum(c.msgcount for c in conns) == 0:
+            raise BagError(f"topic {topic} has no messages in {input_bag}; nothing to segment")
+        base = output_base(topic, conns[0].msgtype)
+        info = camera_info_topic(base)
+        info_ok = info in by_topic and by_topic[info][0].msgtype == CAMERA_INFO_TYPE
+        cameras[topic] = _Camera(topic, base, info if info_ok else None)
+    return cameras
 
 
 class _BagJob:
@@ -553,8 +742,10 @@ class _BagJob:
         options: BagOptions,
         summary: BagSummary,
         on_frame: Callable[[int], None] | None,
+        input_bag: Path,
     ) -> None:
         self.reader = reader
+        self.input_bag = input_bag
         self.typestore = typestore
         self.segmenter = segmenter
         self.options = options
@@ -565,23 +756,6 @@ class _BagJob:
             self.by_topic.setdefault(c.topic, []).append(c)
         self.cameras: dict[str, _Camera] = {}
 
-    def find_cameras(self, input_bag: Path) -> None:
-        for topic in self.options.image_topics:
-            conns = self.by_topic.get(topic)
-            if not conns:
-                images = sorted(
-                    t for t, cs in self.by_topic.items() if cs[0].msgtype in (IMAGE_TYPE, COMPRESSED_TYPE)
-                )
-                raise BagError(
-                    f"topic {topic} is not in {input_bag}; image topics there: {', '.join(images) or 'none'}"
-                )
-            if conns[0].msgtype not in (IMAGE_TYPE, COMPRESSED_TYPE):
-                raise BagError(f"topic {topic} has type {conns[0].msgtype}, not Image or CompressedImage")
-            base = output_base(topic, conns[0].msgtype)
-            info = camera_info_topic(base)
-            info_ok = info in self.by_topic and self.by_topic[info][0].msgtype == CAMERA_INFO_TYPE
-            self.cameras[topic] = _Camera(topic, base, info if info_ok else None)
-
     def read_camera_infos(self) -> None:
         """camera_info is tiny: read it up front so every frame finds the info with its stamp,
         even when the driver recorded it just after the image."""
@@ -591,12 +765,19 @@ class _BagJob:
         conns = [c for t in info_topics for c in self.by_topic[t]]
         if not conns:
             return
-        for conn, _, raw in self.reader.messages(connections=conns):
+        bad: dict[str, int] = {}
+        for conn, _, raw in self._messages(conns):
             try:
                 msg: Any = self.reader.deserialize(raw, conn.msgtype)
                 stamp = _stamp_ns(msg.header)
             except Exception as exc:  # a broken camera_info is reported and not used
-                log.warning("%s: undecodable camera_info skipped: %s", conn.topic, exc)
+                n = bad[conn.topic] = bad.get(conn.topic, 0) + 1
+                if n <= MAX_REPORTED_MALFORMED:
+                    log.warning("%s: undecodable camera_info #%d skipped: %s", conn.topic, n, exc)
+                if n == MAX_REPORTED_MALFORMED:
+                    log.warning(
+                        "%s: further undecodable camera_info messages are skipped silently", conn.topic
+                    )
                 continue
             for cam in self.cameras.values():
                 if cam.info_topic == conn.topic:
@@ -638,13 +819,39 @@ class _BagJob:
             raise
         writer.close()
 
+    def _messages(self, conns: Sequence[Connection]) -> Iterator[tuple[Connection, int, Any]]:
+        """The reader's messages; a corrupt or truncated file is a :class:`BagError` naming the
+        bag, not a parser's OverflowError or struct.error surfacing as a traceback."""
+        items = self.reader.messages(connections=conns)
+        n = 0
+        while True:
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+            except OSError:
+                raise  # the disk, not the data: reported as such by the CLI
+            except Exception as exc:
+                raise BagError(
+                    f"cannot read {self.input_bag} after {n} messages ({type(exc).__name__}: {exc}); "
+                    "the bag is corrupt or truncated: re-record it or repair it (e.g. mcap recover)"
+                ) from None
+            n += 1
+            yield item
+
     def _decode(self, conn: Connection, raw: Any) -> tuple[Any, npt.NDArray[np.uint8]]:
         from refinenet_ros.ros.encodings import decode_compressed, decode_image
 
         msg: Any = self.reader.deserialize(raw, conn.msgtype)
+        limit = self.options.max_pixels
         if conn.msgtype == COMPRESSED_TYPE:
-            return msg, decode_compressed(msg.data, msg.format)
-        rgb = decode_image(msg.data, msg.encoding, msg.width, msg.height, msg.step, bool(msg.is_bigendian))
+            return msg, decode_compressed(
+                msg.data, msg.format, max_pixels=limit, limit_name="--max-image-pixels"
+            )
+        rgb = decode_image(
+            msg.data, msg.encoding, msg.width, msg.height, msg.step, bool(msg.is_bigendian),
+            max_pixels=limit, limit_name="--max-image-pixels",
+        )  # fmt: skip
         return msg, rgb
 
     def _write(self, writer: Writer) -> None:
@@ -698,7 +905,7 @@ class _BagJob:
         opts, cameras = self.options, self.cameras
         batch = max(1, opts.batch)
         chunk = _Chunk()
-        for conn, timestamp, raw in self.reader.messages(connections=read_conns):
+        for conn, timestamp, raw in self._messages(read_conns):
             if opts.copy:
                 chunk.items.append(_Copy(copy_map[conn.id], timestamp, raw))
                 chunk.copy_bytes += len(raw)
@@ -910,6 +1117,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", default="mcap", choices=STORAGES, help="output storage (default mcap)")
     parser.add_argument("--force", action="store_true", help="replace an existing OUTPUT")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colours")
+    parser.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                        help="skip frames above N pixels as malformed, before decoding "
+                        f"(default {DEFAULT_MAX_PIXELS}: twice 8K)")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
     parser.add_argument("--overlap", choices=("auto", "on", "off"), default="auto",
                         help="read + segment on threads while writing (same output). auto: on unless "
@@ -934,10 +1144,11 @@ def run(args: argparse.Namespace) -> int:
         batch=max(1, args.batch),
         alpha=args.alpha,
         progress=not args.no_progress,
+        max_pixels=args.max_image_pixels,
     )
     # Refuse before loading a model: a refused run costs nothing and changes nothing.
     try:
-        _check_paths(Path(args.input), Path(args.output), args.force)
+        check_input(args.input, args.output, options)
     except BagError as exc:
         raise CliError(str(exc)) from None
     model_cfg = model_config_from_args(args)

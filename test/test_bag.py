@@ -176,12 +176,225 @@ def test_interrupted_run_leaves_nothing_and_force_replaces(
     with pytest.raises(KeyboardInterrupt):
         run_bag(sample_bag, out, segmenter, BagOptions((TOPIC,), batch=2, progress=False), on_frame=interrupt)
     assert os.listdir(tmp_path) == []  # neither OUTPUT nor the temp folder
-    out.mkdir()
-    (out / "old.txt").write_text("old")
+    run_bag(sample_bag, out, segmenter, BagOptions((TOPIC,), outputs=("labels",), batch=3, progress=False))
     summary = run_bag(sample_bag, out, segmenter, BagOptions((TOPIC,), force=True, batch=3, progress=False))
     assert summary.frames == 6
     assert sorted(p.name for p in out.iterdir()) == ["metadata.yaml", "out.mcap"]
+    assert f"{TOPIC}/color" in read_bag(out)  # the new bag, not the labels-only one
     assert os.listdir(tmp_path) == ["out"]
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_force_never_deletes_what_this_tool_did_not_write(
+    tmp_path: Path, sample_bag: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """issue 10 (1): `bag victim/data/in_bag victim/data --force` deleted the input bag and
+    an unrelated file beside it. Every such OUTPUT is refused with one line; nothing changes."""
+    import shutil
+
+    victim = tmp_path / "victim"
+    data = victim / "data"
+    data.mkdir(parents=True)
+    in_bag = shutil.copytree(sample_bag, data / "in_bag")
+    (data / "notes.txt").write_text("field notes")
+    (victim / "README").write_text("project")
+    project = victim / "project"
+    project.mkdir()
+    (project / "main.py").write_text("print('mine')")
+    recording = write_sample_bag(victim / "recording", frames=2, size=SIZE, topic=TOPIC)  # a user's bag
+    (victim / "a_file").write_text("x")
+    before = _tree(tmp_path)
+    cases = {
+        str(data): "contains the input bag",  # the reported case
+        str(victim): "contains the input bag",
+        str(in_bag): "is the input bag",
+        str(in_bag / "sub"): "inside the input bag",
+        str(project): "not a rosbag2 folder",
+        str(recording): "not an output of this tool",
+        str(victim / "a_file"): "is a file",
+        str(victim / "a_file" / "out"): "is a file, not a folder",
+    }
+    for output, reason in cases.items():
+        rc = main(["bag", str(in_bag), output, "--image-topic", TOPIC, "--force", "--no-progress"])
+        err = capsys.readouterr().err
+        assert rc == 2, (output, err)
+        assert reason in err and err.count("\n") == 1 and "Traceback" not in err, (output, err)
+        assert _tree(tmp_path) == before, output  # the input, the notes, the project: all intact
+
+
+def _partials_of(out: Path) -> list[str]:
+    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.partial-"))
+
+
+def test_a_running_run_is_not_raced_and_a_loser_says_what_happened(
+    tmp_path: Path, sample_bag: Path, segmenter: Segmenter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """issue 10 (2): a second run for an output being written is refused up front; a run whose
+    output appears meanwhile says truthfully that its result was discarded."""
+    import fcntl
+
+    out = tmp_path / "out"
+    live = tmp_path / ".out.partial-other"  # what a live run holds: its stage folder, locked
+    live.mkdir()
+    fd = os.open(live / ".lock", os.O_CREAT | os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        rc = main(["bag", str(sample_bag), str(out), "--image-topic", TOPIC, "--no-progress"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "another refinenet-ros bag run is writing" in err and str(live) in err
+        assert live.is_dir() and not out.exists()  # a live run's folder is never removed
+    finally:
+        os.close(fd)
+
+    def someone_else_finishes_first(frames: int) -> None:
+        if not out.exists():
+            out.mkdir()
+            (out / "theirs.txt").write_text("theirs")
+
+    with pytest.raises(BagError, match=r"created by someone else.*result was discarded"):
+        run_bag(sample_bag, out, segmenter, BagOptions((TOPIC,), batch=2, progress=False),
+                on_frame=someone_else_finishes_first)  # fmt: skip
+    assert (out / "theirs.txt").read_text() == "theirs"  # left untouched, as the message says
+    assert _partials_of(out) == []  # ours discarded, as said; the dead run's folder removed too
+
+
+def _bag_cli(*args: str) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "refinenet_ros", "bag", *args, "--image-topic", TOPIC, "--no-progress",
+            "--backend", "torch", "--weights", "random", "--batch", "1", "--threads", "1"]  # fmt: skip
+
+
+def _wait_for_stage(out: Path, proc: Any, timeout: float = 120.0) -> None:
+    """Until the run has opened its output bag inside its stage folder."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any((out.parent / p / out.name).is_dir() for p in _partials_of(out)):
+            time.sleep(0.3)  # a few frames in
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise AssertionError("the run never started writing")
+
+
+def test_sigterm_cleans_up_and_the_next_run_removes_a_killed_runs_debris(tmp_path: Path) -> None:
+    """issue 10 (2): SIGTERM exited 143 at once leaving `.out.partial-*` (938 MB); SIGKILL
+    left 830 MB forever. SIGTERM now cleans up like Ctrl-C; the next run removes a killed
+    run's folder and says so."""
+    import signal
+    import subprocess
+
+    big = write_sample_bag(tmp_path / "big", frames=80, size=(240, 320), topic=TOPIC)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(_bag_cli(str(big), str(out)), stderr=subprocess.PIPE, text=True)
+    _wait_for_stage(out, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "refinenet-ros bag: terminated"
+    assert "Traceback" not in err
+    assert sorted(os.listdir(tmp_path)) == ["big"]  # no output, no stage folder
+
+    proc = subprocess.Popen(_bag_cli(str(big), str(out)), stderr=subprocess.PIPE, text=True)
+    _wait_for_stage(out, proc)
+    proc.kill()
+    proc.communicate(timeout=60)
+    stale = _partials_of(out)
+    assert len(stale) == 1  # SIGKILL cannot be cleaned up after by the process itself ...
+    small = write_sample_bag(tmp_path / "small", frames=2, size=SIZE, topic=TOPIC)
+    done = subprocess.run(_bag_cli(str(small), str(out)), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"removed {tmp_path / stale[0]}, left behind by an interrupted run" in done.stderr
+    assert _partials_of(out) == [] and (out / "metadata.yaml").is_file()  # ... the next run is
+
+
+def test_input_checked_before_the_model_and_corrupt_bags_are_one_line(
+    tmp_path: Path, sample_bag: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """issue 10 (11, 4): an empty topic is an error, found before any model is loaded; a
+    corrupt MCAP (OverflowError inside the reader) is one line and exit 2, not a traceback."""
+    import shutil
+
+    empty = write_sample_bag(tmp_path / "empty", frames=0, size=SIZE, topic=TOPIC)
+    rc = main(["bag", str(empty), str(tmp_path / "o1"), "--image-topic", TOPIC, "--no-progress"])
+    cap = capsys.readouterr()
+    assert rc == 2 and f"topic {TOPIC} has no messages" in cap.err
+    assert "model" not in cap.err  # refused before loading one
+    assert not (tmp_path / "o1").exists()
+
+    corrupt = shutil.copytree(sample_bag, tmp_path / "corrupt")
+    mcap = corrupt / f"{sample_bag.name}.mcap"
+    data = bytearray(mcap.read_bytes())
+    data[97:105] = b"\xff" * 8  # a record length: the reader raises OverflowError
+    mcap.write_bytes(bytes(data))
+    rc = main(["bag", str(corrupt), str(tmp_path / "o2"), "--image-topic", TOPIC, "--no-progress",
+               "--backend", "torch", "--weights", "random"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("refinenet-ros bag: error: ") and "corrupt" in line and str(corrupt) in line
+    assert "Traceback" not in err
+    assert sorted(os.listdir(tmp_path)) == ["corrupt", "empty"]
+
+
+def _png_bomb(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height grey pixels (only the first rows stored)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    rows = zlib.compress(b"\x00" * (width + 1) * 16)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+def test_decompression_bombs_and_broken_camera_info_are_skipped_and_capped(
+    tmp_path: Path, segmenter: Segmenter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """issue 10 (6, 11): a 16000x16000 PNG is refused from its header (counted malformed,
+    never decoded); undecodable camera_info warnings are capped like image ones."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    from refinenet_ros import bag as bag_module
+    from refinenet_ros.ros import encodings
+    from refinenet_ros.ros.encodings import encode_compressed
+
+    assert bag_module.DEFAULT_MAX_PIXELS == encodings.DEFAULT_MAX_PIXELS
+    ts = get_typestore(Stores.LATEST)
+    t = ts.types
+    path = tmp_path / "bombs"
+    good = np.full((*SIZE, 3), 90, np.uint8)
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        img = writer.add_connection(f"{TOPIC}/compressed", "sensor_msgs/msg/CompressedImage", typestore=ts)
+        info = writer.add_connection("/cam/camera_info", "sensor_msgs/msg/CameraInfo", typestore=ts)
+        for i, payload in enumerate(
+            [encode_compressed(good), _png_bomb(16000, 16000), encode_compressed(good)]
+        ):
+            header = t["std_msgs/msg/Header"](
+                stamp=t["builtin_interfaces/msg/Time"](sec=i, nanosec=0), frame_id="c"
+            )
+            msg = t["sensor_msgs/msg/CompressedImage"](
+                header=header, format="png", data=np.frombuffer(payload, np.uint8)
+            )
+            writer.write(img, i * 10**9, ts.serialize_cdr(msg, "sensor_msgs/msg/CompressedImage"))
+        for i in range(50):
+            writer.write(info, i * 10**7, b"\x00\x01\x00\x00" + b"\xff" * 7)  # undecodable
+    with caplog.at_level("WARNING", logger="refinenet_ros"):
+        summary = run_bag(path, tmp_path / "out", segmenter, BagOptions((f"{TOPIC}/compressed",),
+                          outputs=("labels",), progress=False))  # fmt: skip
+    assert summary.frames == 2 and summary.malformed == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("16000x16000" in m and "--max-image-pixels" in m for m in warnings)
+    info_warnings = [m for m in warnings if "camera_info" in m]
+    assert 1 <= len(info_warnings) <= 21
 
 
 def test_cli_end_to_end(tmp_path: Path, sample_bag: Path, capsys: pytest.CaptureFixture[str]) -> None:

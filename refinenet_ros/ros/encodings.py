@@ -28,6 +28,7 @@ BufferLike = Union[bytes, bytearray, memoryview, "array.array[int]", npt.NDArray
 
 __all__ = [
     "COMPRESSED_FORMATS",
+    "DEFAULT_MAX_PIXELS",
     "ENCODINGS",
     "MalformedImage",
     "bytes_per_pixel",
@@ -35,7 +36,12 @@ __all__ = [
     "decode_image",
     "encode_compressed",
     "encode_image",
+    "image_header_size",
 ]
+
+DEFAULT_MAX_PIXELS = 8192 * 8192
+"""Frames above this many pixels are refused before decoding: twice an 8K camera's 33 MP,
+while a 775 KB PNG claiming 16000x16000 (256 MP, 3 GB decoded) is a decompression bomb."""
 
 
 class MalformedImage(ValueError):
@@ -102,6 +108,61 @@ def bytes_per_pixel(encoding: str) -> int:
     return enc.channels * enc.depth
 
 
+def _check_pixels(width: int, height: int, what: str, max_pixels: int, limit_name: str) -> None:
+    if max_pixels > 0 and width * height > max_pixels:
+        raise MalformedImage(
+            f"{what} is {width}x{height} = {width * height} pixels, above the limit of {max_pixels} "
+            f"({limit_name}); refused before decoding"
+        )
+
+
+def image_header_size(data: BufferLike) -> tuple[int, int] | None:
+    """(width, height) read from a PNG or JPEG header without decoding, else None.
+
+    Other formats fall back to Pillow's lazy header read when Pillow is installed.
+    """
+    buf = memoryview(np.frombuffer(data, dtype=np.uint8)).cast("B")
+    head = bytes(buf[:32])
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and len(head) >= 24 and head[12:16] == b"IHDR":
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    if head.startswith(b"\xff\xd8"):
+        return _jpeg_size(buf)
+    try:
+        import io
+
+        from PIL import Image
+
+        with Image.open(io.BytesIO(buf)) as img:  # reads the header only
+            return int(img.size[0]), int(img.size[1])
+    except Exception:  # not an image Pillow knows: OpenCV will say so when decoding
+        return None
+
+
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _jpeg_size(buf: memoryview) -> tuple[int, int] | None:
+    """Walk the JPEG marker segments to the first start-of-frame: (width, height)."""
+    i, n = 2, len(buf)
+    while i + 4 <= n:
+        if buf[i] != 0xFF:
+            return None
+        marker = buf[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length field
+            i += 2
+            continue
+        length = (buf[i + 2] << 8) | buf[i + 3]
+        if marker in _SOF and i + 9 <= n:
+            height = (buf[i + 5] << 8) | buf[i + 6]
+            width = (buf[i + 7] << 8) | buf[i + 8]
+            return width, height
+        i += 2 + length
+    return None
+
+
 def decode_image(
     data: BufferLike,
     encoding: str,
@@ -109,18 +170,23 @@ def decode_image(
     height: int,
     step: int,
     is_bigendian: bool = False,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    limit_name: str = "max_image_pixels",
 ) -> npt.NDArray[np.uint8]:
     """The fields of a ``sensor_msgs/Image`` -> (height, width, 3) uint8 RGB.
 
     Honours ``step`` (padded rows) and ``is_bigendian`` (16-bit encodings). mono16 keeps
     its top 8 bits. May return a view of ``data`` (rgb8): keep the buffer alive while the
-    image is used.
+    image is used. Frames above ``max_pixels`` (0 = no limit) raise :class:`MalformedImage`
+    naming ``limit_name``, the setting that raises the limit.
     """
     enc = _lookup(encoding)
     if width <= 0 or height <= 0:
         raise MalformedImage(
             f"{encoding} image has zero size ({width}x{height}); width and height must be > 0"
         )
+    _check_pixels(width, height, f"{encoding} image", max_pixels, limit_name)
     row_bytes = width * enc.channels * enc.depth
     if step < row_bytes:
         raise MalformedImage(
@@ -149,15 +215,26 @@ def decode_image(
     return np.asarray(cv2.cvtColor(pixels, enc.to_rgb), dtype=np.uint8)
 
 
-def decode_compressed(data: BufferLike, format: str = "") -> npt.NDArray[np.uint8]:
+def decode_compressed(
+    data: BufferLike,
+    format: str = "",
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    limit_name: str = "max_image_pixels",
+) -> npt.NDArray[np.uint8]:
     """The fields of a ``sensor_msgs/CompressedImage`` (jpeg or png) -> HxWx3 uint8 RGB.
 
     ``format`` is only used in error messages: the codec is detected from the bytes, as
     image_transport's ``"rgb8; jpeg compressed bgr8"`` style strings vary by driver.
+    The size in the header is checked against ``max_pixels`` (0 = no limit) before
+    anything is decompressed: a few hundred KB can otherwise claim gigabytes.
     """
     buf = np.frombuffer(data, dtype=np.uint8)
     if buf.size == 0:
         raise MalformedImage(f"compressed image ({format or 'no format'}) has no data")
+    size = image_header_size(buf)
+    if size is not None:
+        _check_pixels(*size, f"compressed image ({format or 'no format'})", max_pixels, limit_name)
     bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if bgr is None or bgr.size == 0:
         raise MalformedImage(

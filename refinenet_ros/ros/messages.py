@@ -21,18 +21,26 @@ import numpy as np
 import numpy.typing as npt
 from sensor_msgs.msg import CompressedImage, Image
 
-from refinenet_ros.ros.encodings import decode_compressed, decode_image
+from refinenet_ros.ros.encodings import DEFAULT_MAX_PIXELS, decode_compressed, decode_image
 
 __all__ = ["OutgoingImage", "image_to_rgb"]
 
 _LITTLE = sys.byteorder == "little"
 
 
-def image_to_rgb(msg: Image | CompressedImage) -> npt.NDArray[np.uint8]:
-    """Decode an Image or CompressedImage to HxWx3 RGB (raises ``MalformedImage``)."""
+def image_to_rgb(msg: Image | CompressedImage, max_pixels: int = DEFAULT_MAX_PIXELS) -> npt.NDArray[np.uint8]:
+    """Decode an Image or CompressedImage to HxWx3 RGB (raises ``MalformedImage``).
+
+    Frames above ``max_pixels`` are refused before decoding; the error names the node
+    parameter ``max_image_pixels`` that raises the limit.
+    """
+    limit = "-p max_image_pixels:=..."
     if isinstance(msg, CompressedImage):
-        return decode_compressed(msg.data, msg.format)
-    return decode_image(msg.data, msg.encoding, msg.width, msg.height, msg.step, bool(msg.is_bigendian))
+        return decode_compressed(msg.data, msg.format, max_pixels=max_pixels, limit_name=limit)
+    return decode_image(
+        msg.data, msg.encoding, msg.width, msg.height, msg.step, bool(msg.is_bigendian),
+        max_pixels=max_pixels, limit_name=limit,
+    )  # fmt: skip
 
 
 class OutgoingImage:
