@@ -8,9 +8,12 @@ Options shared by many subcommands (model, backend) are defined once here.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -140,17 +143,110 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM as an exception: every ``finally`` and ``with`` cleanup (the bag tool's stage
+    folder, atomic writes) runs exactly as for Ctrl-C instead of the process vanishing."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+USER_ERRORS: tuple[tuple[str, str], ...] = (
+    ("refinenet_ros.bag", "BagError"),
+    ("refinenet_ros.config", "ConfigError"),
+    ("refinenet_ros.datasets", "DatasetError"),
+    ("refinenet_ros.weights", "WeightsError"),
+    ("refinenet_ros.models.checkpoint", "CheckpointError"),
+    ("refinenet_ros.models.tflite_import", "TFLiteImportError"),
+    ("refinenet_ros.backends.base", "BackendError"),
+    ("refinenet_ros.backends.calibration", "CalibrationError"),
+    ("refinenet_ros.ros.encodings", "MalformedImage"),
+    ("rosbags.rosbag2", "ReaderError"),
+    ("rosbags.rosbag2", "WriterError"),
+    ("rosbags.highlevel", "AnyReaderError"),
+)
+"""Exception types that always mean "the user's input or machine", never our bug. Looked up
+in ``sys.modules`` only: a module that was never imported cannot have raised its error, and
+``--help`` stays free of torch."""
+
+
+def user_error_text(exc: BaseException) -> str | None:
+    """One line for a user or environment error, or None for a bug (which keeps its traceback)."""
+    import sqlite3
+
+    for module_name, name in USER_ERRORS:
+        error_type = getattr(sys.modules.get(module_name), name, None)
+        if isinstance(error_type, type) and isinstance(exc, error_type):
+            return _one_line(str(exc) or type(exc).__name__)
+    if isinstance(exc, (CliError, UnreadableImage)):
+        return _one_line(str(exc))
+    if isinstance(exc, OSError):
+        return _os_error_text(exc)
+    if isinstance(exc, sqlite3.Error):  # the output bag's database: disk full, read-only, locked
+        return _one_line(f"output bag database: {exc}; check free space and write permission")
+    if isinstance(exc, MemoryError):
+        return "out of memory: use smaller images, --network-size or --batch"
+    return None
+
+
+_OS_HINTS = {
+    errno.ENOSPC: "free some space or write elsewhere",
+    errno.EDQUOT: "free some space or write elsewhere",
+    errno.EROFS: "the file system is read-only: write elsewhere",
+    errno.EACCES: "check the permissions or choose another path",
+    errno.EPERM: "check the permissions or choose another path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "it is a folder; give a file path",
+    errno.EEXIST: "it already exists",
+}
+
+
+def _os_error_text(exc: OSError) -> str:
+    """``[Errno 30] Read-only file system: 'x'`` -> ``x: read-only file system: write elsewhere``."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    where = exc.filename if exc.filename is not None else None
+    text = f"{where}: {what[0].lower()}{what[1:]}" if where is not None else what
+    if exc.filename2 is not None:
+        text += f" (-> {exc.filename2})"
+    hint = _OS_HINTS.get(exc.errno or 0)
+    if hint and hint not in text:
+        text += f"; {hint}"
+    return _one_line(text)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. User and environment errors end as one ``error:`` line and exit 2,
+    Ctrl-C as ``interrupted`` (130), SIGTERM as ``terminated`` (143), both after cleanup;
+    only bugs in this package show a traceback."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="[%(levelname)s] %(message)s",
     )
+    prog = f"refinenet-ros {args.command}"
+    # The node keeps rclpy's own signal handling (it shuts the context down, the node exits cleanly).
+    previous = None
+    if args.command != "node" and threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return int(args._run(args) or 0)
-    except (CliError, UnreadableImage) as exc:
-        print(f"refinenet-ros {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except Terminated:
+        print(f"{prog}: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
-        print(f"refinenet-ros {args.command}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        text = user_error_text(exc)
+        if text is None:
+            raise
+        print(f"{prog}: error: {text}", file=sys.stderr)
+        return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
