@@ -38,9 +38,23 @@ $(STAMP): setup.py setup.cfg
 	$(PIP) install -q --no-deps tensorrt-stubs==10.13.0.35.1; \
 	touch $@
 
-# The node end to end (~40 s on 2 cores): segmentation_node + a player of the bundled
-# sample sequence (640x480, 5 Hz) + a recorder writing demo_out/ (PNGs, mcap bag, summary).
-demo: $(STAMP)
+# Real street photographs for the demo, from a package registry and never committed: the
+# assets/bus.jpg street photo inside the ultralytics wheel (pip download --no-deps, ~1.4 MB).
+# Without them the demo says so in one line and pans scikit-image's samples instead.
+STREET := $(VENV)/share/refinenet_ros/street/bus.jpg
+ULTRALYTICS_PIN ?= ultralytics==8.4.190
+$(STREET): | $(STAMP)
+	@mkdir -p $(VENV)/wheels; \
+	if $(PIP) download -q --no-deps -d $(VENV)/wheels $(ULTRALYTICS_PIN) >/dev/null 2>&1; then \
+	  $(PY) -c 'import glob, sys; from refinenet_ros.samples import extract_street_images; \
+	    print("[venv] street photographs:", *extract_street_images(glob.glob(sys.argv[1])[0]))' \
+	    '$(VENV)/wheels/ultralytics-*.whl'; \
+	else echo "[venv] could not download $(ULTRALYTICS_PIN): the demo will use scikit-image's samples"; fi
+
+# The node end to end (~40 s on 2 cores): segmentation_node running the bundled CamVid street
+# model + a player panning real street photographs (640x480, 5 Hz) like a camera + a
+# recorder writing demo_out/ (PNGs, mcap bag, summary).
+demo: $(STAMP) $(STREET)
 	$(VENV)/bin/refinenet-ros demo --out demo_out
 
 lint: $(STAMP)

@@ -9,6 +9,7 @@ Mirrors ``segmentation_node --ros-args --params-file F -p cameras:=[front,left,r
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from ament_index_python.packages import get_package_share_directory
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
@@ -18,6 +19,36 @@ from launch_ros.actions import Node
 from launch import LaunchContext, LaunchDescription
 
 SHM_ONLY = "SHM?max_msg_size=8MB&sockets_size=64MB"
+# Launch arguments that override the preset's parameter of the same name when not empty,
+# so `build-engine` and the launch line can name the same model, weights and size.
+OVERRIDES: dict[str, type] = {
+    "model": str, "weights": str, "labels": str, "backend": str, "precision": str,
+    "network_height": int, "network_width": int, "engine_dir": str,
+}  # fmt: skip
+
+
+def _overrides(arg: Callable[[str], str]) -> dict[str, object]:
+    return {name: cast(arg(name)) for name, cast in OVERRIDES.items() if arg(name) != ""}
+
+
+def _transport_env(arg: Callable[[str], str]) -> dict[str, str]:
+    """Shared-memory-only Fast DDS only when asked (shm_only:=true): forced, it hides the
+    outputs from rviz on another computer and from drivers in other containers."""
+    if arg("shm_only").lower() not in ("true", "1", "yes"):
+        return {}
+    return {"FASTDDS_BUILTIN_TRANSPORTS": os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", SHM_ONLY)}
+
+
+def _override_arguments() -> list[DeclareLaunchArgument]:
+    return [
+        DeclareLaunchArgument(name, default_value="", description=f"overrides the preset's {name}")
+        for name in OVERRIDES
+    ] + [
+        DeclareLaunchArgument(
+            "shm_only", default_value="false",
+            description="Fast DDS over shared memory only (one machine; rviz elsewhere sees nothing)",
+        )
+    ]  # fmt: skip
 
 
 def _node(context: LaunchContext) -> list[Node]:
@@ -35,11 +66,9 @@ def _node(context: LaunchContext) -> list[Node]:
             namespace=arg("namespace"),
             parameters=[
                 params_file,
-                {"cameras": cameras, "batch_timeout_ms": float(arg("batch_timeout_ms"))},
+                {"cameras": cameras, "batch_timeout_ms": float(arg("batch_timeout_ms")), **_overrides(arg)},
             ],
-            additional_env={
-                "FASTDDS_BUILTIN_TRANSPORTS": os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", SHM_ONLY)
-            },
+            additional_env=_transport_env(arg),
             output="screen",
             emulate_tty=True,
         )
@@ -60,6 +89,7 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument(
                 "batch_timeout_ms", default_value="15.0", description="wait for other cameras"
             ),
+            *_override_arguments(),
             OpaqueFunction(function=_node),
         ]
     )

@@ -4,12 +4,15 @@ Arguments: ``preset`` (street|indoor: config/<preset>.yaml), ``params_file`` (ov
 preset), ``namespace``, ``image`` (the camera's image topic; its ``camera_info`` sibling is
 used), ``compressed`` (subscribe ``<image>/compressed``). Mirrors the tested command line:
 ``segmentation_node --ros-args --params-file F -p input_transport:=... -r image:=...``.
+Overrides of the preset: ``model weights labels backend precision network_height
+network_width engine_dir``; ``shm_only:=true`` for shared-memory-only Fast DDS (one machine).
 Outputs: ``<namespace>/refinenet_segmentation/{labels,labels/camera_info,color,overlay,confidence}``.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from ament_index_python.packages import get_package_share_directory
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
@@ -19,6 +22,36 @@ from launch_ros.actions import Node
 from launch import LaunchContext, LaunchDescription
 
 SHM_ONLY = "SHM?max_msg_size=8MB&sockets_size=64MB"
+# Launch arguments that override the preset's parameter of the same name when not empty,
+# so `build-engine` and the launch line can name the same model, weights and size.
+OVERRIDES: dict[str, type] = {
+    "model": str, "weights": str, "labels": str, "backend": str, "precision": str,
+    "network_height": int, "network_width": int, "engine_dir": str,
+}  # fmt: skip
+
+
+def _overrides(arg: Callable[[str], str]) -> dict[str, object]:
+    return {name: cast(arg(name)) for name, cast in OVERRIDES.items() if arg(name) != ""}
+
+
+def _transport_env(arg: Callable[[str], str]) -> dict[str, str]:
+    """Shared-memory-only Fast DDS only when asked (shm_only:=true): forced, it hides the
+    outputs from rviz on another computer and from drivers in other containers."""
+    if arg("shm_only").lower() not in ("true", "1", "yes"):
+        return {}
+    return {"FASTDDS_BUILTIN_TRANSPORTS": os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", SHM_ONLY)}
+
+
+def _override_arguments() -> list[DeclareLaunchArgument]:
+    return [
+        DeclareLaunchArgument(name, default_value="", description=f"overrides the preset's {name}")
+        for name in OVERRIDES
+    ] + [
+        DeclareLaunchArgument(
+            "shm_only", default_value="false",
+            description="Fast DDS over shared memory only (one machine; rviz elsewhere sees nothing)",
+        )
+    ]  # fmt: skip
 
 
 def _node(context: LaunchContext) -> list[Node]:
@@ -38,11 +71,12 @@ def _node(context: LaunchContext) -> list[Node]:
             executable="segmentation_node",
             name="refinenet_segmentation",
             namespace=arg("namespace"),
-            parameters=[params_file, {"input_transport": "compressed" if compressed else "raw"}],
+            parameters=[
+                params_file,
+                {"input_transport": "compressed" if compressed else "raw", **_overrides(arg)},
+            ],
             remappings=remappings,
-            additional_env={
-                "FASTDDS_BUILTIN_TRANSPORTS": os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", SHM_ONLY)
-            },
+            additional_env=_transport_env(arg),
             output="screen",
             emulate_tty=True,
         )
@@ -63,6 +97,7 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument(
                 "compressed", default_value="false", description="subscribe <image>/compressed"
             ),
+            *_override_arguments(),
             OpaqueFunction(function=_node),
         ]
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ if str(TEST_DIR) not in sys.path:
 # Keep any DDS traffic a test starts on this machine and away from other runs.
 os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "SHM?max_msg_size=8MB&sockets_size=64MB")
 os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
+# ONNX graphs and engines of this run go to a folder of its own, not the user's ~/.ros cache.
+os.environ.setdefault("REFINENET_ROS_CACHE", tempfile.mkdtemp(prefix="refinenet_ros_cache_"))
 
 try:  # ROS fixtures (node process, topic helpers) when the ROS helpers module exists
     from ros_helpers import *  # noqa: F403

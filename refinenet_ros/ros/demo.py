@@ -2,8 +2,9 @@
 sequence into it at a fixed rate, record what comes out, and report frames in/out, drops
 and latency.
 
-Three actors, as on a robot: the node (a separate process, CPU backend, the default model
-with seeded random weights unless ``--weights``), a player (publishes ``image`` +
+Three actors, as on a robot: the node (a separate process, CPU backend, the bundled CamVid
+street model unless ``--weights``), a player (publishes real street photographs panned like
+a camera, see :mod:`refinenet_ros.samples`, as ``image`` +
 ``camera_info`` stamped at send time) and a recorder (subscribes to every output). DDS
 stays on this machine: shared-memory transport only and a ROS domain of our own.
 
@@ -45,10 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="frame size (default 480 640)")  # fmt: skip
     parser.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     parser.add_argument("--model", default="", help="network (default: the package default)")
-    parser.add_argument("--weights", default="", help="checkpoint; without it: seeded random weights")
-    parser.add_argument("--labels", default="", help="label set (default: from weights, else voc)")
+    parser.add_argument("--weights", default="",
+                        help="bundled name or checkpoint (default: camvid; 'random': random weights)")  # fmt: skip
+    parser.add_argument("--labels", default="", help="label set (default: from the weights)")
     parser.add_argument("--network-size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                        help="network input size (default: the frame size)")  # fmt: skip
+                        help="network input size (default: the weights' size, 360x480 for camvid)")  # fmt: skip
     parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"))
     parser.add_argument("--no-bag", action="store_true", help="do not record the mcap bag")
 
@@ -213,8 +215,11 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 def run(args: argparse.Namespace) -> int:
     if args.frames < 1 or args.rate <= 0:
         raise CliError("--frames must be >= 1 and --rate > 0")
-    if args.weights and not Path(args.weights).is_file():
-        raise CliError(f"--weights {args.weights}: no such file")
+    from refinenet_ros.config import RANDOM_WEIGHTS
+    from refinenet_ros.weights import WEIGHTS
+
+    if args.weights and args.weights not in (*WEIGHTS, RANDOM_WEIGHTS) and not Path(args.weights).is_file():
+        raise CliError(f"--weights {args.weights}: no such file and no bundled weights of that name")
     env = _ros_env()
     os.environ.pop("ROS_AUTOMATIC_DISCOVERY_RANGE", None)
     os.environ.update(env)  # this process joins the same SHM-only domain as the node
@@ -225,10 +230,10 @@ def run(args: argparse.Namespace) -> int:
         f"[demo] ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}, "
         f"FASTDDS_BUILTIN_TRANSPORTS={env['FASTDDS_BUILTIN_TRANSPORTS']}"
     )
-    from refinenet_ros.samples import sample_sequence
+    from refinenet_ros.samples import demo_images, sample_sequence
 
     h, w = args.size
-    frames = sample_sequence(args.frames, (h, w))
+    frames = sample_sequence(args.frames, (h, w), demo_images())
     node = subprocess.Popen(_node_command(args, ns), env=env, preexec_fn=_die_with_parent)
     try:
         return _play_and_record(args, ns, frames, node, out_dir)
