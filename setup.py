@@ -31,6 +31,7 @@ DEV = [
     "tflite==2.18.0",
     # the TFLite interpreter: the reference the ImageNet conversion is tested against
     "ai-edge-litert==2.3.0",
+    "ray==2.60.0",  # = the fleet extra: test/test_fleet.py runs an embedded local Ray
 ]
 
 setup(
@@ -69,6 +70,8 @@ setup(
         "samples": ["scikit-image==0.26.0"],
         # ImageNet initialisation of the MobileNetV2 encoder from TensorFlow's TFLite model.
         "imagenet": ["tflite==2.18.0"],
+        # `refinenet-ros fleet`: many bags on a Ray cluster (or an embedded local Ray).
+        "fleet": ["ray==2.60.0"],
     },
     zip_safe=False,  # the bundled weights are opened as files
     entry_points={
