@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("refinenet_ros.backends.export_cli", "export the model + pre/post-processing to ONNX"),
     "build-engine": ("refinenet_ros.backends.build_engine_cli", "build/refresh this GPU's TensorRT engine"),
     "demo": ("refinenet_ros.ros.demo", "node end to end: play samples, record outputs, report latency"),
+    "fleet": ("refinenet_ros.fleet.cli", "segment many bags exactly once on Ray (local or a cluster), resumable"),
 }
 
 MODEL_CHOICES_HELP = "refinenet_resnet50|101|152, lw_refinenet_resnet50|101|152, lw_refinenet_mobilenetv2"
