@@ -62,11 +62,22 @@ def test_validation_miou_rises_far_above_chance(shapes: Path, tmp_path: Path) ->
             assert torch.equal(a, b), k
 
 
+RECIPES = {
+    "sgd": {},
+    # the bundled CamVid model's recipe: AdamW state, warm-up, jitter draws and class weights
+    # must all resume exactly too
+    "camvid-recipe": {"optimizer": "adamw", "jitter": 0.3, "class_weighting": "enet", "warmup_steps": 3,
+                      "freeze_bn": True},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_resume_from_mid_run_checkpoint_matches_straight_run(
-    shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recipe: str
 ) -> None:
     train_set = open_dataset("folders", shapes, "train").subset(8)
-    config = TrainConfig(steps=4, batch_size=2, crop_size=(48, 48), lr=1e-3, val_every=0, checkpoint_every=2)
+    config = TrainConfig(steps=4, batch_size=2, crop_size=(48, 48), lr=1e-3, val_every=0, checkpoint_every=2,
+                         **RECIPES[recipe])  # fmt: skip
     straight = build_model(MODEL, LABELS.num_classes, seed=0)
     train(straight, MODEL, LABELS, train_set, None, config, out_dir=tmp_path / "a")
 
@@ -146,3 +157,19 @@ def test_cli_train_then_segment_with_the_checkpoint(shapes: Path, tmp_path: Path
     # Errors are one line, exit 2.
     assert main(["train", "--root", str(tmp_path / "none"), "--out", str(out)]) == 2
     assert main(["train", "--root", str(shapes), "--resume", str(tmp_path / "x.pt")]) == 2
+
+
+def test_cli_recipe_file_sets_options_and_flags_override_it(shapes: Path, tmp_path: Path) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"model: {MODEL}\nlabels: person_part\nroot: {shapes}\nsteps: 50\nbatch_size: 2\ncrop: [48, 48]\n"
+        "optimizer: adamw\njitter: 0.2\nwarmup_steps: 1\nval_every: 0\nval_limit: 2\n"
+    )
+    out = tmp_path / "run"
+    # --steps on the command line wins over the recipe's 50
+    assert main(["train", "--config", str(recipe), "--steps", "2", "--out", str(out), "--no-progress"]) == 0
+    cfg = read_checkpoint_metadata(out / "last.pt")["extra"]["train_config"]
+    assert (cfg["steps"], cfg["optimizer"], cfg["jitter"], cfg["crop_size"]) == (2, "adamw", 0.2, [48, 48])
+    recipe.write_text("stepz: 3\n")
+    assert main(["train", "--config", str(recipe), "--out", str(out)]) == 2
+    assert main(["train", "--root", str(shapes), "--lr", "-1", "--out", str(out)]) == 2
