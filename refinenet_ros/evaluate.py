@@ -88,17 +88,16 @@ def torch_predictor(
     import torch
     import torch.nn.functional as F
 
+    from refinenet_ros.backends.pipeline import Normalise
     from refinenet_ros.models import IMAGENET_MEAN, IMAGENET_STD, predict_probs
 
-    m = torch.tensor(mean or IMAGENET_MEAN, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    s = torch.tensor(std or IMAGENET_STD, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    normalise = Normalise(mean or IMAGENET_MEAN, std or IMAGENET_STD).to(device)
 
     def predict(images: Sequence[npt.NDArray[np.uint8]]) -> list[npt.NDArray[np.integer]]:
         out = []
         for image in images:
             with torch.inference_mode():
-                x = torch.from_numpy(np.ascontiguousarray(image)).to(device)
-                x = (x.permute(2, 0, 1).unsqueeze(0).float() / 255.0 - m) / s
+                x = normalise(torch.from_numpy(np.ascontiguousarray(image)).to(device)[None])
                 size = (int(image.shape[0]), int(image.shape[1]))
                 if network_size is not None and tuple(network_size) != size:
                     x = F.interpolate(x, size=tuple(network_size), mode="bilinear", align_corners=False)

@@ -223,13 +223,6 @@ class _Batches:
             step += 1
 
 
-def _to_tensor(images: np.ndarray, device: str, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    import torch
-
-    x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div_(255.0)
-    return (x - mean) / std
-
-
 def train(
     model: nn.Module,
     model_name: str,
@@ -246,6 +239,7 @@ def train(
     import torch
     import torch.nn.functional as F
 
+    from refinenet_ros.backends.pipeline import Normalise
     from refinenet_ros.datasets import TrainAugment
     from refinenet_ros.evaluate import evaluate, torch_predictor
 
@@ -274,8 +268,7 @@ def train(
         start = _resume(Path(resume), model, optimizer, result)
         log.info("resumed from %s at step %d", resume, start)
     out = Path(out_dir) if out_dir is not None else None
-    mean = torch.tensor(config.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(config.std, device=device).view(1, 3, 1, 1)
+    normalise = Normalise(config.mean, config.std).to(device)
     augment = TrainAugment(config.crop_size, config.scale_range, config.flip, label_set.ignore_index,
                            jitter=config.jitter)  # fmt: skip
     stream = _Batches(train_set, augment, config.batch_size, config.seed).batches(start)
@@ -308,7 +301,7 @@ def train(
             g["lr"] = poly_lr(g["base_lr"], step, config.steps, config.poly_power, config.warmup_steps)
         images, labels = next(stream)
         set_train_mode(model, config.freeze_bn)
-        x = _to_tensor(images, device, mean, std).contiguous(memory_format=torch.channels_last)
+        x = normalise(torch.from_numpy(images).to(device)).contiguous(memory_format=torch.channels_last)
         target = torch.from_numpy(labels).to(device)
         with torch.autocast(autocast_device, dtype=torch.bfloat16, enabled=config.amp == "bf16"):
             logits = model(x)

@@ -118,5 +118,6 @@ def test_unknown_backend_kind_is_rejected(small_model_cfg):
 
 def test_model_config_defaults_and_description():
     cfg = ModelConfig().resolved()
-    assert cfg.model == "lw_refinenet_mobilenetv2" and cfg.labels == "voc"
-    assert "random init (seed 0)" in ModelConfig().describe()
+    assert cfg.model == "lw_refinenet_mobilenetv2" and cfg.labels == "camvid"
+    assert ModelConfig().describe() == "lw_refinenet_mobilenetv2 [camvid] weights=camvid"
+    assert "random init (seed 0)" in ModelConfig(weights="random").describe()

@@ -17,25 +17,40 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class InferencePipeline(nn.Module):
-    """uint8 [N,H,W,3] -> (labels int32 [N,H,W], confidence float32 [N,H,W])."""
+class Normalise(nn.Module):
+    """uint8 NHWC RGB -> float NCHW ``(x / 255 - mean) / std``: the one preprocessing
+    description (mean/std from the weights' metadata) shared by inference, export,
+    evaluation and training, so they cannot drift apart.
+
+    /255 and mean/std are folded into one multiply-add, ``x * scale + shift``; the
+    NHWC -> NCHW permute is a view, so the result is channels_last in memory.
+    """
 
     scale: torch.Tensor
     shift: torch.Tensor
 
-    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
-        self.model = model
-        # Fold /255 and mean/std into one multiply-add: x * scale + shift.
         std_t = torch.tensor(std, dtype=torch.float32) * 255.0
         mean_t = torch.tensor(mean, dtype=torch.float32) * 255.0
         self.register_buffer("scale", (1.0 / std_t).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("shift", (-mean_t / std_t).view(1, 3, 1, 1), persistent=False)
 
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.permute(0, 3, 1, 2).float() * self.scale + self.shift
+
+
+class InferencePipeline(nn.Module):
+    """uint8 [N,H,W,3] -> (labels int32 [N,H,W], confidence float32 [N,H,W])."""
+
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.model = model
+        self.normalise = Normalise(mean, std)
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         height, width = images.shape[1], images.shape[2]
-        # NHWC -> NCHW as a view: the result is already channels_last in memory.
-        x = images.permute(0, 3, 1, 2).float() * self.scale + self.shift
+        x = self.normalise(images)
         logits = self.model(x)
         logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
         # max softmax = 1 / sum(exp(l - max l)): no full softmax tensor is materialised.
