@@ -6,6 +6,7 @@ make that safe enough under the GIL (a sample more or less in a percentile is ha
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -30,6 +31,11 @@ class NodeStats:
     latency_ms: Rolling = field(default_factory=Rolling)
     rate_in: RateMeter = field(default_factory=RateMeter)
     rate_out: RateMeter = field(default_factory=RateMeter)
+    # time.monotonic() of the latest event of each kind (0 = never): levels look at a recent
+    # window, so one bad frame an hour ago does not keep the node at WARN forever
+    last_input_t: float = 0.0
+    last_malformed_t: float = 0.0
+    last_error_t: float = 0.0
 
 
 def _fmt(v: float) -> str:
@@ -44,11 +50,24 @@ def diagnostic_array(
     frames_in: int,
     skipped: int,
     info: dict[str, str],
-    active: bool,
+    state: str,
+    inputs: list[str] | None = None,
+    window_s: float = 10.0,
+    active_since: float = 0.0,
+    now: float | None = None,
 ) -> DiagnosticArray:
-    """One DiagnosticStatus: OK when active and clean, WARN on drops of malformed frames/errors."""
+    """One DiagnosticStatus whose level tells the truth about the last ``window_s`` seconds.
+
+    Not active (``state`` unconfigured/inactive): WARN saying so. Active: ERROR after an
+    inference error within the window, WARN after a malformed frame within it, WARN when
+    no frame arrived for ``window_s`` (naming the topics waited on), else OK. Counters stay
+    cumulative; after cleanup ``info`` is empty, so no stale model is reported.
+    """
+    now = time.monotonic() if now is None else now
+    inputs = inputs or []
+    last_input = max(stats.last_input_t, active_since)
     values: list[tuple[str, str]] = [
-        ("state", "active" if active else "inactive"),
+        ("state", state),
         ("rate_in_hz", _fmt(stats.rate_in.rate())),
         ("rate_out_hz", _fmt(stats.rate_out.rate())),
         ("frames_in", str(frames_in)),
@@ -60,6 +79,8 @@ def diagnostic_array(
         ("no_subscriber", str(stats.unsubscribed)),
         ("backend_calls", str(stats.backend_calls)),
         ("largest_batch", str(stats.largest_batch)),
+        ("inputs", ", ".join(inputs)),
+        ("seconds_since_input", _fmt(now - stats.last_input_t) if stats.last_input_t else "never"),
     ]
     for stage, rolling in stats.stages.items():
         for q, v in zip((50, 95, 99), rolling.percentiles(), strict=True):
@@ -70,12 +91,21 @@ def diagnostic_array(
     values.extend(info.items())
     values.append(("last_problem", stats.last_problem))
     status = DiagnosticStatus(name=name, hardware_id=hardware_id)
-    if not active:
-        status.level, status.message = DiagnosticStatus.WARN, "not active (lifecycle)"
-    elif stats.errors:
+
+    def recent(t: float) -> bool:
+        return t > 0 and now - t <= window_s
+
+    if state != "active":
+        hint = "configure" if state == "unconfigured" else "activate"
+        status.level, status.message = DiagnosticStatus.WARN, f"{state} (lifecycle): {hint} it to segment"
+    elif recent(stats.last_error_t):
         status.level, status.message = DiagnosticStatus.ERROR, f"inference errors: {stats.last_problem}"
-    elif stats.malformed:
+    elif recent(stats.last_malformed_t):
         status.level, status.message = DiagnosticStatus.WARN, f"malformed frames: {stats.last_problem}"
+    elif now - last_input > window_s:
+        waited = now - last_input
+        status.level = DiagnosticStatus.WARN
+        status.message = f"no input for {waited:.0f} s on {', '.join(inputs) or 'the image topic'}"
     else:
         status.level, status.message = DiagnosticStatus.OK, "segmenting"
     status.values = [KeyValue(key=k, value=v) for k, v in values]

@@ -121,7 +121,8 @@ def image_header_size(data: BufferLike) -> tuple[int, int] | None:
 
     Other formats fall back to Pillow's lazy header read when Pillow is installed.
     """
-    buf = memoryview(np.frombuffer(data, dtype=np.uint8)).cast("B")
+    arr = np.frombuffer(data, dtype=np.uint8)  # zero-copy whatever the message's buffer type
+    buf = memoryview(arr)  # type: ignore[arg-type]  # ndarray has the buffer protocol; stubs lag
     head = bytes(buf[:32])
     if head.startswith(b"\x89PNG\r\n\x1a\n") and len(head) >= 24 and head[12:16] == b"IHDR":
         return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -38,12 +39,41 @@ from refinenet_ros.camera_info import scale_camera_info
 from refinenet_ros.ros.diagnostics import NodeStats, diagnostic_array
 from refinenet_ros.ros.encodings import MalformedImage
 from refinenet_ros.ros.messages import OutgoingImage, image_to_rgb
-from refinenet_ros.ros.params import LIVE, NodeConfig, declare_parameters, read_config, validate_change
+from refinenet_ros.ros.params import (
+    LIVE,
+    PARAMETERS,
+    NodeConfig,
+    ParameterError,
+    declare_parameters,
+    read_config,
+    validate_change,
+)
 from refinenet_ros.ros.qos import publisher_callbacks, qos_profile, subscription_callbacks
 from refinenet_ros.ros.scheduling import Frame, LatestFrameSlots, Throttle
 
 NODE_NAME = "refinenet_segmentation"
 OUTPUTS = ("labels", "color", "overlay", "confidence")
+_FLAG = re.compile(r"--([a-z][a-z0-9-]*)(?:[ =]([^\s;,'\"]+))?")
+
+
+class ConfigureInterrupted(Exception):
+    """SIGINT/SIGTERM arrived while configure was building the model or an engine."""
+
+
+def in_node_words(text: str) -> str:
+    """Rewrite the library's CLI advice for node users: ``use --device cpu`` ->
+    ``use -p device:=cpu``, ``--network-size`` -> ``-p network_height/network_width``."""
+
+    def swap(m: re.Match[str]) -> str:
+        flag, value = m.group(1), m.group(2)
+        if flag == "network-size":
+            return "-p network_height:=H -p network_width:=W"
+        name = flag.replace("-", "_")
+        if name not in PARAMETERS:
+            return m.group(0)
+        return f"-p {name}:={value}" if value and not value.startswith("-") else f"-p {name}:=..."
+
+    return _FLAG.sub(swap, text)
 
 
 @dataclass
@@ -73,7 +103,7 @@ class _RosLogHandler(logging.Handler):
         self._logger = node.get_logger()
 
     def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
+        text = in_node_words(record.getMessage())
         if record.levelno >= logging.ERROR:
             self._logger.error(text)
         elif record.levelno >= logging.WARNING:
@@ -109,37 +139,91 @@ class SegmentationNode(LifecycleNode):
         self.stats = NodeStats()
         self._throttle = Throttle(5.0)
         self._info: dict[str, str] = {}
+        self._state = "unconfigured"
+        self._inputs: list[str] = []  # resolved input topics while active (diagnostics, logs)
+        self._input_leaf = "image"
+        self._active_since = 0.0
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diag_timer = self.create_timer(1.0, self._publish_diagnostics)
+        self._configure_thread: threading.Thread | None = None
 
     # ---- lifecycle -------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Validate every parameter, build the model (interruptible), create the publishers.
+
+        Any failure logs one line naming the problem in parameter words, and releases
+        everything created so far, so a failed configure can simply be retried.
+        """
         try:
             self.cfg = read_config(self)
-            self.segmenter = self._build_segmenter(self.cfg)
-        except Exception as exc:
-            self.get_logger().error(f"configure failed: {exc}")
-            self.segmenter = None
+            self.segmenter = self._build_interruptibly(self.cfg)
+            qos = qos_profile(self.cfg.qos)
+            names = [c.strip() for c in self.cfg.cameras] or [""]
+            self.cameras = []
+            for name in names:
+                cam = CameraIO(name)
+                self.cameras.append(cam)  # before its publishers: _release() finds partial ones
+                for leaf in OUTPUTS:
+                    cam.publishers[leaf] = self._lifecycle_publisher(Image, cam.output(leaf), qos)
+                cam.info_pub = self._lifecycle_publisher(CameraInfo, cam.output("labels/camera_info"), qos)
+        except ConfigureInterrupted:
+            self.get_logger().warning("configure interrupted (shutdown requested); nothing kept")
+            self._release()
             return TransitionCallbackReturn.FAILURE
-        qos = qos_profile(self.cfg.qos)
-        names = [c.strip() for c in self.cfg.cameras] or [""]
-        self.cameras = []
-        for name in names:
-            cam = CameraIO(name)
-            for leaf in OUTPUTS:
-                cam.publishers[leaf] = self._lifecycle_publisher(Image, cam.output(leaf), qos)
-            cam.info_pub = self._lifecycle_publisher(CameraInfo, cam.output("labels/camera_info"), qos)
-            self.cameras.append(cam)
+        except Exception as exc:
+            self.get_logger().error(f"configure failed: {self._explain(exc)}")
+            self._release()
+            return TransitionCallbackReturn.FAILURE
         self._slots = LatestFrameSlots(len(self.cameras))
         self.stats = NodeStats()
+        self._state = "inactive"
         return TransitionCallbackReturn.SUCCESS
+
+    def _explain(self, exc: Exception) -> str:
+        """One line for a configure failure, in parameter words."""
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, OSError) and exc.filename is not None:
+            text = f"{exc.filename}: {exc.strerror or text}"
+            if str(exc.filename).startswith(self.cfg.engine_dir):
+                text += f" (the engine cache, -p engine_dir:={self.cfg.engine_dir})"
+        return in_node_words(text)
+
+    def _build_interruptibly(self, cfg: NodeConfig) -> Any:
+        """Build the Segmenter on a helper thread while this one watches for shutdown.
+
+        A model export or TensorRT build takes seconds to minutes in C++ code that no signal
+        interrupts; rclpy's SIGINT/SIGTERM handler shuts the context down, and seeing that
+        within 0.1 s lets the node exit within 2 s. The abandoned build is a daemon thread.
+        """
+        box: dict[str, Any] = {}
+
+        def build() -> None:
+            try:
+                box["segmenter"] = self._build_segmenter(cfg)
+            except BaseException as exc:  # handed to the configure thread
+                box["error"] = exc
+
+        thread = threading.Thread(target=build, name="refinenet-configure", daemon=True)
+        self._configure_thread = thread
+        thread.start()
+        try:
+            while thread.is_alive():
+                thread.join(0.1)
+                if not self.context.ok():
+                    raise ConfigureInterrupted
+        except KeyboardInterrupt:  # rclpy chains SIGINT to Python's handler as well
+            raise ConfigureInterrupted from None
+        if "error" in box:
+            raise box["error"]
+        return box["segmenter"]
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         qos = qos_profile(self.cfg.qos)
         compressed = self.cfg.input_transport == "compressed"
+        self._input_leaf = "image/compressed" if compressed else "image"
         warn = self.get_logger().warning
         for index, cam in enumerate(self.cameras):
-            topic = cam.topic("image/compressed" if compressed else "image")
+            topic = cam.topic(self._input_leaf)
             self._subs.append(
                 self.create_subscription(
                     CompressedImage if compressed else Image,
@@ -167,9 +251,10 @@ class SegmentationNode(LifecycleNode):
             target=self._work, args=(self._stop,), name="refinenet-worker", daemon=True
         )
         self._worker.start()
-        inputs = ", ".join(self.resolve_topic_name(c.topic("image/compressed" if compressed else "image"))
-                           for c in self.cameras)  # fmt: skip
-        self.get_logger().info(f"active: segmenting {inputs}")
+        self._inputs = [self._resolved(c.topic(self._input_leaf)) for c in self.cameras]
+        self._active_since = time.monotonic()
+        self._state = "active"
+        self.get_logger().info(f"active: segmenting {', '.join(self._inputs)}")
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -177,6 +262,7 @@ class SegmentationNode(LifecycleNode):
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs = []
+        self._state = "inactive"
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -192,6 +278,7 @@ class SegmentationNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _release(self) -> None:
+        """Drop the publishers and the model; diagnostics then report no model at all."""
         for cam in self.cameras:
             for pub in cam.publishers.values():
                 self.destroy_lifecycle_publisher(pub)
@@ -199,6 +286,9 @@ class SegmentationNode(LifecycleNode):
                 self.destroy_lifecycle_publisher(cam.info_pub)
         self.cameras = []
         self.segmenter = None
+        self._info = {}
+        self._inputs = []
+        self._state = "unconfigured"
 
     def _stop_worker(self) -> None:
         self._active = False
@@ -266,6 +356,7 @@ class SegmentationNode(LifecycleNode):
     # ---- callbacks (never block) ---------------------------------------------------------
     def _on_image(self, camera: int, msg: Image | CompressedImage) -> None:
         self.stats.rate_in.tick()
+        self.stats.last_input_t = time.monotonic()
         self._slots.put(Frame(camera, msg, time.monotonic()))
 
     # ---- worker --------------------------------------------------------------------------
@@ -279,6 +370,7 @@ class SegmentationNode(LifecycleNode):
                 self._process(frames, stop)
             except Exception as exc:
                 self.stats.errors += 1
+                self.stats.last_error_t = time.monotonic()
                 self.stats.last_problem = f"{type(exc).__name__}: {exc}"
                 if self._throttle.allow(f"error:{type(exc).__name__}"):
                     self.get_logger().error(f"processing failed: {self.stats.last_problem}")
@@ -321,11 +413,12 @@ class SegmentationNode(LifecycleNode):
                 stats.unsubscribed += 1
                 continue
             try:
-                rgb = image_to_rgb(frame.msg)
+                rgb = image_to_rgb(frame.msg, self.cfg.max_image_pixels)
             except MalformedImage as exc:
                 stats.malformed += 1
+                stats.last_malformed_t = time.monotonic()
                 stats.last_problem = str(exc)
-                topic = self._resolved(cam.topic("image"))
+                topic = self._resolved(cam.topic(self._input_leaf))
                 if self._throttle.allow(f"{frame.camera}:{exc}"):
                     self.get_logger().error(f"dropping frame from {topic}: {exc}")
                 continue
@@ -406,7 +499,10 @@ class SegmentationNode(LifecycleNode):
             frames_in=sum(c.received for c in counters),
             skipped=sum(c.skipped for c in counters),
             info=self._info,
-            active=self._active,
+            state=self._state,
+            inputs=self._inputs,
+            window_s=self.cfg.diagnostics_window_s,
+            active_since=self._active_since,
         )
         self._diag_pub.publish(msg)
 
@@ -422,16 +518,35 @@ def _warn_about_transport(node: SegmentationNode) -> None:
         )
 
 
+def _exit_now(code: int) -> None:
+    """Exit without joining an abandoned configure thread, flushing Python's and C's buffers
+    first (rcutils writes the log through C stdio, which ``os._exit`` would drop)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    os._exit(code)
+
+
 def main(args: Sequence[str] | None = None) -> int:
     """Entry point of ``segmentation_node``: spin until SIGINT/SIGTERM, exit within 2 s."""
     rclpy.init(args=list(args) if args is not None else None)
     node: SegmentationNode | None = None
     code = 0
     try:
-        node = SegmentationNode()
+        try:
+            node = SegmentationNode()
+        except ParameterError as exc:
+            print(f"{NODE_NAME}: error: {exc}", file=sys.stderr)
+            return 2
         _warn_about_transport(node)
         if node.autostart:
             if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                if not node.context.ok():
+                    print(f"{NODE_NAME}: interrupted during configure", file=sys.stderr)
+                    return 0
                 node.get_logger().fatal("autostart: configure failed (see above); exiting")
                 return 2
             node.trigger_activate()
@@ -443,18 +558,24 @@ def main(args: Sequence[str] | None = None) -> int:
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        if node is not None and node._configure_thread is not None and node._configure_thread.is_alive():
+            print(f"{NODE_NAME}: interrupted during configure", file=sys.stderr)
     except RCLError as exc:  # the context went away under the executor (shutdown race)
         if rclpy.ok():
             raise
         print(f"{NODE_NAME}: shutting down after: {exc}", file=sys.stderr)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C during teardown kills at once
+        abandoned = (
+            node is not None and node._configure_thread is not None and node._configure_thread.is_alive()
+        )
         if node is not None:
             node._stop_worker()
             with contextlib.suppress(RCLError):
                 node.destroy_node()
         rclpy.try_shutdown()
+        if abandoned:  # a model export still running in C++: do not wait for it at interpreter exit
+            _exit_now(code)
     return code
 
 

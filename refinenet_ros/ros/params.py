@@ -9,6 +9,7 @@ cannot drift apart. Values are read on ``configure``; the cheap output switches
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from rcl_interfaces.msg import (
@@ -18,7 +19,11 @@ from rcl_interfaces.msg import (
     ParameterType,
     SetParametersResult,
 )
-from rclpy.exceptions import ParameterUninitializedException
+from rclpy.exceptions import (
+    InvalidParameterTypeException,
+    InvalidParameterValueException,
+    ParameterUninitializedException,
+)
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
@@ -61,6 +66,8 @@ class NodeConfig:
     batch_timeout_ms: float = 10.0
     autostart: bool = True
     threads: int = 0
+    max_image_pixels: int = 8192 * 8192
+    diagnostics_window_s: float = 10.0
 
     @property
     def network_size(self) -> tuple[int, int] | None:
@@ -86,8 +93,12 @@ S, INT, D, B = (
 # name -> (type, description, extra descriptor fields)
 PARAMETERS: dict[str, tuple[int, str, dict[str, Any]]] = {
     "model": (S, "network architecture, e.g. lw_refinenet_mobilenetv2", {}),
-    "weights": (S, "bundled weights name (camvid) or a checkpoint file; 'random' = seeded random "
-                   "weights (meaningless labels)", {}),
+    "weights": (
+        S,
+        "bundled weights name (camvid) or a checkpoint file; 'random' = seeded random "
+        "weights (meaningless labels)",
+        {},
+    ),
     "labels": (S, "label set (camvid, cityscapes, voc, ...); empty = from the weights", {}),
     "seed": (INT, "seed of the random init without weights", _int(0, 2**31 - 1)),
     "backend": (S, "inference backend", {}),
@@ -112,13 +123,53 @@ PARAMETERS: dict[str, tuple[int, str, dict[str, Any]]] = {
     "batch_timeout_ms": (D, "how long to wait for the other cameras' frames to batch them", _float(0, 1000)),
     "autostart": (B, "configure and activate on start", {}),
     "threads": (INT, "CPU inference threads; 0 = library default", _int(0, 256)),
+    "max_image_pixels": (
+        INT,
+        "frames above this many pixels are counted malformed, before decoding (default: twice 8K)",
+        _int(1, 2**31 - 1),
+    ),
+    "diagnostics_window_s": (
+        D,
+        "/diagnostics levels reflect problems within this many seconds; no input for as long is a WARN",
+        _float(0.5, 3600.0),
+    ),
 }
 _READ_ONLY = ("autostart",)
 
 
+class ParameterError(ValueError):
+    """Bad ``-p`` values at startup: one line per parameter naming its type and range."""
+
+
+_TYPE_NAMES = {S: "string", INT: "integer", D: "double", B: "bool", ParameterType.PARAMETER_STRING_ARRAY:
+               "string list"}  # fmt: skip
+
+
+def expected(name: str) -> str:
+    """What parameter ``name`` takes, in the words of ``-p name:=...``: type and range or choices."""
+    ptype, _, extra = PARAMETERS[name]
+    text = _TYPE_NAMES.get(ptype, "value")
+    if "integer_range" in extra:
+        r = extra["integer_range"][0]
+        text += f" within {r.from_value}..{r.to_value}"
+    elif "floating_point_range" in extra:
+        r = extra["floating_point_range"][0]
+        text += f" within {r.from_value}..{r.to_value}"
+    if name in CHOICES:
+        text += f", one of {', '.join(CHOICES[name])}"
+    return text
+
+
 def declare_parameters(node: Node) -> None:
-    """Declare every parameter with its descriptor; defaults come from :class:`NodeConfig`."""
+    """Declare every parameter with its descriptor; defaults come from :class:`NodeConfig`.
+
+    rclpy rejects a ``-p`` override of the wrong type or out of range with a traceback from
+    inside ``declare_parameter``; here every such value is collected into one
+    :class:`ParameterError` line naming the parameter, the value, its type and its range.
+    """
     defaults = NodeConfig()
+    problems: list[str] = []
+    overrides = getattr(node, "_parameter_overrides", {})
     for name, (ptype, description, extra) in PARAMETERS.items():
         choices = CHOICES.get(name)
         if choices:
@@ -129,7 +180,17 @@ def declare_parameters(node: Node) -> None:
         value: Any = getattr(defaults, name)
         if ptype == ParameterType.PARAMETER_STRING_ARRAY:
             value = Parameter.Type.STRING_ARRAY  # an empty list has no type of its own
-        node.declare_parameter(name, value, descriptor)
+        try:
+            node.declare_parameter(name, value, descriptor)
+        except (InvalidParameterTypeException, InvalidParameterValueException):
+            given = overrides.get(name)
+            shown = given.value if given is not None else "?"
+            hint = f" (write {shown}.0)" if ptype == D and isinstance(shown, int) else ""
+            kind = expected(name)
+            article = "an" if kind[0] in "aeiou" else "a"
+            problems.append(f"-p {name}:={shown}: {name} takes {article} {kind}{hint}")
+    if problems:
+        raise ParameterError("; ".join(problems))
 
 
 def read_config(node: Node) -> NodeConfig:
@@ -151,17 +212,47 @@ def read_config(node: Node) -> NodeConfig:
         problems.append("output_resolution 'network' needs network_height and network_width")
     names = [c.strip("/") for c in cfg.cameras]
     if any(not n for n in names) or len(set(names)) != len(names):
-        problems.append(f"cameras {cfg.cameras} must be distinct non-empty namespaces")
+        problems.append(f"-p cameras:={cfg.cameras}: cameras must be distinct non-empty namespaces")
+    problems += [p for p in (_camera_problem(c) for c in cfg.cameras if c.strip("/")) if p]
+    problems += [p for p in [_engine_dir_problem(cfg.engine_dir)] if p]
     if problems:
         raise ValueError("; ".join(problems))
     return cfg
+
+
+def _camera_problem(name: str) -> str | None:
+    """Why camera namespace ``name`` cannot prefix a ROS topic, or None (checked before any
+    publisher exists, so a bad name fails configure with this line and leaks nothing)."""
+    from rclpy.exceptions import InvalidTopicNameException
+    from rclpy.validate_topic_name import validate_topic_name
+
+    try:
+        validate_topic_name(f"{name.rstrip('/')}/image")
+    except InvalidTopicNameException as exc:
+        reason = str(exc).splitlines()[0].removeprefix("Invalid topic name: ").rstrip(":")
+        return (
+            f"-p cameras: {name!r} is not a valid ROS namespace ({reason}); "
+            "use names like cam0 or /robot/front"
+        )
+    return None
+
+
+def _engine_dir_problem(engine_dir: str) -> str | None:
+    """A cache folder that cannot be one (a file, or under a file), named by its parameter."""
+    path = Path(engine_dir).expanduser()
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                return f"-p engine_dir:={engine_dir}: {p} is a file, not a folder; give a writable folder"
+            return None
+    return None
 
 
 def check_value(name: str, value: Any) -> str | None:
     """The problem with a choice parameter's value, or None when it is valid."""
     choices = CHOICES.get(name)
     if choices and value not in choices:
-        return f"parameter {name}={value!r} is not one of {', '.join(choices)}"
+        return f"-p {name}:={value}: {name} must be one of {', '.join(choices)}"
     return None
 
 
