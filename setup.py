@@ -70,6 +70,8 @@ setup(
         "samples": ["scikit-image==0.26.0"],
         # ImageNet initialisation of the MobileNetV2 encoder from TensorFlow's TFLite model.
         "imagenet": ["tflite==2.18.0"],
+        # Intel's CPU/iGPU/NPU runtime: bf16 on AVX-512-BF16/AMX, int8 on VNNI/AMX (--backend openvino).
+        "openvino": ["openvino==2026.4.1"],
         # `refinenet-ros fleet`: many bags on a Ray cluster (or an embedded local Ray).
         "fleet": ["ray==2.60.0"],
     },

@@ -13,8 +13,9 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-BACKEND_KINDS: tuple[str, ...] = ("auto", "torch", "onnxruntime", "tensorrt")
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+BACKEND_KINDS: tuple[str, ...] = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
+"""bf16: OpenVINO on CPUs with AVX-512-BF16/AMX; the other backends refuse it with the reason."""
 
 
 class BackendError(RuntimeError):

@@ -2,7 +2,9 @@
 
 ``auto`` picks the fastest backend this machine can run and logs why:
 TensorRT when a CUDA device and a real TensorRT install are present, else ONNX Runtime
-with its best execution provider, else eager PyTorch. The compiled backends get their
+with a GPU execution provider; on a CPU it measures the candidates (torch, ONNX Runtime
+fp32/int8, OpenVINO fp32/bf16/int8) once per machine + graph and picks the fastest that
+agrees with FP32 (:mod:`auto_select`). The compiled backends get their
 ONNX graph from the content-hashed export cache (``<engine_dir>/onnx``), so a node
 restart neither re-exports nor rebuilds.
 """
@@ -131,9 +133,16 @@ def create_backend(model_cfg: ModelConfig, options: BackendOptions = BackendOpti
     if options.precision not in PRECISIONS:
         raise BackendError(f"unknown precision {options.precision!r}; choose one of {', '.join(PRECISIONS)}")
     kind, why = choose_kind(options)
-    log.info("backend: %s (%s)", kind, why)
     if options.onnx is None:
         warn_if_random_weights(model_cfg)
+    if options.precision == "bf16" and kind != "openvino" and options.kind != "auto":
+        raise BackendError(
+            f"{kind} backend has no bf16 path; bf16 runs on --backend openvino (-p backend:=openvino) "
+            "on CPUs with AVX-512-BF16/AMX"
+        )
+    if options.kind == "auto" and measured_auto_applies(kind, options):
+        return _measured_auto(model_cfg, options, why)
+    log.info("backend: %s (%s)", kind, why)
     if kind == "torch":
         from refinenet_ros.backends.torch_backend import TorchBackend
 
@@ -151,6 +160,8 @@ def create_backend(model_cfg: ModelConfig, options: BackendOptions = BackendOpti
         )
     if kind == "onnxruntime":
         return _onnxruntime_backend(model_cfg, options)
+    if kind == "openvino":
+        return _openvino_backend(model_cfg, options)
     if kind == "tensorrt":
         return _tensorrt_backend(model_cfg, options)
     raise BackendError(f"backend {kind!r} is not available in this build")  # pragma: no cover
@@ -199,6 +210,57 @@ def _onnxruntime_backend(model_cfg: ModelConfig, options: BackendOptions) -> Bac
         max_batch=options.max_batch,
         precision=precision,
         engine_dir=options.engine_dir,
+        num_classes=model_cfg.label_set.num_classes,
+    )
+
+
+def measured_auto_applies(kind: str, options: BackendOptions) -> bool:
+    """True when ``auto`` fell back to a CPU backend: then it measures instead of guessing.
+
+    TensorRT and ONNX Runtime's GPU providers keep the fixed preference (one GPU path is
+    clearly fastest there); on a CPU the fastest correct path differs by machine and model.
+    """
+    if options.device not in ("auto", "cpu"):
+        return False
+    if kind == "onnxruntime":
+        from refinenet_ros.backends.onnxruntime_backend import best_provider
+
+        return options.device == "cpu" or best_provider() == "CPUExecutionProvider"
+    if kind == "torch":
+        import torch
+
+        return options.device == "cpu" or not torch.cuda.is_available()
+    return False
+
+
+def _measured_auto(model_cfg: ModelConfig, options: BackendOptions, why: str) -> Backend:
+    from refinenet_ros.backends.auto_select import select_backend
+
+    cpu = replace(options, device="cpu")
+    backend, decision = select_backend(model_cfg, cpu, onnx_for(model_cfg, cpu))
+    log.info("backend: %s %s (auto: %s; %s)", decision.kind, decision.precision, decision.why(), why)
+    return backend
+
+
+def _openvino_backend(model_cfg: ModelConfig, options: BackendOptions) -> Backend:
+    from refinenet_ros.backends.openvino_backend import OpenVinoBackend, openvino_unavailable_reason
+
+    reason = openvino_unavailable_reason()
+    if reason is not None:
+        raise BackendError(f"openvino backend: {reason}")
+    path = onnx_for(model_cfg, options)
+    if options.precision == "int8":
+        # The same calibrated QDQ graph ONNX Runtime runs: OpenVINO executes its Q/DQ pairs
+        # as int8 convolutions, so one calibration serves both runtimes.
+        from refinenet_ros.backends.ort_quantize import quantized_cached
+
+        path = quantized_cached(path, options)
+    return OpenVinoBackend(
+        path,
+        device=options.device,
+        precision=options.precision,
+        threads=options.threads,
+        max_batch=options.max_batch,
         num_classes=model_cfg.label_set.num_classes,
     )
 

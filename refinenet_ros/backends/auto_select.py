@@ -1,0 +1,401 @@
+"""``auto`` on a CPU: measure the candidates once per machine + graph + versions, keep the fast
+correct one.
+
+No fixed preference order is right on every robot computer: on an AVX2 part ONNX Runtime
+FP32 is at the core's FP32 peak, on an AMX part OpenVINO bf16 is 3x faster, and INT8 wins or
+loses by model. So when TensorRT cannot run, ``auto`` builds each candidate that exists here
+(:data:`DEFAULT_CANDIDATES`), times a few calls on real frames, and keeps only those whose
+labels agree with the FP32 reference on >= :data:`AGREEMENT_BAR` of the pixels (and, when an
+accuracy record exists for the graph, lose no more than :data:`MIOU_LOSS_LIMIT` mIoU points).
+The fastest survivor is chosen, the table is logged, and the decision is written beside the
+ONNX graph (``<graph>.auto.json``, atomically) keyed by the graph's sha256, the runtime
+versions, the CPU (model, SIMD/AMX flags, usable CPUs) and the options that change the
+answer. The next configure with the same key builds the chosen backend and measures nothing;
+a new graph, runtime version or CPU measures again.
+
+The timed calls are capped (:data:`CALLS_PER_CANDIDATE`, :data:`MEASURE_BUDGET_S`); one-off
+work that the caches keep anyway (export, INT8 calibration, OpenVINO compilation) is
+reported per candidate as ``setup s`` but not counted against the budget.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from refinenet_ros.backends.base import Backend, BackendError
+from refinenet_ros.backends.engine_cache import sha256_file
+from refinenet_ros.bench_machine import cpu_info
+from refinenet_ros.io import atomic_write_text
+
+if TYPE_CHECKING:
+    from refinenet_ros.backends.factory import BackendOptions
+    from refinenet_ros.config import ModelConfig
+
+log = logging.getLogger("refinenet_ros")
+
+AGREEMENT_BAR = 0.995
+"""Fraction of pixels whose labels must equal the FP32 reference's on real frames."""
+MIOU_LOSS_LIMIT = 1.0
+"""mIoU points a path may lose against FP32 (from an accuracy record) and still be chosen."""
+CALLS_PER_CANDIDATE = 3
+"""Timed calls per candidate, one per frame, after one warm-up call."""
+MEASURE_BUDGET_S = 10.0
+"""Seconds of timed calls after which the remaining candidates are skipped (and said so)."""
+DYNAMIC_MEASURE_SIZE = (480, 640)
+"""(H, W) measured at when the graph takes any size: VGA, the commonest robot camera mode."""
+DECISION_FORMAT = 1
+"""Part of the decision key: bump when what is measured or how it is judged changes."""
+VERSIONED = ("refinenet_ros", "torch", "onnxruntime", "openvino")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One (backend, precision) ``auto`` may choose."""
+
+    kind: str
+    precision: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.precision}"
+
+
+DEFAULT_CANDIDATES: tuple[Candidate, ...] = (
+    Candidate("onnxruntime", "fp32"),  # first fp32 that builds is the agreement reference
+    Candidate("openvino", "fp32"),
+    Candidate("torch", "fp32"),
+    Candidate("openvino", "bf16"),
+    Candidate("openvino", "int8"),
+    Candidate("onnxruntime", "int8"),
+)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One row of the table: what was measured and the verdict (``status``)."""
+
+    kind: str
+    precision: str
+    status: str
+    ms: float | None = None
+    agreement: float | None = None
+    setup_s: float | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.precision}"
+
+
+@dataclass(frozen=True)
+class AutoDecision:
+    """The chosen candidate, the table behind it, and where it is cached."""
+
+    kind: str
+    precision: str
+    table: tuple[Measurement, ...]
+    key: dict[str, Any]
+    path: Path
+    measured_s: float
+    cached: bool = False
+
+    def why(self) -> str:
+        chosen = next((m for m in self.table if m.label == f"{self.kind} {self.precision}"), None)
+        speed = f"{chosen.ms:.1f} ms" if chosen and chosen.ms is not None else "?"
+        source = f"cached in {self.path.name}" if self.cached else f"measured in {self.measured_s:.1f} s"
+        return f"fastest of {len(self.table)} CPU candidates agreeing with FP32 ({speed}; {source})"
+
+    def table_text(self) -> str:
+        from refinenet_ros.bench_report import format_table
+
+        rows = [
+            [m.label, m.ms, None if m.agreement is None else f"{100 * m.agreement:.2f} %", m.setup_s,
+             m.status]
+            for m in self.table
+        ]  # fmt: skip
+        return format_table(["candidate", "min ms", "agree", "setup s", "verdict"], rows)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "chosen": {"kind": self.kind, "precision": self.precision},
+            "measured_s": round(self.measured_s, 2),
+            "table": [asdict(m) for m in self.table],
+            "key": self.key,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], path: Path) -> AutoDecision:
+        return cls(
+            kind=str(data["chosen"]["kind"]),
+            precision=str(data["chosen"]["precision"]),
+            table=tuple(Measurement(**m) for m in data["table"]),
+            key=dict(data["key"]),
+            path=path,
+            measured_s=float(data["measured_s"]),
+            cached=True,
+        )
+
+
+def runtime_versions() -> dict[str, str | None]:
+    """Versions that change speed or numerics (None: not installed)."""
+    found: dict[str, str | None] = {}
+    for dist in VERSIONED:
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found[dist] = None
+    return found
+
+
+def machine_key() -> dict[str, Any]:
+    """The CPU as far as speed goes: model, SIMD/AMX units, usable CPUs."""
+    from refinenet_ros.backends.openvino_backend import relevant_cpu_flags
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count() or 1
+    return {"cpu": cpu_info().model, "flags": relevant_cpu_flags(), "usable_cpus": usable}
+
+
+def decision_path(graph: Path) -> Path:
+    return graph.with_name(f"{graph.stem}.auto.json")
+
+
+def accuracy_path(graph: Path) -> Path:
+    return graph.with_name(f"{graph.stem}.accuracy.json")
+
+
+def record_accuracy(graph: Path, kind: str, precision: str, miou: float, dataset: str) -> None:
+    """Add one path's val mIoU (in %) to the graph's accuracy record, read by :func:`decide`.
+
+    Keyed by label (``"openvino int8"``); ``"<fp32 kind> fp32"`` entries are the reference.
+    Writing it changes the decision key, so the next configure measures again.
+    """
+    path = accuracy_path(graph)
+    data = _read_json(path) or {"graph_sha256": sha256_file(graph), "dataset": dataset, "miou": {}}
+    data["miou"][f"{kind} {precision}"] = round(float(miou), 3)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def accuracy_rejection(label: str, record: dict[str, Any] | None) -> str | None:
+    """Why the accuracy record rules ``label`` out (None when it does not, or says nothing)."""
+    if not record or label not in record.get("miou", {}):
+        return None
+    refs = [v for k, v in record["miou"].items() if k.endswith(" fp32")]
+    if not refs:
+        return None
+    loss = max(refs) - float(record["miou"][label])
+    if loss > MIOU_LOSS_LIMIT:
+        where = record.get("dataset", "val")
+        return f"rejected: loses {loss:.2f} mIoU points on {where} (limit {MIOU_LOSS_LIMIT})"
+    return None
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def decision_key(
+    graph: Path, options: BackendOptions, candidates: Sequence[Candidate], accuracy: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Everything the decision depends on; a different key measures again."""
+    return {
+        "format": DECISION_FORMAT,
+        "graph_sha256": sha256_file(graph),
+        "versions": runtime_versions(),
+        "machine": machine_key(),
+        "threads": options.threads,
+        "max_batch": options.max_batch,
+        "precision": options.precision,
+        "candidates": [c.label for c in candidates],
+        "agreement_bar": AGREEMENT_BAR,
+        "calibration": [options.calib_images, options.calib_bag, options.calib_topic, options.calib_count],
+        "accuracy": hashlib.sha256(json.dumps(accuracy, sort_keys=True).encode()).hexdigest()[:16]
+        if accuracy
+        else None,
+    }
+
+
+def agreement_frames(size: tuple[int, int], count: int = CALLS_PER_CANDIDATE) -> list[npt.NDArray[np.uint8]]:
+    """``count`` real pictures at network ``size`` (H, W): street photos, then scikit-image's.
+
+    Agreement on random noise says little (every path is unsure there); real frames have
+    the edges and flat regions where precision loss shows.
+    """
+    from refinenet_ros.backends.calibration import preprocess
+    from refinenet_ros.samples import sample_images, street_images
+
+    pictures = [image for _, image in street_images()]
+    if len(pictures) < count:
+        try:
+            pictures += [image for _, image in sample_images()]
+        except RuntimeError as exc:  # scikit-image not installed
+            log.warning("auto: %s", exc)
+    if not pictures:
+        raise BackendError(
+            "auto: no real frames to check agreement on; install the samples extra "
+            "(pip install 'refinenet_ros[samples]') or pin --backend (-p backend:=onnxruntime)"
+        )
+    return [preprocess(pictures[i % len(pictures)], size) for i in range(count)]
+
+
+Builder = Callable[[Candidate], Backend]
+
+
+def measure(
+    candidates: Sequence[Candidate],
+    build: Builder,
+    frames: Sequence[npt.NDArray[np.uint8]],
+    *,
+    precision: str = "fp32",
+    accuracy: dict[str, Any] | None = None,
+    budget_s: float = MEASURE_BUDGET_S,
+) -> tuple[list[Measurement], Backend | None, float]:
+    """Build, time and check every candidate; returns the table, the chosen backend, seconds.
+
+    The first fp32 candidate that builds is the reference. With ``precision`` other than
+    fp32 only that precision may be chosen (the reference is still measured, to compare).
+    """
+    rows: list[Measurement] = []
+    reference: list[npt.NDArray[np.integer]] | None = None
+    best: tuple[float, int, Backend] | None = None
+    spent = 0.0
+    for cand in candidates:
+        if spent > budget_s and reference is not None:
+            skipped = f"skipped: {budget_s:.0f} s measuring budget spent"
+            rows.append(Measurement(cand.kind, cand.precision, skipped))
+            continue
+        t0 = time.perf_counter()
+        try:
+            backend = build(cand)
+        except (BackendError, ImportError, ValueError) as exc:
+            rows.append(Measurement(cand.kind, cand.precision, f"unavailable: {exc}"))
+            continue
+        setup = time.perf_counter() - t0
+        try:
+            labels, times = _time_calls(backend, frames)
+        except Exception as exc:  # a runtime failing on this graph is a verdict, not a crash
+            rows.append(Measurement(cand.kind, cand.precision, f"failed: {exc}", setup_s=round(setup, 2)))
+            continue
+        spent += sum(times)
+        ms = round(1e3 * min(times), 2)
+        if reference is None and cand.precision == "fp32":
+            reference = labels
+        agree = (
+            float(np.mean([np.mean(a == b) for a, b in zip(labels, reference, strict=True)]))
+            if reference is not None
+            else None
+        )
+        verdict = "ok"
+        if agree is None:
+            verdict = "rejected: no fp32 reference built to compare with"
+        elif agree < AGREEMENT_BAR:
+            verdict = f"rejected: agrees on {100 * agree:.2f} % < {100 * AGREEMENT_BAR:.1f} %"
+        elif cand.precision != precision:
+            verdict = f"reference only ({precision} asked for)"
+        else:
+            verdict = accuracy_rejection(cand.label, accuracy) or "ok"
+        rows.append(
+            Measurement(cand.kind, cand.precision, verdict, ms, None if agree is None else round(agree, 5),
+                        round(setup, 2))
+        )  # fmt: skip
+        if verdict == "ok" and (best is None or ms < best[0]):
+            best = (ms, len(rows) - 1, backend)
+        else:
+            del backend  # only the fastest so far stays alive
+    if best is not None:
+        rows[best[1]] = replace(rows[best[1]], status="chosen")
+    return rows, (best[2] if best else None), spent
+
+
+def _time_calls(
+    backend: Backend, frames: Sequence[npt.NDArray[np.uint8]]
+) -> tuple[list[npt.NDArray[np.integer]], list[float]]:
+    backend.infer(frames[0][None])  # warm-up: allocator, kernel choice, lazy init
+    labels, times = [], []
+    for frame in frames:
+        t = time.perf_counter()
+        out, _ = backend.infer(frame[None])
+        times.append(time.perf_counter() - t)
+        labels.append(np.asarray(out[0]))
+    return labels, times
+
+
+def select_backend(
+    model_cfg: ModelConfig,
+    options: BackendOptions,
+    graph: Path,
+    *,
+    candidates: Sequence[Candidate] | None = None,
+    build: Builder | None = None,
+) -> tuple[Backend, AutoDecision]:
+    """The backend ``auto`` chooses on this CPU for ``graph`` (the FP32 export), and why.
+
+    Reuses ``<graph>.auto.json`` when its key matches; otherwise measures and writes it.
+    """
+    from refinenet_ros.backends.factory import create_backend
+
+    candidates = tuple(DEFAULT_CANDIDATES if candidates is None else candidates)
+    if options.onnx is not None:  # the torch candidate would run the model, not this graph
+        candidates = tuple(c for c in candidates if c.kind != "torch")
+    if build is None:
+
+        def build(cand: Candidate) -> Backend:
+            return create_backend(model_cfg, replace(options, kind=cand.kind, precision=cand.precision))
+
+    accuracy = _read_json(accuracy_path(graph))
+    key = decision_key(graph, options, candidates, accuracy)
+    path = decision_path(graph)
+    cached = _read_json(path)
+    if cached is not None and cached.get("key") == key:
+        decision = AutoDecision.from_json(cached, path)
+        try:
+            backend = build(Candidate(decision.kind, decision.precision))
+        except BackendError as exc:
+            log.warning("auto: cached choice %s no longer builds (%s); measuring again", decision.kind, exc)
+        else:
+            log.info("auto: %s %s from %s (measured before; delete it to measure again)",
+                     decision.kind, decision.precision, path)  # fmt: skip
+            return backend, decision
+    elif cached is not None:
+        changed = sorted(k for k in key if cached.get("key", {}).get(k) != key[k])
+        log.info("auto: %s is for another %s; measuring again", path.name, ", ".join(changed) or "format")
+    size = options.input_size or DYNAMIC_MEASURE_SIZE
+    frames = agreement_frames(size)
+    log.info("auto: measuring %d CPU candidates on %d real frames at %dx%d (once per machine + graph)",
+             len(candidates), len(frames), size[1], size[0])  # fmt: skip
+    t0 = time.perf_counter()
+    rows, chosen_backend, _ = measure(
+        candidates, build, frames, precision=options.precision, accuracy=accuracy
+    )
+    elapsed = time.perf_counter() - t0
+    chosen = next((m for m in rows if m.status == "chosen"), None)
+    partial = AutoDecision("", "", tuple(rows), key, path, elapsed)
+    if chosen is None or chosen_backend is None:
+        raise BackendError(
+            f"auto: no CPU candidate both ran and agreed with FP32 at {options.precision}:\n"
+            f"{partial.table_text()}\npin one with --backend/--precision (-p backend:=... -p precision:=...)"
+        )
+    decision = replace(partial, kind=chosen.kind, precision=chosen.precision)
+    log.info("auto: chose %s %s of:\n%s", chosen.kind, chosen.precision, decision.table_text())
+    try:
+        atomic_write_text(path, json.dumps(decision.to_json(), indent=2, sort_keys=True) + "\n")
+    except OSError as exc:  # a read-only cache: the choice stands, it is just measured again next time
+        log.warning("auto: decision not cached (%s)", exc)
+    return chosen_backend, decision
