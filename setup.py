@@ -32,6 +32,7 @@ DEV = [
     # the TFLite interpreter: the reference the ImageNet conversion is tested against
     "ai-edge-litert==2.3.0",
     "ray==2.60.0",  # = the fleet extra: test/test_fleet.py runs an embedded local Ray
+    "openvino==2026.4.1",  # = the openvino extra: test/test_openvino.py runs the backend
 ]
 
 setup(

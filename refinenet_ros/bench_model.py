@@ -149,6 +149,8 @@ def bench_one(
     row["setup_s"] = round(time.perf_counter() - t0, 2)
     row["backend"] = backend.name
     row["device"] = backend.device
+    # auto may choose another precision (int8, bf16) than the one asked for
+    row["precision"] = str(getattr(backend, "precision", precision))
     images = input_batch(batch, height, width)
     labels: npt.NDArray[np.integer] | None = None
     for _ in range(settings.warmup):
@@ -173,6 +175,21 @@ def bench_one(
     return row, labels
 
 
+NO_PATH: dict[tuple[str, str], str] = {
+    ("torch", "int8"): "the torch backend has no int8 path",
+    ("torch", "bf16"): "the torch backend has no bf16 path (use openvino bf16)",
+    ("onnxruntime", "bf16"): "ONNX Runtime's CPU provider has no bf16 path (use openvino bf16)",
+    ("openvino", "fp16"): "openvino fp16 is for Intel iGPU/NPU devices (--device gpu|npu)",
+}
+"""Combinations that do not exist at all (as opposed to ones this machine lacks units for,
+which are attempted so the table shows the refusal and its reason)."""
+
+
+def unsupported(kind: str, precision: str) -> str | None:
+    """Why (kind, precision) is not a path of this package, or None."""
+    return NO_PATH.get((kind, precision))
+
+
 def run_model_bench(settings: ModelBenchSettings, cpu: CpuInfo) -> dict[str, Any]:
     """Every configuration in ``settings``; returns the JSON figures (``results`` list)."""
     cfg = settings.model_cfg.resolved()
@@ -188,8 +205,9 @@ def run_model_bench(settings: ModelBenchSettings, cpu: CpuInfo) -> dict[str, Any
         for batch in settings.batches:
             for kind in settings.backends:
                 for precision in settings.precisions:
-                    if kind == "torch" and precision == "int8":
-                        log.info("bench model: the torch backend has no int8 path; skipped")
+                    reason = unsupported(kind, precision)
+                    if reason is not None:
+                        log.info("bench model: %s %s skipped: %s", kind, precision, reason)
                         continue
                     row, labels = bench_one(
                         settings, kind, precision, width, height, batch, gflop, cpu.peak_gflops
