@@ -84,7 +84,11 @@ def read_rgb(path: str | os.PathLike[str]) -> npt.NDArray[np.uint8]:
     """Any image file -> HxWx3 uint8 RGB (greyscale and alpha are converted)."""
     import cv2
 
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    try:
+        data = Path(path).read_bytes()  # OSError (permission, folder, missing) says what it is
+    except OSError as exc:
+        raise UnreadableImage(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
     if bgr is None:
         raise UnreadableImage(f"{path}: not an image OpenCV can read")
     return np.ascontiguousarray(bgr[..., ::-1])

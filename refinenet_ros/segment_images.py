@@ -50,7 +50,10 @@ def collect_inputs(args: argparse.Namespace) -> list[tuple[str, Path | None]]:
     for raw in args.images:
         path = Path(raw)
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            try:
+                files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            except PermissionError:
+                raise CliError(f"{path}: folder cannot be read (permission denied)") from None
             if not files:
                 raise CliError(f"{path}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
             items.extend((p.stem, p) for p in files)
@@ -62,7 +65,26 @@ def collect_inputs(args: argparse.Namespace) -> list[tuple[str, Path | None]]:
         items.extend((name, None) for name in SAMPLE_NAMES)
     if not items:
         raise CliError("nothing to segment: give image files/folders or --samples")
-    return items
+    return _distinct(items)
+
+
+def _distinct(items: list[tuple[str, Path | None]]) -> list[tuple[str, Path | None]]:
+    """Drop repeats of the same file; refuse two inputs that would write the same outputs
+    (``d1/x.png d2/x.png`` both write ``x_labels.png``: one result would silently replace the other)."""
+    seen: dict[str, str] = {}
+    kept: list[tuple[str, Path | None]] = []
+    for name, path in items:
+        source = str(path.resolve()) if path is not None else f"bundled sample {name}"
+        if name in seen:
+            if seen[name] == source:
+                continue
+            raise CliError(
+                f"{seen[name]} and {source} would both write {name}_*.png into --out; "
+                "segment them into separate --out folders or rename one"
+            )
+        seen[name] = source
+        kept.append((name, path))
+    return kept
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,13 +95,15 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.alpha <= 1.0:
         raise CliError(f"--alpha {args.alpha}: must be within 0..1")
     items = collect_inputs(args)
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CliError(f"--out {out_dir} is a file; give a folder (created if missing)")
     model_cfg = model_config_from_args(args)
     segmenter = build_segmenter(model_cfg, backend_options_from_args(args))
     log.info(
         "model %s, backend %s on %s", model_cfg.describe(), segmenter.backend.name, segmenter.backend.device
     )
     samples = dict(sample_images()) if any(p is None for _, p in items) else {}
-    out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     totals: list[float] = []
     for name, path in items:

@@ -104,3 +104,26 @@ def test_random_weights_are_announced_even_when_the_onnx_graph_is_cached(tmp_pat
         assert proc.returncode == 0, proc.stderr
         assert proc.stderr.count("seeded random weights") == 1
     assert list((tmp_path / "engines" / "onnx").glob("*.onnx")), "second run should reuse the cache"
+
+
+def test_same_named_inputs_and_bad_out_are_one_line_errors(tmp_path):
+    """issue 10 (7, 4): `d1/x.png d2/x.png` silently wrote one result; `--out` a file or under a
+    file reached users as a traceback."""
+    rng = np.random.default_rng(1)
+    for d in ("d1", "d2"):
+        (tmp_path / d).mkdir()
+        cv2.imwrite(str(tmp_path / d / "x.png"), rng.integers(0, 256, (20, 30, 3), dtype=np.uint8))
+    out = tmp_path / "out"
+    proc = run_cli("segment", str(tmp_path / "d1" / "x.png"), str(tmp_path / "d2"), "--out", str(out), *SMALL)
+    assert proc.returncode == 2 and "would both write x_*.png" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
+    same = run_cli("segment", str(tmp_path / "d1" / "x.png"), str(tmp_path / "d1"), "--out", str(out), *SMALL)
+    assert same.returncode == 0 and "1 images ->" in same.stdout, same.stderr  # one file given twice
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    proc = run_cli("segment", str(tmp_path / "d1"), "--out", str(a_file), *SMALL)
+    assert proc.returncode == 2 and "is a file; give a folder" in proc.stderr
+    proc = run_cli("segment", str(tmp_path / "d1"), "--out", str(a_file / "sub"), *SMALL)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and err[-1].startswith("refinenet-ros segment: error: "), proc.stderr
+    assert "not a directory" in err[-1] and "Traceback" not in proc.stderr
