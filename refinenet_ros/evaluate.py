@@ -120,7 +120,11 @@ def evaluate(
     progress: bool = False,
     save_dir: str | Path | None = None,
 ) -> EvaluationResult:
-    """Run ``predict`` over ``dataset`` and accumulate one confusion matrix."""
+    """Run ``predict`` over ``dataset`` and accumulate one confusion matrix.
+
+    Ground truth outside the label set raises :class:`DatasetError` naming the image.
+    """
+    from refinenet_ros.datasets import DatasetError
     from refinenet_ros.metrics import ConfusionMatrix
 
     cm = ConfusionMatrix(label_set.num_classes, label_set.ignore_index)
@@ -131,7 +135,10 @@ def evaluate(
         pairs = [dataset[i] for i in idx]
         preds = predict([image for image, _ in pairs])
         for i, (_, target), pred in zip(idx, pairs, preds, strict=True):
-            cm.update(target, pred)
+            try:
+                cm.update(target, pred)
+            except ValueError as exc:
+                raise DatasetError(f"{dataset.samples[i].name}: {exc}") from None
             if save_dir is not None:
                 _save_prediction(Path(save_dir), dataset.samples[i].name, pred, label_set)
         bar.update(len(pairs))

@@ -223,6 +223,20 @@ class _Batches:
             step += 1
 
 
+def _check_labels(labels: np.ndarray, label_set: LabelSet) -> None:
+    """Ground truth beyond the label set fails here, by value, not inside torch's loss."""
+    bad = labels[(labels >= label_set.num_classes) & (labels != label_set.ignore_index)]
+    if bad.size:
+        from refinenet_ros.datasets import DatasetError
+
+        values = sorted({int(v) for v in np.unique(bad)[:8]})
+        raise DatasetError(
+            f"ground truth holds class ids {values} outside 0..{label_set.num_classes - 1} of the "
+            f"{label_set.name!r} label set (ignore {label_set.ignore_index}); check --labels, "
+            "--dataset and --label-offset"
+        )
+
+
 def train(
     model: nn.Module,
     model_name: str,
@@ -300,6 +314,7 @@ def train(
         for g in optimizer.param_groups:
             g["lr"] = poly_lr(g["base_lr"], step, config.steps, config.poly_power, config.warmup_steps)
         images, labels = next(stream)
+        _check_labels(labels, label_set)
         set_train_mode(model, config.freeze_bn)
         x = normalise(torch.from_numpy(images).to(device)).contiguous(memory_format=torch.channels_last)
         target = torch.from_numpy(labels).to(device)

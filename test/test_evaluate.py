@@ -54,8 +54,8 @@ def test_cli_report_matches_saved_predictions(folder_dataset: Path, tmp_path: Pa
     preds = tmp_path / "preds"
     rc = main([
         "evaluate", "--root", str(folder_dataset), "--backend", "torch", "--model",
-        "lw_refinenet_mobilenetv2", "--report", str(report_path), "--save-predictions", str(preds),
-        "--no-progress",
+        "lw_refinenet_mobilenetv2", "--labels", "voc", "--report", str(report_path), "--save-predictions",
+        str(preds), "--no-progress",
     ])  # fmt: skip
     assert rc == 0
     report = json.loads(report_path.read_text())
@@ -82,7 +82,7 @@ def test_cli_multiscale_flip_and_backend_check(folder_dataset: Path, tmp_path: P
     rc = main([
         "evaluate", "--images", str(folder_dataset / "images"), "--label-dir", str(folder_dataset / "labels"),
         "--backend", "torch", "--scales", "0.5", "1.0", "--flip", "--report", str(report_path),
-        "--limit", "2", "--no-progress",
+        "--limit", "2", "--no-progress", "--labels", "voc",
     ])  # fmt: skip
     assert rc == 0
     report = json.loads(report_path.read_text())
@@ -92,6 +92,9 @@ def test_cli_multiscale_flip_and_backend_check(folder_dataset: Path, tmp_path: P
     assert main(["evaluate", "--root", str(folder_dataset), "--backend", "onnxruntime", "--flip",
                  "--report", str(bad)]) == 2  # fmt: skip
     assert main(["evaluate", "--root", str(tmp_path / "missing"), "--report", str(bad)]) == 2
+    # ground truth with ids beyond the label set (VOC ids against the default camvid model)
+    assert main(["evaluate", "--root", str(folder_dataset), "--backend", "torch", "--report", str(bad),
+                 "--no-progress"]) == 2  # fmt: skip
     assert not bad.exists()
 
 
