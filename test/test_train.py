@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -173,3 +174,21 @@ def test_cli_recipe_file_sets_options_and_flags_override_it(shapes: Path, tmp_pa
     recipe.write_text("stepz: 3\n")
     assert main(["train", "--config", str(recipe), "--out", str(out)]) == 2
     assert main(["train", "--root", str(shapes), "--lr", "-1", "--out", str(out)]) == 2
+
+
+def test_cli_train_refuses_ground_truth_beyond_the_label_set(tmp_path: Path, capsys) -> None:
+    from refinenet_ros.io import write_label_png, write_rgb_png
+
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        write_rgb_png(tmp_path / "images" / f"{i}.png", rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+        label = np.zeros((40, 40), np.uint8)
+        label[10:20, 10:20] = 200  # not a person_part class, not the ignore index
+        write_label_png(tmp_path / "labels" / f"{i}.png", label, get_label_set("person_part"))
+    rc = main([
+        "train", "--root", str(tmp_path), "--labels", "person_part", "--steps", "1", "--batch-size", "1",
+        "--crop", "40", "40", "--val-split", "none", "--out", str(tmp_path / "run"), "--no-progress",
+    ])  # fmt: skip
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "[200]" in err and "--labels" in err and "Traceback" not in err
