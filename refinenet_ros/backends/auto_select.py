@@ -54,6 +54,9 @@ CALLS_PER_CANDIDATE = 4
 """Calls per candidate, one per frame: the first is the warm-up (its labels still count)."""
 MEASURE_BUDGET_S = 10.0
 """Seconds of calls, shared evenly by the candidates; a slow candidate gets fewer calls."""
+SLOWER_GIVE_UP = 4.0
+"""A candidate whose warm-up call alone takes this many times the best so far is not timed
+further (warm-ups run 1-2x slower than steady state; 4x cannot catch up)."""
 DYNAMIC_MEASURE_SIZE = (480, 640)
 """(H, W) measured at when the graph takes any size: VGA, the commonest robot camera mode."""
 DECISION_FORMAT = 1
@@ -122,7 +125,7 @@ class AutoDecision:
 
         rows = [
             [m.label, m.ms, None if m.agreement is None else f"{100 * m.agreement:.2f} %", m.setup_s,
-             m.status]
+             m.status if len(m.status) <= 90 else m.status[:87] + "..."]
             for m in self.table
         ]  # fmt: skip
         return format_table(["candidate", "min ms", "agree", "setup s", "verdict"], rows)
@@ -286,13 +289,18 @@ def measure(
             rows.append(Measurement(cand.kind, cand.precision, f"unavailable: {exc}"))
             continue
         setup = time.perf_counter() - t0
+        give_up = SLOWER_GIVE_UP * best[0] / 1e3 if best is not None else float("inf")
         try:
-            labels, times = _time_calls(backend, frames, share)
+            labels, times = _time_calls(backend, frames, share, give_up)
         except Exception as exc:  # a runtime failing on this graph is a verdict, not a crash
             rows.append(Measurement(cand.kind, cand.precision, f"failed: {exc}", setup_s=round(setup, 2)))
             continue
         spent += sum(times)
         ms = round(1e3 * min(times[1:] or times), 2)
+        if len(times) == 1:  # gave up after the warm-up: far slower than the best so far
+            rows.append(Measurement(cand.kind, cand.precision, f"too slow: warm-up {ms:.0f} ms", ms,
+                                    None, round(setup, 2)))  # fmt: skip
+            continue
         if reference is None and cand.precision == "fp32":
             reference = labels
         agree = (
@@ -323,17 +331,20 @@ def measure(
 
 
 def _time_calls(
-    backend: Backend, frames: Sequence[npt.NDArray[np.uint8]], share_s: float
+    backend: Backend, frames: Sequence[npt.NDArray[np.uint8]], share_s: float, give_up_s: float
 ) -> tuple[list[npt.NDArray[np.integer]], list[float]]:
     """Labels of every frame and the call times; the first call (frame 0) is the warm-up.
 
     Up to one timed call per further frame, fewer when the warm-up says they would overrun
-    this candidate's share of the budget — but always at least one, so every candidate is
-    timed and checked on two frames even on a slow or busy machine.
+    this candidate's share of the budget — but at least one, so every candidate is timed
+    and checked on two frames even on a busy machine — unless the warm-up alone took
+    ``give_up_s`` (far slower than the best so far: it cannot win, stop paying for it).
     """
     labels: list[npt.NDArray[np.integer]] = []
     times: list[float] = []
     for i, frame in enumerate(frames):
+        if i == 1 and times[0] > give_up_s:
+            break
         if i >= 2 and sum(times) + times[0] > share_s:
             break
         t = time.perf_counter()
