@@ -150,7 +150,10 @@ def run_fleet(
                 len(bags),
             )
         if todo:
-            _Run(todo, out, job, jobfp, settings, manifest, summary, on_progress).run()
+            try:
+                _Run(todo, out, job, jobfp, settings, manifest, summary, on_progress).run()
+            finally:
+                manifest.compact()  # one line per output again, also after Ctrl-C
         summary.seconds = time.perf_counter() - t0
         _write_json(out / SUMMARY_NAME, summary.as_dict())
     return summary
@@ -243,7 +246,7 @@ class _Run:
 
     def _dispatch(self, workers: list[Any], board: Any) -> None:
         import ray
-        from ray.exceptions import RayActorError
+        from ray.exceptions import RayError
 
         t0 = time.perf_counter()
         pending = deque(self.todo)
@@ -262,7 +265,7 @@ class _Run:
                     i, item = inflight.pop(ref)
                     try:
                         value = ray.get(ref)
-                    except RayActorError as exc:
+                    except RayError as exc:  # the worker died, could not start or be placed
                         if item is None:
                             start_errors.append(_short(exc))
                             log.error("worker %d could not start: %s", i, start_errors[-1])

@@ -1,0 +1,231 @@
+"""`refinenet-ros fleet` (issue 14): many bags on Ray, each output byte-identical to
+`refinenet-ros bag`, a manifest that makes reruns skip what is done and redo what changed,
+per-bag failures reported while the run goes on, and a worker killed mid-bag costing only
+that bag's retry. One embedded Ray for the whole module (its start-up is the slow part)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'refinenet_ros[fleet]')")
+
+from refinenet_ros.bag import write_sample_bag  # noqa: E402
+from refinenet_ros.cli import main  # noqa: E402
+from refinenet_ros.fleet import (  # noqa: E402
+    MANIFEST_NAME,
+    SUMMARY_NAME,
+    BagInput,
+    FleetError,
+    FleetProgress,
+    FleetSettings,
+    discover,
+    run_fleet,
+)
+
+pytestmark = pytest.mark.timeout(900)
+
+TOPIC = "/cam/image_raw"
+SIZE = (32, 48)
+MODEL = ["--weights", "random", "--network-size", "32", "32", "--backend", "torch"]
+BAG_ARGS = ["--image-topic", TOPIC, "--no-progress", *MODEL]
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    """One embedded Ray (2 CPUs) for every fleet test; shut down so no raylet outlives them.
+
+    Ray gives its raylet a fixed 30 s to register; on a machine busy with training that can
+    pass, so the start is tried up to three times, and the raylet waits longer for its agent."""
+    os.environ.setdefault("RAY_agent_register_timeout_ms", "120000")
+    for attempt in range(3):
+        try:
+            ray.init(
+                num_cpus=2, include_dashboard=False, object_store_memory=128 << 20, log_to_driver=False,
+                # no idle Python workers started with the node: they would compete with its start-up
+                _system_config={"enable_worker_prestart": False, "prestart_worker_first_driver": False},
+            )  # fmt: skip
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _keep_torch_threads() -> Iterator[None]:
+    """The serial references run `bag --threads 1` in this process (the workers' setting);
+    the tests after this module get torch's thread count back."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def reference(bag: Path, out: Path, *extra: str) -> Path:
+    """What serial `refinenet-ros bag` writes for ``bag`` (one thread, as each fleet worker)."""
+    assert main(["bag", str(bag), str(out), *BAG_ARGS, "--threads", "1", *extra]) == 0
+    return out
+
+
+def same_files(a: Path, b: Path) -> None:
+    names = sorted(os.listdir(a))
+    assert names == sorted(os.listdir(b)), (a, b)
+    for name in names:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), f"{b / name} differs from {a / name}"
+
+
+def no_debris(root: Path) -> None:
+    leftovers = [p for p in root.rglob(".*") if ".partial-" in p.name]
+    assert not leftovers, leftovers
+
+
+def manifest_lines(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / MANIFEST_NAME).read_text().splitlines()]
+
+
+def test_discover_maps_folders_files_and_lists_to_relative_outputs(tmp_path: Path) -> None:
+    root = tmp_path / "rec"
+    write_sample_bag(root / "robot1" / "mon", frames=1, size=SIZE, topic=TOPIC)
+    tue = write_sample_bag(tmp_path / "tue", frames=1, size=SIZE, topic=TOPIC)
+    (root / "robot2").mkdir(parents=True)
+    shutil.copy(tue / "tue.mcap", root / "robot2" / "tue.mcap")  # a bare file
+    (root / ".hidden").mkdir()
+    shutil.copy(tue / "tue.mcap", root / ".hidden" / "x.mcap")
+    out = root / "seg"  # DIR inside the searched folder: never taken for inputs
+    write_sample_bag(out / "robot1" / "mon", frames=1, size=SIZE, topic=TOPIC)
+    listing = tmp_path / "bags.txt"
+    listing.write_text("# one a line\ntue\n\n")
+
+    bags = discover([root, listing], out)
+    assert [(b.rel, b.path) for b in bags] == [
+        ("robot1/mon", root / "robot1" / "mon"),
+        ("robot2/tue", root / "robot2" / "tue.mcap"),
+        ("tue", tmp_path / "tue"),
+    ]
+    assert bags[0].output(out) == out / "robot1" / "mon"
+    with pytest.raises(FleetError, match="would both be written"):
+        discover([root / "robot2" / "tue.mcap", tue], out)
+    with pytest.raises(FleetError, match="does not exist"):
+        discover([tmp_path / "nope"], out)
+    with pytest.raises(FleetError, match="inside the input bag"):
+        discover([tue], tue / "out")
+
+
+def test_usage_errors_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bag = write_sample_bag(tmp_path / "b", frames=1, size=SIZE, topic=TOPIC)
+    for flags, text in [
+        (["--threads-per-worker", "0"], "--threads-per-worker 0"),
+        (["--gpus-per-worker", "1.5"], "--gpus-per-worker 1.5"),
+        (["--threads", "2"], "--threads-per-worker"),
+    ]:
+        assert main(["fleet", str(bag), "--out", str(tmp_path / "o"), *BAG_ARGS, *flags]) == 2
+        assert text in capsys.readouterr().err
+    assert main(["fleet", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), *BAG_ARGS]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_byte_identical_resumable_and_failures_reported(
+    tmp_path: Path, ray_local: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Outputs = serial `bag`; a corrupt bag is reported by path while the others finish;
+    a rerun skips what is done; a changed input is redone, and only it."""
+    src = tmp_path / "in"
+    d1 = write_sample_bag(src / "a" / "d1", frames=4, size=SIZE, topic=TOPIC)
+    d2 = write_sample_bag(src / "a" / "d2", frames=3, size=SIZE, topic=TOPIC, storage="sqlite3")
+    raw = src / "b" / "loose.mcap"
+    raw.parent.mkdir()
+    shutil.copy(write_sample_bag(tmp_path / "loose", frames=2, size=SIZE, topic=TOPIC) / "loose.mcap", raw)
+    corrupt = shutil.copytree(d1, src / "bad")
+    data = bytearray((corrupt / "d1.mcap").read_bytes())
+    data[97:105] = b"\xff" * 8  # a record length: the reader fails mid-file
+    (corrupt / "d1.mcap").write_bytes(bytes(data))
+    refs = tmp_path / "ref"
+    expected = {
+        "a/d1": reference(d1, refs / "d1"),
+        "a/d2": reference(d2, refs / "d2"),
+        "b/loose": reference(raw, refs / "loose"),
+    }
+    out = tmp_path / "out"
+    fleet = ["fleet", str(src), "--out", str(out), *BAG_ARGS, "--workers", "2"]
+
+    capsys.readouterr()
+    assert main(fleet) == 1  # one bag failed
+    cap = capsys.readouterr()
+    assert f"FAILED {corrupt}" in cap.out and "corrupt" in cap.out
+    for rel, ref in expected.items():
+        same_files(ref, out / rel)
+    assert not (out / "bad").exists()
+    no_debris(out)
+    summary = json.loads((out / SUMMARY_NAME).read_text())
+    assert (summary["done"], summary["skipped"], summary["frames"]) == (3, 0, 9)
+    assert [f["input"] for f in summary["failed"]] == [str(corrupt)]
+    stamps = {rel: (out / rel / "metadata.yaml").stat().st_mtime_ns for rel in expected}
+
+    shutil.rmtree(corrupt)
+    assert main(fleet) == 0  # nothing to do: Ray is not even asked for a worker
+    summary = json.loads((out / SUMMARY_NAME).read_text())
+    assert (summary["done"], summary["skipped"], summary["failed"]) == (0, 3, [])
+    assert {rel: (out / rel / "metadata.yaml").stat().st_mtime_ns for rel in expected} == stamps
+
+    shutil.rmtree(d2)
+    write_sample_bag(d2, frames=5, size=SIZE, topic=TOPIC, storage="sqlite3")  # re-recorded
+    assert main(fleet) == 0
+    summary = json.loads((out / SUMMARY_NAME).read_text())
+    assert (summary["done"], summary["skipped"], summary["frames"]) == (1, 2, 5)
+    same_files(reference(d2, refs / "d2_new"), out / "a" / "d2")
+    assert (out / "a" / "d1" / "metadata.yaml").stat().st_mtime_ns == stamps["a/d1"]
+    records = {r["output"]: r for r in manifest_lines(out)}  # compacted: one line per output
+    assert len(manifest_lines(out)) == len(records) == 4
+    assert records["a/d2"]["frames"] == 5 and records["bad"]["status"] == "failed"
+
+
+def test_a_worker_killed_mid_bag_loses_and_duplicates_nothing(tmp_path: Path, ray_local: None) -> None:
+    """SIGKILL the process segmenting a bag: Ray restarts the worker and retries that bag;
+    every output is complete, identical to serial `bag`, and recorded once."""
+    from refinenet_ros.bag import BagOptions
+    from refinenet_ros.cli import backend_options_from_args, build_parser, model_config_from_args
+    from refinenet_ros.fleet import FleetJob
+
+    bags = [
+        BagInput(write_sample_bag(tmp_path / "in" / f"d{i}", frames=24, size=SIZE, topic=TOPIC), f"d{i}")
+        for i in range(3)
+    ]
+    refs = {b.rel: reference(b.path, tmp_path / "ref" / b.rel, "--batch", "1") for b in bags}
+    args = build_parser().parse_args(["bag", "x", "y", *BAG_ARGS, "--threads", "1", "--batch", "1"])
+    job = FleetJob(
+        model_config_from_args(args),
+        backend_options_from_args(args),
+        BagOptions((TOPIC,), batch=1, progress=False),
+    )
+    killed: list[tuple[str, int]] = []
+
+    def kill_one(p: FleetProgress) -> None:
+        for rel, (_, pid, frames) in p.active.items():
+            if not killed and 2 <= frames <= 16:
+                os.kill(pid, signal.SIGKILL)
+                killed.append((rel, pid))
+
+    out = tmp_path / "out"
+    settings = FleetSettings(workers=2, progress=False, poll_s=0.1)
+    summary = run_fleet(bags, out, job, settings, on_progress=kill_one)
+    assert killed, "no bag was caught mid-run"
+    assert summary.ok and len(summary.done) == 3 and summary.frames == 72
+    assert str(tmp_path / "in" / killed[0][0]) in summary.retried
+    for rel, ref in refs.items():
+        same_files(ref, out / rel)
+    no_debris(out)
+    lines = manifest_lines(out)
+    assert sorted(r["output"] for r in lines) == ["d0", "d1", "d2"]
+    assert all(r["status"] == "done" for r in lines)
