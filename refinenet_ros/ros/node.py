@@ -145,7 +145,6 @@ class SegmentationNode(LifecycleNode):
         self._active_since = 0.0
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diag_timer = self.create_timer(1.0, self._publish_diagnostics)
-        self._configure_thread: threading.Thread | None = None
 
     # ---- lifecycle -------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -189,33 +188,30 @@ class SegmentationNode(LifecycleNode):
         return in_node_words(text)
 
     def _build_interruptibly(self, cfg: NodeConfig) -> Any:
-        """Build the Segmenter on a helper thread while this one watches for shutdown.
+        """Build the Segmenter here while a watcher thread looks for shutdown.
 
-        A model export or TensorRT build takes seconds to minutes in C++ code that no signal
-        interrupts; rclpy's SIGINT/SIGTERM handler shuts the context down, and seeing that
-        within 0.1 s lets the node exit within 2 s. The abandoned build is a daemon thread.
+        A model export or TensorRT build runs for seconds to minutes; rclpy's SIGINT/SIGTERM
+        handler shuts the context down meanwhile, but nothing returns to the executor until
+        the build ends. The watcher sees the shutdown within 0.1 s of getting the GIL, says
+        "interrupted during configure" and ends the process (nothing is published yet, so
+        nothing needs cleaning). The build stays on this thread: built on a helper thread,
+        the torch backend's per-thread settings were lost and multi-camera batching broke.
         """
-        box: dict[str, Any] = {}
+        done = threading.Event()
 
-        def build() -> None:
-            try:
-                box["segmenter"] = self._build_segmenter(cfg)
-            except BaseException as exc:  # handed to the configure thread
-                box["error"] = exc
-
-        thread = threading.Thread(target=build, name="refinenet-configure", daemon=True)
-        self._configure_thread = thread
-        thread.start()
-        try:
-            while thread.is_alive():
-                thread.join(0.1)
+        def watch() -> None:
+            while not done.wait(0.1):
                 if not self.context.ok():
-                    raise ConfigureInterrupted
+                    print(f"{NODE_NAME}: interrupted during configure", file=sys.stderr)
+                    _exit_now(0)
+
+        threading.Thread(target=watch, name="refinenet-configure-watch", daemon=True).start()
+        try:
+            return self._build_segmenter(cfg)
         except KeyboardInterrupt:  # rclpy chains SIGINT to Python's handler as well
             raise ConfigureInterrupted from None
-        if "error" in box:
-            raise box["error"]
-        return box["segmenter"]
+        finally:
+            done.set()
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         qos = qos_profile(self.cfg.qos)
@@ -519,7 +515,7 @@ def _warn_about_transport(node: SegmentationNode) -> None:
 
 
 def _exit_now(code: int) -> None:
-    """Exit without joining an abandoned configure thread, flushing Python's and C's buffers
+    """Exit in the middle of a model build, flushing Python's and C's buffers
     first (rcutils writes the log through C stdio, which ``os._exit`` would drop)."""
     sys.stdout.flush()
     sys.stderr.flush()
@@ -558,24 +554,18 @@ def main(args: Sequence[str] | None = None) -> int:
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
-        if node is not None and node._configure_thread is not None and node._configure_thread.is_alive():
-            print(f"{NODE_NAME}: interrupted during configure", file=sys.stderr)
+        pass
     except RCLError as exc:  # the context went away under the executor (shutdown race)
         if rclpy.ok():
             raise
         print(f"{NODE_NAME}: shutting down after: {exc}", file=sys.stderr)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C during teardown kills at once
-        abandoned = (
-            node is not None and node._configure_thread is not None and node._configure_thread.is_alive()
-        )
         if node is not None:
             node._stop_worker()
             with contextlib.suppress(RCLError):
                 node.destroy_node()
         rclpy.try_shutdown()
-        if abandoned:  # a model export still running in C++: do not wait for it at interpreter exit
-            _exit_now(code)
     return code
 
 
