@@ -35,8 +35,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("refinenet_ros.backends.export_cli", "export the model + pre/post-processing to ONNX"),
     "build-engine": ("refinenet_ros.backends.build_engine_cli", "build/refresh this GPU's TensorRT engine"),
     "demo": ("refinenet_ros.ros.demo", "node end to end: play samples, record outputs, report latency"),
-    "fleet": ("refinenet_ros.fleet.cli", "segment many bags exactly once on Ray (local or a cluster), resumable"),
+    "weights": ("refinenet_ros.weights.cli", "list the bundled trained weights (name, model, labels, mIoU)"),
+    "fleet": ("refinenet_ros.fleet.cli", "segment many bags exactly once on Ray, resumable"),
 }
+
+MAX_NETWORK_SIDE = 8192
+"""Largest network side accepted (the node's network_height/width bound): beyond it a
+typo like 100000 would try to allocate tens of GB before failing."""
 
 MODEL_CHOICES_HELP = "refinenet_resnet50|101|152, lw_refinenet_resnet50|101|152, lw_refinenet_mobilenetv2"
 
@@ -50,27 +55,32 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--model",
         default=None,
-        help=f"network ({MODEL_CHOICES_HELP}); default: from the checkpoint, else lw_refinenet_mobilenetv2",
+        help=f"network ({MODEL_CHOICES_HELP}); default: from the weights, else lw_refinenet_mobilenetv2",
     )
     g.add_argument(
         "--labels",
         default=None,
-        help="label set (cityscapes, voc, nyud40, sunrgbd, "
-        "ade20k, pascal_context, person_part); default: from the checkpoint, else voc",
+        help="label set (camvid, cityscapes, voc, nyud40, sunrgbd, "
+        "ade20k, pascal_context, person_part); default: from the weights",
     )
     g.add_argument(
         "--weights",
         default=None,
-        help="checkpoint file; without it the model "
-        "uses seeded random weights and its labels are meaningless",
+        help="bundled weights name (camvid; see `refinenet-ros weights`) or a checkpoint file "
+        "(default: the bundled camvid street model; 'random' = seeded random weights, meaningless labels)",
     )
     g.add_argument("--seed", type=int, default=0, help="seed of the random init without --weights")
 
 
-def model_config_from_args(args: argparse.Namespace) -> ModelConfig:
-    from refinenet_ros.config import ModelConfig
+def model_config_from_args(args: argparse.Namespace, *, default_weights: bool = True) -> ModelConfig:
+    """The model the user asked for, resolved once (weights name/path, labels, preprocessing).
+
+    ``default_weights`` False (train): no bundled weights unless ``--weights`` names them.
+    """
+    from refinenet_ros.config import RANDOM_WEIGHTS, ConfigError, ModelConfig
     from refinenet_ros.labels import get_label_set
     from refinenet_ros.models import MODEL_NAMES
+    from refinenet_ros.weights import WEIGHTS, WeightsError
 
     if args.model is not None and args.model not in MODEL_NAMES:
         raise CliError(f"unknown --model {args.model!r}; choose one of: {', '.join(MODEL_NAMES)}")
@@ -79,12 +89,22 @@ def model_config_from_args(args: argparse.Namespace) -> ModelConfig:
             get_label_set(args.labels)
         except ValueError as exc:
             raise CliError(f"--labels: {exc}") from None
-    if args.weights is not None:
+    if args.weights is not None and args.weights != RANDOM_WEIGHTS and args.weights not in WEIGHTS:
         from pathlib import Path
 
         if not Path(args.weights).is_file():
-            raise CliError(f"--weights {args.weights}: no such file")
-    return ModelConfig(model=args.model, labels=args.labels, weights=args.weights, seed=args.seed)
+            raise CliError(
+                f"--weights {args.weights}: no such file and no bundled weights of that name "
+                f"(bundled: {', '.join(WEIGHTS)}; 'random' for random init)"
+            )
+    cfg = ModelConfig(
+        model=args.model, labels=args.labels, weights=args.weights, seed=args.seed,
+        default_weights=default_weights,
+    )  # fmt: skip
+    try:
+        return cfg.resolved()
+    except (ConfigError, WeightsError) as exc:
+        raise CliError(f"--weights: {exc}") from None
 
 
 def add_backend_arguments(parser: argparse.ArgumentParser, *, batch: bool = True) -> None:
@@ -92,7 +112,7 @@ def add_backend_arguments(parser: argparse.ArgumentParser, *, batch: bool = True
     g.add_argument(
         "--backend",
         default="auto",
-        choices=("auto", "torch", "onnxruntime", "tensorrt"),
+        choices=("auto", "torch", "onnxruntime", "openvino", "tensorrt"),
         help="inference backend (auto: TensorRT with CUDA, else ONNX Runtime, else torch)",
     )
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: best available)")
@@ -103,20 +123,39 @@ def add_backend_arguments(parser: argparse.ArgumentParser, *, batch: bool = True
         nargs=2,
         metavar=("H", "W"),
         default=None,
-        help="resize inputs to this network size (default: run at each image's size)",
+        help="resize inputs to this network size (default: the size the weights record, 360x480 "
+        "for camvid; random weights: each image's own size)",
     )
     g.add_argument("--threads", type=int, default=0, help="CPU threads (0: library default)")
-    g.add_argument("--engine-dir", default="engines", help="TensorRT engine cache directory")
+    g.add_argument(
+        "--engine-dir",
+        default=None,
+        help="cache of ONNX graphs, INT8 graphs and TensorRT engines (default: $REFINENET_ROS_CACHE, "
+        "else $ROS_HOME/refinenet_ros, else ~/.ros/refinenet_ros)",
+    )
     if batch:
         g.add_argument("--batch", type=int, default=1, help="images per backend call")
 
 
 def backend_options_from_args(args: argparse.Namespace) -> BackendOptions:
+    from pathlib import Path
+
+    from refinenet_ros.backends.engine_cache import default_cache_dir
     from refinenet_ros.backends.factory import BackendOptions
 
     size = tuple(args.network_size) if args.network_size else None
-    if size is not None and min(size) < 32:
-        raise CliError(f"--network-size {size[0]} {size[1]}: both sides must be >= 32 pixels")
+    if size is not None and not (min(size) >= 32 and max(size) <= MAX_NETWORK_SIDE):
+        raise CliError(
+            f"--network-size {size[0]} {size[1]}: each side must be within 32..{MAX_NETWORK_SIDE} pixels"
+        )
+    if getattr(args, "batch", 1) < 1:
+        raise CliError(f"--batch {args.batch}: must be >= 1")
+    if args.threads < 0:
+        raise CliError(f"--threads {args.threads}: must be >= 0 (0: the library's default)")
+    engine_dir = args.engine_dir or default_cache_dir()
+    blocker = next((p for p in (Path(engine_dir), *Path(engine_dir).parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise CliError(f"--engine-dir {engine_dir}: {blocker} is a file, not a folder; give a folder")
     return BackendOptions(
         kind=args.backend,
         device=args.device,
@@ -124,7 +163,7 @@ def backend_options_from_args(args: argparse.Namespace) -> BackendOptions:
         input_size=size,
         max_batch=max(1, getattr(args, "batch", 1)),
         threads=args.threads,
-        engine_dir=args.engine_dir,
+        engine_dir=engine_dir,
     )
 
 

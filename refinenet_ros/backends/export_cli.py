@@ -28,9 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from refinenet_ros.backends.base import BackendError
     from refinenet_ros.backends.onnx_export import DEFAULT_OPSET, ExportSpec, export_onnx
 
+    if Path(args.out).is_dir():
+        raise CliError(f"--out {args.out} is a folder; give the .onnx file to write ({args.out}/model.onnx)")
     cfg = model_config_from_args(args)
     try:
         spec = ExportSpec(

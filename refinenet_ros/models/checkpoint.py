@@ -28,6 +28,7 @@ from __future__ import annotations
 import datetime as _dt
 import importlib
 import os
+import pickle
 import re
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
@@ -173,6 +174,12 @@ def _torch_load(path: Path, map_location: Any, *, mmap: bool = False) -> Any:
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # pickle, zip and torch errors all mean "not readable"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights_only" in str(exc) or isinstance(exc, pickle.UnpicklingError):
+            # torch's text advises weights_only=False (running arbitrary code): never relay it
+            raise CheckpointError(
+                f"{str(path)!r} is not a PyTorch checkpoint this package can read safely "
+                f"(not a plain tensor archive); expected {_EXPECTED}"
+            ) from exc
         raise CheckpointError(
             f"cannot read checkpoint {str(path)!r}: {type(exc).__name__}: {first[:300]}. "
             f"Expected {_EXPECTED}."

@@ -1,0 +1,59 @@
+"""User mistakes on the command line: one line naming the flag, exit 2, before any slow work."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CLI = [sys.executable, "-m", "refinenet_ros"]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=240, env=dict(os.environ))
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "error:" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--network-size", "100000", "100000"], ["--network-size", "32..8192"]),
+        (["--network-size", "8", "8"], ["--network-size"]),
+        (["--threads", "-1"], ["--threads"]),
+    ],
+    ids=["absurd-size", "tiny-size", "threads"],
+)
+def test_backend_options_are_checked_before_any_model_work(args: list[str], needles: list[str]) -> None:
+    one_line_error(run_cli("segment", "--samples", *args), *needles)
+
+
+def test_engine_dir_under_a_file_is_named(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    one_line_error(run_cli("segment", "--samples", "--engine-dir", str(blocker / "cache")), "--engine-dir")
+
+
+def test_random_bytes_checkpoint_never_suggests_unsafe_loading(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(os.urandom(4096))
+    proc = run_cli(
+        "segment", "--samples", "--weights", str(junk), "--backend", "torch", "--out", str(tmp_path / "o")
+    )
+
+    one_line_error(proc, "not a PyTorch checkpoint")
+    assert "weights_only" not in proc.stderr
+
+
+def test_export_out_that_is_a_folder(tmp_path: Path) -> None:
+    proc = run_cli("export", "--height", "64", "--width", "64", "--out", str(tmp_path))
+    one_line_error(proc, "--out", "folder")
