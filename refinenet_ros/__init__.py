@@ -56,4 +56,5 @@ def load(
         threads=threads,
         engine_dir=cache_dir or default_cache_dir(),
     )
-    return build_segmenter(ModelConfig(weights=weights).resolved(), options, output_resolution=output_resolution)
+    model_cfg = ModelConfig(weights=weights).resolved()
+    return build_segmenter(model_cfg, options, output_resolution=output_resolution)

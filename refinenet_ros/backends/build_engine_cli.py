@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--batch", type=int, default=1, help="max batch (one per camera for multi-camera nodes)")
     g.add_argument("--workspace-mb", type=int, default=2048, help="builder workspace pool limit (MiB)")
     g.add_argument("--engine-dir", default=None,
-                   help="engine + ONNX cache (default: $REFINENET_ROS_CACHE, else $ROS_HOME/refinenet_ros)")  # fmt: skip
+                   help="engine + ONNX cache (default: $ROS_HOME/refinenet_ros)")  # fmt: skip
     g.add_argument("--device", default="cuda:0", help="CUDA device the engine is built for")
     c = parser.add_argument_group("INT8 calibration (precision int8)")
     c.add_argument("--calib-images", default=None, help="folder of the robot's camera images")

@@ -47,10 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     parser.add_argument("--model", default="", help="network (default: the package default)")
     parser.add_argument("--weights", default="",
-                        help="bundled name or checkpoint (default: camvid; 'random': random weights)")  # fmt: skip
+                        help="bundled name or checkpoint (default: camvid; 'random')")  # fmt: skip
     parser.add_argument("--labels", default="", help="label set (default: from the weights)")
     parser.add_argument("--network-size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                        help="network input size (default: the weights' size, 360x480 for camvid)")  # fmt: skip
+                        help="network input size (default: the weights' size)")  # fmt: skip
     parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"))
     parser.add_argument("--no-bag", action="store_true", help="do not record the mcap bag")
 

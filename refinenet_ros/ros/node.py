@@ -323,7 +323,7 @@ class SegmentationNode(LifecycleNode):
             "backend": backend.name,
             "device": backend.device,
             "precision": cfg.precision,
-            "network_size": "x".join(map(str, cfg.network_size)) if cfg.network_size else "input",
+            "network_size": "x".join(map(str, segmenter.network_size)) if segmenter.network_size else "input",
             "output_resolution": cfg.output_resolution,
         }
         self.get_logger().info(

@@ -27,6 +27,7 @@ from rclpy.exceptions import (
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from refinenet_ros.backends.engine_cache import default_cache_dir
 from refinenet_ros.config import DEFAULT_MODEL
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -51,7 +52,7 @@ class NodeConfig:
     backend: str = "auto"
     device: str = "auto"
     precision: str = "fp32"
-    engine_dir: str = "engines"
+    engine_dir: str = field(default_factory=default_cache_dir)
     network_height: int = 0
     network_width: int = 0
     output_resolution: str = "input"
@@ -104,9 +105,22 @@ PARAMETERS: dict[str, tuple[int, str, dict[str, Any]]] = {
     "backend": (S, "inference backend", {}),
     "device": (S, "auto, cpu, cuda, cuda:N", {}),
     "precision": (S, "numeric precision of the backend", {}),
-    "engine_dir": (S, "TensorRT engine cache directory", {}),
-    "network_height": (INT, "network input height; 0 = each image's own size", _int(0, 8192)),
-    "network_width": (INT, "network input width; 0 = each image's own size", _int(0, 8192)),
+    "engine_dir": (
+        S,
+        "cache of ONNX graphs, INT8 graphs and TensorRT engines "
+        "(default $REFINENET_ROS_CACHE, else $ROS_HOME/refinenet_ros)",
+        {},
+    ),
+    "network_height": (
+        INT,
+        "network input height; 0 = the weights' size (360 for camvid), else each image's own",
+        _int(0, 8192),
+    ),
+    "network_width": (
+        INT,
+        "network input width; 0 = the weights' size (480 for camvid), else each image's own",
+        _int(0, 8192),
+    ),
     "output_resolution": (S, "size of the published images", {}),
     "input_transport": (S, "raw subscribes image, compressed image/compressed", {}),
     "qos": (S, "sensor_data = best effort, reliable = reliable (subscriptions and outputs)", {}),
