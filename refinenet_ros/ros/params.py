@@ -277,3 +277,38 @@ def validate_change(params: list[Parameter]) -> SetParametersResult:
         if problem:
             return SetParametersResult(successful=False, reason=problem)
     return SetParametersResult(successful=True)
+
+
+_TABLE_TYPES = {
+    S: "string",
+    INT: "int",
+    D: "double",
+    B: "bool",
+    ParameterType.PARAMETER_STRING_ARRAY: "string[]",
+}
+
+
+def parameter_table() -> str:
+    """The README's parameter table, generated from :data:`PARAMETERS`, :class:`NodeConfig`'s
+    defaults, :data:`CHOICES` and :data:`LIVE` (a test keeps the README equal to it)."""
+    defaults = NodeConfig(engine_dir="$ROS_HOME/refinenet_ros")
+    rows = [
+        "| parameter | type | default | range / choices | live | meaning |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, (ptype, description, extra) in PARAMETERS.items():
+        default = getattr(defaults, name)
+        shown = (
+            str(default).lower() if isinstance(default, bool) else repr(default) if default == "" else default
+        )
+        if "integer_range" in extra:
+            r = extra["integer_range"][0]
+            allowed = f"{r.from_value}..{r.to_value}"
+        elif "floating_point_range" in extra:
+            r = extra["floating_point_range"][0]
+            allowed = f"{r.from_value:g}..{r.to_value:g}"
+        else:
+            allowed = ", ".join(CHOICES.get(name, ()))
+        live = "yes" if name in LIVE else "on configure"
+        rows.append(f"| `{name}` | {_TABLE_TYPES[ptype]} | `{shown}` | {allowed} | {live} | {description} |")
+    return "\n".join(rows)
