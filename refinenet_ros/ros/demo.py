@@ -1,22 +1,8 @@
-"""The node end to end on this machine: start ``segmentation_node``, play the bundled sample
-sequence into it at a fixed rate, record what comes out, and report frames in/out, drops
-and latency.
-
-Three actors, as on a robot: the node (a separate process, CPU backend, the bundled CamVid
-street model unless ``--weights``), a player (publishes real street photographs panned like
-a camera, see :mod:`refinenet_ros.samples`, as ``image`` +
-``camera_info`` stamped at send time) and a recorder (subscribes to every output). DDS
-stays on this machine: shared-memory transport only and a ROS domain of our own.
-
-Writes into ``--out``: ``labels.png`` (palette PNG), ``color.png``, ``overlay.png``,
-``confidence.png`` of the last output, ``outputs_bag/`` (rosbag2 mcap: labels and
-labels/camera_info raw, colour/overlay/confidence as CompressedImage to stay small) and
-``summary.json``. Latency = receive time at the recorder - the input's header stamp.
-"""
+"""The node end to end on this machine (``refinenet-ros demo``, :mod:`refinenet_ros.cli.demo`):
+the node as its own process, a player and a recorder; frames in/out, drops and latency."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -32,27 +18,27 @@ from typing import Any
 
 import numpy as np
 
-from refinenet_ros.cli import CliError
 from refinenet_ros.ros.scheduling import NODE_STAGES
 
 OUTPUTS = ("labels", "color", "overlay", "confidence", "labels/camera_info")
 SHM_ONLY = "SHM?max_msg_size=8MB&sockets_size=64MB"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--frames", type=int, default=150, help="frames to play (default 150)")
-    parser.add_argument("--rate", type=float, default=5.0, help="player rate in Hz (default 5)")
-    parser.add_argument("--size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"),
-                        help="frame size (default 480 640)")  # fmt: skip
-    parser.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    parser.add_argument("--model", default="", help="network (default: the package default)")
-    parser.add_argument("--weights", default="",
-                        help="bundled name or checkpoint (default: camvid; 'random')")  # fmt: skip
-    parser.add_argument("--labels", default="", help="label set (default: from the weights)")
-    parser.add_argument("--network-size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                        help="network input size (default: the weights' size)")  # fmt: skip
-    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"))
-    parser.add_argument("--no-bag", action="store_true", help="do not record the mcap bag")
+@dataclass(frozen=True)
+class DemoConfig:
+    """What ``refinenet-ros demo`` runs: frames, rate and size of the player, where the
+    outputs go, and the node's model/weights/labels/network size/backend ("" = the node's default)."""
+
+    frames: int = 150
+    rate: float = 5.0
+    size: tuple[int, int] = (480, 640)
+    out: str = "demo_out"
+    model: str = ""
+    weights: str = ""
+    labels: str = ""
+    network_size: tuple[int, int] | None = None
+    backend: str = "auto"
+    no_bag: bool = False
 
 
 @dataclass
@@ -181,7 +167,7 @@ def _ros_env() -> dict[str, str]:
     return env
 
 
-def _node_command(args: argparse.Namespace, ns: str) -> list[str]:
+def _node_command(args: DemoConfig, ns: str) -> list[str]:
     params = {"model": args.model, "weights": args.weights, "labels": args.labels, "backend": args.backend}
     ros = ["--ros-args", "-r", f"__ns:={ns}"]
     for name, value in params.items():
@@ -212,14 +198,8 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return {"p50": float(p[0]), "p95": float(p[1]), "p99": float(p[2])}
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.frames < 1 or args.rate <= 0:
-        raise CliError("--frames must be >= 1 and --rate > 0")
-    from refinenet_ros.config import RANDOM_WEIGHTS
-    from refinenet_ros.weights import WEIGHTS
-
-    if args.weights and args.weights not in (*WEIGHTS, RANDOM_WEIGHTS) and not Path(args.weights).is_file():
-        raise CliError(f"--weights {args.weights}: no such file and no bundled weights of that name")
+def run_demo(args: DemoConfig) -> int:
+    """Start the node, play, record, report; the exit status (0: outputs came back)."""
     env = _ros_env()
     os.environ.pop("ROS_AUTOMATIC_DISCOVERY_RANGE", None)
     os.environ.update(env)  # this process joins the same SHM-only domain as the node
@@ -244,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _play_and_record(
-    args: argparse.Namespace, ns: str, frames: list[Any], node: subprocess.Popen[bytes], out_dir: Path
+    args: DemoConfig, ns: str, frames: list[Any], node: subprocess.Popen[bytes], out_dir: Path
 ) -> int:
     import array
 
@@ -344,7 +324,7 @@ def _play_and_record(
 
 
 def _report(
-    args: argparse.Namespace,
+    args: DemoConfig,
     recorder: Recorder,
     diags: list[dict[str, str]],
     out_dir: Path,

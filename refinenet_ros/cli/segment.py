@@ -22,9 +22,9 @@ from refinenet_ros.cli import (
     backend_options_from_args,
     model_config_from_args,
 )
+from refinenet_ros.datasets import IMAGE_SUFFIXES
 
 log = logging.getLogger("refinenet_ros")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -26,16 +26,16 @@ if TYPE_CHECKING:
 
 # name -> (module, one-line help). Modules are imported only when building the parser.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "segment": ("refinenet_ros.segment_images", "segment image files (or the bundled samples)"),
-    "bag": ("refinenet_ros.bag", "segment camera topics of a rosbag2 into new label/colour topics"),
-    "evaluate": ("refinenet_ros.evaluate", "mIoU and accuracies on a labelled data set"),
-    "train": ("refinenet_ros.train", "fine-tune a model on a labelled data set"),
+    "segment": ("refinenet_ros.cli.segment", "segment image files (or the bundled samples)"),
+    "bag": ("refinenet_ros.cli.bag", "segment camera topics of a rosbag2 into new label/colour topics"),
+    "evaluate": ("refinenet_ros.cli.evaluate", "mIoU and accuracies on a labelled data set"),
+    "train": ("refinenet_ros.cli.train", "fine-tune a model on a labelled data set"),
     "bench": ("refinenet_ros.bench", "benchmarks: model (GFLOP/s vs peak), node (latency, overhead), bag"),
-    "node": ("refinenet_ros.ros.node_cli", "run the ROS 2 segmentation node (ROS args after --ros-args)"),
-    "export": ("refinenet_ros.backends.export_cli", "export the model + pre/post-processing to ONNX"),
-    "build-engine": ("refinenet_ros.backends.build_engine_cli", "build/refresh this GPU's TensorRT engine"),
-    "demo": ("refinenet_ros.ros.demo", "node end to end: play samples, record outputs, report latency"),
-    "weights": ("refinenet_ros.weights.cli", "list the bundled trained weights (name, model, labels, mIoU)"),
+    "node": ("refinenet_ros.cli.node", "run the ROS 2 segmentation node (ROS args after --ros-args)"),
+    "export": ("refinenet_ros.cli.export", "export the model + pre/post-processing to ONNX"),
+    "build-engine": ("refinenet_ros.cli.build_engine", "build/refresh this GPU's TensorRT engine"),
+    "demo": ("refinenet_ros.cli.demo", "node end to end: play samples, record outputs, report latency"),
+    "weights": ("refinenet_ros.cli.weights", "list the bundled trained weights (name, model, labels, mIoU)"),
     "fleet": ("refinenet_ros.fleet.cli", "segment many bags exactly once on Ray, resumable"),
 }
 
@@ -196,6 +196,7 @@ USER_ERRORS: tuple[tuple[str, str], ...] = (
     ("refinenet_ros.bag", "BagError"),
     ("refinenet_ros.config", "ConfigError"),
     ("refinenet_ros.datasets", "DatasetError"),
+    ("refinenet_ros.train", "TrainError"),
     ("refinenet_ros.weights", "WeightsError"),
     ("refinenet_ros.models.checkpoint", "CheckpointError"),
     ("refinenet_ros.models.tflite_import", "TFLiteImportError"),

@@ -1,0 +1,158 @@
+"""Measure a model on a labelled data set: mIoU, per-class IoU, pixel / mean class accuracy, fwIoU.
+
+Data sets: ``--dataset cityscapes|voc|ade20k|folders --root DIR [--split S]`` or any
+``--images DIR --label-dir DIR`` pair (``--label-offset 1`` for exports where 0 = unlabelled;
+``--labels`` names the label set, as everywhere).
+Single-scale evaluation runs through the Segmenter, so it measures exactly what the node
+and the bag tool produce with the chosen backend. ``--scales``/``--flip`` average softmax
+maps over scales and mirror images (the paper's test-time protocol) and need the torch
+backend. Predictions are scored at each label image's full resolution.
+
+Writes a JSON report (atomically), prints a per-class table, and with
+``--save-predictions DIR`` writes each prediction as a colour PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from refinenet_ros.cli import (
+    CliError,
+    add_backend_arguments,
+    add_model_arguments,
+    backend_options_from_args,
+    model_config_from_args,
+)
+
+if TYPE_CHECKING:
+    from refinenet_ros.datasets import SegmentationDataset
+
+log = logging.getLogger("refinenet_ros")
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """--dataset/--root/--split or --images/--labels; shared with ``train``."""
+    from refinenet_ros.datasets import DATASET_FORMATS
+
+    g = parser.add_argument_group("data set")
+    g.add_argument("--dataset", default="folders", choices=DATASET_FORMATS,
+                   help="layout under --root (default folders: ROOT/images + ROOT/labels)")  # fmt: skip
+    g.add_argument("--root", default=None, help="data set root folder")
+    g.add_argument("--split", default=None,
+                   help="split: cityscapes train|val, voc train|val|FILE, ade20k training|validation, "
+                        "folders: ROOT/images/SPLIT (default: the train split for train, val for "
+                        "evaluate, when present)")  # fmt: skip
+    g.add_argument("--images", default=None, help="generic layout: folder of images (with --labels)")
+    g.add_argument("--labels-dir", "--label-dir", dest="labels_dir", default=None,
+                   help="generic layout: folder of label images matched to --images by name")  # fmt: skip
+    g.add_argument("--label-offset", type=int, default=None,
+                   help="subtract from label values; values below it become ignore (1 for exports "
+                        "where 0 = unlabelled: ADE20K, NYUDv2-40, SUN-RGBD)")  # fmt: skip
+    g.add_argument("--limit", type=int, default=0, help="use only the first N images (0: all)")
+
+
+def dataset_from_args(args: argparse.Namespace, split: str | None = None) -> SegmentationDataset:
+    from refinenet_ros.datasets import DatasetError, open_dataset
+
+    split = split if split is not None else args.split
+    root = Path(args.root) if args.root else None
+    if split is None and args.dataset == "folders" and root and (root / "images" / "val").is_dir():
+        split = "val"  # a folders data set with train/val subfolders: evaluate on val
+    try:
+        ds = open_dataset(
+            args.dataset,
+            args.root,
+            split,
+            images=args.images,
+            labels=args.labels_dir,
+            label_offset=args.label_offset,
+        )
+    except DatasetError as exc:
+        raise CliError(str(exc)) from None
+    return ds.subset(args.limit) if args.limit > 0 else ds
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_dataset_arguments(parser)
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0],
+                        help="test-time scales, e.g. 0.4 0.6 0.8 1.0 1.2 (torch backend)")  # fmt: skip
+    parser.add_argument("--flip", action="store_true", help="also average mirrored images (torch backend)")
+    parser.add_argument("--report", default="evaluation.json", help="JSON report path")
+    parser.add_argument("--save-predictions", default=None, metavar="DIR",
+                        help="write each prediction as a colour PNG into DIR")  # fmt: skip
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_model_arguments(parser)
+    add_backend_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from refinenet_ros.evaluate import _safe, evaluate, segmenter_predictor, torch_predictor
+    from refinenet_ros.io import atomic_write_text
+
+    multiscale = list(args.scales) != [1.0] or args.flip
+    if any(s <= 0 for s in args.scales):
+        raise CliError(f"--scales {args.scales}: every scale must be > 0")
+    if multiscale and args.backend not in ("auto", "torch"):
+        raise CliError(
+            f"--scales/--flip average softmax maps inside PyTorch; use --backend torch, not {args.backend}"
+        )
+    from refinenet_ros.backends.factory import with_weights_size
+
+    dataset = dataset_from_args(args)
+    model_cfg = model_config_from_args(args)
+    label_set = model_cfg.label_set
+    options = with_weights_size(model_cfg, backend_options_from_args(args))
+    if multiscale:
+        from refinenet_ros.config import load_model, warn_if_random_weights
+
+        device = "cpu" if args.device == "auto" else args.device
+        warn_if_random_weights(model_cfg)
+        model = load_model(model_cfg).to(device)
+        predict = torch_predictor(
+            model, scales=args.scales, flip=args.flip, device=device, network_size=options.input_size,
+            mean=model_cfg.mean, std=model_cfg.std,
+        )  # fmt: skip
+        backend_name = f"torch (multi-scale {args.scales}{', flip' if args.flip else ''})"
+    else:
+        from refinenet_ros.segmenter import build_segmenter
+
+        segmenter = build_segmenter(model_cfg, options)
+        predict = segmenter_predictor(segmenter)
+        backend_name = segmenter.backend.name
+    log.info("evaluating %s on %s (%d images), backend %s", model_cfg.describe(), dataset.description,
+             len(dataset), backend_name)  # fmt: skip
+    result = evaluate(
+        predict,
+        dataset,
+        label_set,
+        batch=1 if multiscale else options.max_batch,
+        progress=not args.no_progress,
+        save_dir=args.save_predictions,
+    )
+    resolved = model_cfg
+    report = {
+        "model": resolved.model,
+        "labels": label_set.name,
+        "weights": resolved.weights,
+        "dataset": dataset.description,
+        "images": result.images,
+        "backend": backend_name,
+        "network_size": list(options.input_size) if options.input_size else None,
+        "scales": list(args.scales),
+        "flip": bool(args.flip),
+        "seconds": round(result.seconds, 3),
+        "images_per_second": round(result.images_per_second, 3),
+        "metrics": result.metrics.to_dict(label_set.classes),
+    }
+    atomic_write_text(args.report, json.dumps(report, indent=2) + "\n")
+    print(result.metrics.table(label_set.classes))
+    m = result.metrics
+    print(
+        f"{result.images} images, {result.seconds:.1f} s ({result.images_per_second:.2f} img/s): "
+        f"mIoU {100 * _safe(m.miou):.2f} %, pixel acc {100 * _safe(m.pixel_accuracy):.2f} % -> {args.report}"
+    )
+    return 0

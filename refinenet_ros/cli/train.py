@@ -1,0 +1,249 @@
+"""Fine-tune a RefineNet model on a labelled data set (the robot's own scenes).
+
+The recipe of the RefineNet / Light-Weight RefineNet papers: random scale, crop and
+mirror; SGD with momentum and a poly learning-rate decay; a separate learning rate for
+the pretrained encoder and the decoder (x10 for Light-Weight RefineNet, whose decoder
+starts from scratch); optionally frozen BatchNorm (small batches make its statistics
+noisy); pixels labelled with the ignore index do not contribute to the loss.
+Validation mIoU is measured every ``--val-every`` steps with the same code as
+``evaluate``. Checkpoints (``last.pt``, ``best.pt``) are written atomically with
+``save_checkpoint`` so ``segment``/``bag``/the node load them with ``--weights``;
+``--resume OUT/last.pt`` continues a run (weights, optimiser momentum, step, history).
+
+Beyond the papers' recipe, for short CPU schedules on small sets such as CamVid:
+photometric jitter (``--jitter``), AdamW (``--optimizer adamw``), class weights against
+the long tail of thin classes (``--class-weighting enet``), bf16 autocast where the
+hardware runs it natively (``--amp auto``), and ImageNet initialisation of the
+MobileNetV2 encoder from TensorFlow's TFLite model (``--backbone-init FILE.tflite``).
+A YAML recipe (``--config``) holds any of these options; flags on the command line win.
+The bundled CamVid model is trained this way: see docs/training.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from refinenet_ros.cli import CliError, add_model_arguments, model_config_from_args
+from refinenet_ros.cli.evaluate import add_dataset_arguments, dataset_from_args
+from refinenet_ros.train import AMP_MODES, CLASS_WEIGHTINGS, OPTIMIZERS, Triple
+
+if TYPE_CHECKING:
+    from refinenet_ros.config import ModelConfig
+    from refinenet_ros.datasets import SegmentationDataset
+
+log = logging.getLogger("refinenet_ros")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, metavar="YAML",
+                        help="a training recipe: YAML mapping of these options (e.g. crop: [320, 320]); "
+                             "flags given on the command line override it")  # fmt: skip
+    parser.set_defaults(_parser=parser)
+    add_dataset_arguments(parser)
+    parser.add_argument("--val-split", default=None,
+                        help="validation split of the same data set (default: val / validation, for "
+                             "folders ROOT/images/val when present; 'none' to skip validation)")  # fmt: skip
+    parser.add_argument("--val-images", default=None, help="generic layout: validation images folder")
+    parser.add_argument("--val-label-dir", default=None, help="generic layout: validation labels folder")
+    parser.add_argument("--val-limit", type=int, default=0, help="validate on the first N images (0: all)")
+    parser.add_argument("--out", default="train_out", help="folder for last.pt / best.pt")
+    parser.add_argument("--resume", default=None, help="continue from OUT/last.pt")
+    parser.add_argument("--reset-classifier", action="store_true",
+                        help="--weights from another label set: load all but the classifier")  # fmt: skip
+    g = parser.add_argument_group("optimisation")
+    g.add_argument("--steps", type=int, default=1000, help="training iterations")
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--crop", type=int, nargs=2, default=(320, 320), metavar=("H", "W"))
+    g.add_argument("--scale-range", type=float, nargs=2, default=(0.5, 2.0), metavar=("MIN", "MAX"))
+    g.add_argument("--no-flip", action="store_true", help="no random horizontal mirroring")
+    g.add_argument("--lr", type=float, default=5e-4, help="encoder learning rate (SGD)")
+    g.add_argument("--decoder-lr-mult", type=float, default=None,
+                   help="decoder LR = lr x this (default 10 for lw_* models, 1 otherwise)")  # fmt: skip
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight-decay", type=float, default=1e-5)
+    g.add_argument("--poly-power", type=float, default=0.9)
+    g.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up (0: none)")
+    g.add_argument("--freeze-bn", action="store_true", help="keep BatchNorm statistics and affine fixed")
+    g.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS, help="sgd (with --momentum) or adamw")
+    g.add_argument(
+        "--jitter",
+        type=float,
+        default=0.0,
+        help="photometric jitter: brightness/contrast/saturation x [1-J, 1+J] (0: off)",
+    )
+    g.add_argument(
+        "--class-weighting",
+        default="none",
+        choices=CLASS_WEIGHTINGS,
+        help="enet: loss weights 1/ln(1.02 + class frequency) from the training labels",
+    )
+    g.add_argument(
+        "--amp",
+        default="auto",
+        choices=AMP_MODES,
+        help="bf16 autocast; auto: where bf16 is native (CUDA, AMX/AVX-512 BF16 CPUs)",
+    )
+    g.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: library default)")
+    g.add_argument("--backbone-init", default=None, metavar="TFLITE",
+                   help="ImageNet MobileNetV2 TFLite file for the encoder of lw_refinenet_mobilenetv2 "
+                        "(needs pip install .[imagenet]); the recipe's normalisation follows it")  # fmt: skip
+    g.add_argument("--val-every", type=int, default=500, help="validate every N steps (0: only at the end)")
+    g.add_argument("--checkpoint-every", type=int, default=500)
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_model_arguments(parser)
+
+
+def _folders_split(args: argparse.Namespace, name: str) -> str | None:
+    """ROOT/images/NAME when it exists (folders layout), else None."""
+    return name if args.root and (Path(args.root) / "images" / name).is_dir() else None
+
+
+def _train_set(args: argparse.Namespace) -> SegmentationDataset:
+    split = args.split
+    if split is None and args.images is None:
+        defaults = {"cityscapes": "train", "voc": "train", "ade20k": "training"}
+        split = defaults.get(args.dataset) or _folders_split(args, "train") or ""
+    return dataset_from_args(args, split=split)
+
+
+def _val_set(args: argparse.Namespace) -> SegmentationDataset | None:
+    from refinenet_ros.datasets import DatasetError, open_dataset
+
+    if args.val_split == "none":
+        return None
+    try:
+        if args.images is not None:  # generic layout: validation folders given separately
+            if args.val_images is None:
+                return None
+            ds = open_dataset("folders", images=args.val_images, labels=args.val_label_dir,
+                              label_offset=args.label_offset)  # fmt: skip
+        else:
+            split = args.val_split
+            if split is None:
+                defaults = {"cityscapes": "val", "voc": "val", "ade20k": "validation"}
+                split = defaults.get(args.dataset) or _folders_split(args, "val")
+            if split is None:
+                return None
+            ds = open_dataset(args.dataset, args.root, split, label_offset=args.label_offset)
+    except DatasetError as exc:
+        raise CliError(f"validation set: {exc}") from None
+    return ds.subset(args.val_limit) if args.val_limit > 0 else ds
+
+
+def apply_config_file(args: argparse.Namespace) -> None:
+    """Fill options from ``--config`` YAML where the command line left them at their defaults."""
+    import yaml
+
+    path = Path(args.config)
+    try:
+        recipe = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise CliError(f"--config {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise CliError(f"--config {path}: not valid YAML ({exc})") from None
+    if not isinstance(recipe, dict):
+        raise CliError(f"--config {path}: expected a mapping of option: value")
+    parser: argparse.ArgumentParser = args._parser
+    for key, value in recipe.items():
+        dest = str(key).replace("-", "_")
+        if dest.startswith("_") or dest == "config" or not hasattr(args, dest):
+            raise CliError(f"--config {path}: unknown option {key!r} (see refinenet-ros train --help)")
+        if getattr(args, dest) == parser.get_default(dest):
+            setattr(args, dest, tuple(value) if isinstance(value, list) else value)
+
+
+def _normalisation(args: argparse.Namespace, cfg: ModelConfig) -> tuple[Triple, Triple]:
+    """Mean/std the run trains with: the resumed checkpoint's, else the fine-tuned weights',
+    else the TFLite backbone's (x / 127.5 - 1), else the architecture's (ImageNet)."""
+    from refinenet_ros.config import checkpoint_metadata
+    from refinenet_ros.models.tflite_import import TFLITE_MEAN, TFLITE_STD
+
+    if args.resume is not None:
+        meta = checkpoint_metadata(args.resume)
+        if meta.get("mean") and meta.get("std"):
+            m, s = meta["mean"], meta["std"]
+            return (float(m[0]), float(m[1]), float(m[2])), (float(s[0]), float(s[1]), float(s[2]))
+    if cfg.weights is None and args.backbone_init:
+        return TFLITE_MEAN, TFLITE_STD
+    assert cfg.mean is not None and cfg.std is not None
+    return cfg.mean, cfg.std
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from refinenet_ros.models import CheckpointError, build_model, load_checkpoint
+    from refinenet_ros.train import TrainConfig, resolve_amp, train
+
+    if args.config is not None:
+        apply_config_file(args)
+    if args.threads < 0:
+        raise CliError(f"--threads {args.threads}: must be >= 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.jitter < 0 or args.jitter >= 1:
+        raise CliError(f"--jitter {args.jitter}: must be within [0, 1)")
+    if args.lr <= 0:
+        raise CliError(f"--lr {args.lr}: must be > 0")
+    if args.steps < 1 or args.batch_size < 1:
+        raise CliError("--steps and --batch-size must be >= 1")
+    if min(args.crop) < 32:
+        raise CliError(f"--crop {args.crop[0]} {args.crop[1]}: both sides must be >= 32 pixels")
+    if not 0 < args.scale_range[0] <= args.scale_range[1]:
+        raise CliError(f"--scale-range {args.scale_range}: need 0 < MIN <= MAX")
+    if args.resume is not None and not Path(args.resume).is_file():
+        raise CliError(f"--resume {args.resume}: no such file")
+    train_set = _train_set(args)
+    val_set = _val_set(args)
+    cfg = model_config_from_args(args, default_weights=False)
+    assert cfg.model is not None
+    label_set = cfg.label_set
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    mean, std = _normalisation(args, cfg)
+    model = build_model(cfg.model, label_set.num_classes, seed=cfg.seed)
+    if args.backbone_init is not None and args.resume is None:
+        from refinenet_ros.models.tflite_import import TFLiteImportError, load_mobilenetv2_tflite
+
+        try:
+            load_mobilenetv2_tflite(model, args.backbone_init)
+        except TFLiteImportError as exc:
+            raise CliError(f"--backbone-init: {exc}") from None
+        log.info("encoder initialised from ImageNet MobileNetV2 %s", args.backbone_init)
+    if cfg.weights is not None and args.resume is None:
+        try:
+            report = load_checkpoint(model, cfg.weights, strict=False, skip_classifier=args.reset_classifier)
+        except CheckpointError as exc:
+            hint = "" if args.reset_classifier else " (another label set? pass --reset-classifier)"
+            raise CliError(f"--weights: {exc}{hint}") from None
+        log.info("initial weights: %s", report.summary())
+    elif cfg.weights is None and args.resume is None and args.backbone_init is None:
+        log.warning("no --weights: training %s from random initialisation (seed %d)", cfg.model, cfg.seed)
+    config = TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, crop_size=(args.crop[0], args.crop[1]),
+        scale_range=(args.scale_range[0], args.scale_range[1]), flip=not args.no_flip, lr=args.lr,
+        decoder_lr_mult=args.decoder_lr_mult, momentum=args.momentum, weight_decay=args.weight_decay,
+        poly_power=args.poly_power, warmup_steps=args.warmup_steps, freeze_bn=args.freeze_bn,
+        val_every=args.val_every,
+        checkpoint_every=args.checkpoint_every, seed=cfg.seed, device=device, optimizer=args.optimizer,
+        jitter=args.jitter, class_weighting=args.class_weighting, amp=resolve_amp(args.amp, device),
+        mean=mean, std=std,
+    )  # fmt: skip
+    log.info("training %s [%s] on %s (%d images), validation: %s", cfg.model, label_set.name,
+             train_set.description, len(train_set),
+             f"{val_set.description} ({len(val_set)} images)" if val_set else "none")  # fmt: skip
+    try:
+        result = train(model, cfg.model, label_set, train_set, val_set, config, out_dir=args.out,
+                       resume=args.resume, progress=not args.no_progress)  # fmt: skip
+    except FloatingPointError as exc:
+        raise CliError(f"{exc} (last good checkpoint: {args.out}/last.pt if written)") from None
+    for step, miou in result.history:
+        print(f"step {step:>6d}: validation mIoU {100 * miou:.2f} %")
+    print(
+        f"trained {config.steps} steps in {result.seconds:.1f} s; best mIoU "
+        f"{100 * result.best_miou:.2f} % at step {result.best_step}; checkpoints in {args.out}/"
+    )
+    return 0
