@@ -66,6 +66,8 @@ class TrainResult:
     """Validation mIoU per step (``history``), the best one, and where checkpoints went."""
 
     steps: int
+    #: the step this call started from (0, or the resumed checkpoint's)
+    start_step: int = 0
     history: list[tuple[int, float]] = field(default_factory=list)
     best_miou: float = float("nan")
     best_step: int = 0
@@ -265,7 +267,7 @@ def train(
     result = TrainResult(steps=config.steps)
     start = 0
     if resume is not None:
-        start = _resume(Path(resume), model, optimizer, result)
+        start = result.start_step = _resume(Path(resume), model, optimizer, result)
         log.info("resumed from %s at step %d", resume, start)
     out = Path(out_dir) if out_dir is not None else None
     normalise = Normalise(config.mean, config.std).to(device)

@@ -242,8 +242,11 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"{exc} (last good checkpoint: {args.out}/last.pt if written)") from None
     for step, miou in result.history:
         print(f"step {step:>6d}: validation mIoU {100 * miou:.2f} %")
-    print(
-        f"trained {config.steps} steps in {result.seconds:.1f} s; best mIoU "
-        f"{100 * result.best_miou:.2f} % at step {result.best_step}; checkpoints in {args.out}/"
-    )
+    ran = config.steps - result.start_step
+    span = f" (steps {result.start_step}..{config.steps})" if result.start_step else ""
+    if result.history:
+        best = f"best mIoU {100 * result.best_miou:.2f} % at step {result.best_step} ({args.out}/best.pt)"
+    else:
+        best = f"no validation (--val-split none): the result is {args.out}/last.pt"
+    print(f"trained {ran} steps{span} in {result.seconds:.1f} s; {best}; checkpoints in {args.out}/")
     return 0
