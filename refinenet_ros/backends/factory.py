@@ -12,6 +12,7 @@ restart neither re-exports nor rebuilds.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -20,6 +21,10 @@ from refinenet_ros.backends.engine_cache import default_cache_dir
 from refinenet_ros.config import ModelConfig, load_model, warn_if_random_weights
 
 log = logging.getLogger("refinenet_ros")
+
+AUTO_ENV = "REFINENET_ROS_AUTO"
+"""``measure`` (default): CPU ``auto`` measures the candidates once per machine and graph;
+``fixed``: the fixed preference (TensorRT, else ONNX Runtime, else torch), no measuring."""
 
 DYNAMIC_TRACE_SIZE = (128, 128)
 """Tracing example for any-size graphs: small, so export and its check stay fast."""
@@ -219,8 +224,11 @@ def measured_auto_applies(kind: str, options: BackendOptions) -> bool:
 
     TensorRT and ONNX Runtime's GPU providers keep the fixed preference (one GPU path is
     clearly fastest there); on a CPU the fastest correct path differs by machine and model.
+    ``REFINENET_ROS_AUTO=fixed`` keeps the fixed preference on CPUs too: the first measurement
+    per graph compiles and calibrates every candidate (tens of seconds), which a test suite
+    or a CI job starting fresh caches for dozens of graph sizes should not pay each time.
     """
-    if options.device not in ("auto", "cpu"):
+    if os.environ.get(AUTO_ENV, "measure") == "fixed" or options.device not in ("auto", "cpu"):
         return False
     if kind == "onnxruntime":
         from refinenet_ros.backends.onnxruntime_backend import best_provider
