@@ -20,8 +20,8 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from launch import LaunchContext, LaunchDescription
+from refinenet_ros.ros.process import SHM_ONLY
 
-SHM_ONLY = "SHM?max_msg_size=8MB&sockets_size=64MB"
 # Launch arguments that override the preset's parameter of the same name when not empty,
 # so `build-engine` and the launch line can name the same model, weights and size.
 OVERRIDES: dict[str, type] = {

@@ -23,12 +23,21 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from refinenet_ros.ros.process import (
+    NODE_MODULE,
+    RMW_IMPLEMENTATION,
+    SHM_ONLY,
+    die_with_parent,
+    own_domain_id,
+    param_args,
+)
+
 __all__ = ["ros_client", "ros_env"]  # what conftest.py's star import exposes: the fixtures
 
 ROS_ENV = {
-    "FASTDDS_BUILTIN_TRANSPORTS": "SHM?max_msg_size=8MB&sockets_size=64MB",
-    "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp",
-    "ROS_DOMAIN_ID": str(100 + os.getpid() % 100),
+    "FASTDDS_BUILTIN_TRANSPORTS": SHM_ONLY,
+    "RMW_IMPLEMENTATION": RMW_IMPLEMENTATION,
+    "ROS_DOMAIN_ID": own_domain_id(),
     "PYTHONUNBUFFERED": "1",
 }
 _BIN = Path(sys.executable).parent
@@ -40,7 +49,7 @@ def _console_script(name: str, module: str) -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", module]
 
 
-NODE_CMD = _console_script("segmentation_node", "refinenet_ros.ros.node")
+NODE_CMD = _console_script("segmentation_node", NODE_MODULE)
 CLI_CMD = _console_script("refinenet-ros", "refinenet_ros")
 OUT = "refinenet_segmentation"  # the node name: outputs are /<ns>/refinenet_segmentation/<leaf>
 SMALL = (64, 96)  # (H, W) of test frames: small enough for a fast CPU forward
@@ -202,15 +211,6 @@ class RosClient:
         self._thread.join(timeout=2.0)
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGTERM the node if the test process dies (a killed pytest leaves no orphans)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 class NodeProcess:
     """``segmentation_node --ros-args ...`` as a child process with its log in a file."""
 
@@ -225,7 +225,7 @@ class NodeProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
 
     def log(self) -> str:
@@ -258,18 +258,8 @@ class NodeProcess:
         return code, time.monotonic() - t0
 
 
-def node_args(**params: Any) -> list[str]:
-    """``-p name:=value`` pairs for ``--ros-args`` (lists as YAML flow sequences)."""
-    out: list[str] = []
-    for name, value in params.items():
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, list | tuple):
-            text = "[" + ",".join(str(v) for v in value) + "]"
-        else:
-            text = str(value)
-        out += ["-p", f"{name}:={text}"]
-    return out
+node_args = param_args
+"""``-p name:=value`` pairs for ``--ros-args`` (lists as YAML flow sequences)."""
 
 
 _next_stamp = [int(time.time() * 1e9)]

@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from refinenet_ros.ros.process import die_with_parent, local_ros_env, node_module_command, param_args
 from refinenet_ros.ros.scheduling import NODE_STAGES
 
 OUTPUTS = ("labels", "color", "overlay", "confidence", "labels/camera_info")
-SHM_ONLY = "SHM?max_msg_size=8MB&sockets_size=64MB"
 
 
 @dataclass(frozen=True)
@@ -153,42 +153,12 @@ class McapRecorder:
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
-def _ros_env() -> dict[str, str]:
-    """Keep DDS on this machine (SHM only) and on a domain of our own, unless set by the caller."""
-    env = dict(os.environ)
-    env.setdefault("FASTDDS_BUILTIN_TRANSPORTS", SHM_ONLY)
-    env.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
-    env.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
-    if env.get("ROS_AUTOMATIC_DISCOVERY_RANGE") == "LOCALHOST" and "SHM" in env["FASTDDS_BUILTIN_TRANSPORTS"]:
-        # rmw_fastrtps would swap the SHM-only transports for UDP loopback and drop ~90 % of
-        # VGA frames; with SHM only nothing leaves the machine anyway.
-        print("[demo] ignoring ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST (it disables the SHM-only transport)")
-        del env["ROS_AUTOMATIC_DISCOVERY_RANGE"]
-    return env
-
-
 def _node_command(args: DemoConfig, ns: str) -> list[str]:
     params = {"model": args.model, "weights": args.weights, "labels": args.labels, "backend": args.backend}
-    ros = ["--ros-args", "-r", f"__ns:={ns}"]
-    for name, value in params.items():
-        if value:
-            ros += ["-p", f"{name}:={value}"]
+    ros = ["--ros-args", "-r", f"__ns:={ns}", *param_args(**{k: v for k, v in params.items() if v})]
     if args.network_size:
-        ros += [
-            "-p",
-            f"network_height:={args.network_size[0]}",
-            "-p",
-            f"network_width:={args.network_size[1]}",
-        ]
-    return [sys.executable, "-m", "refinenet_ros.ros.node", *ros]
-
-
-def _die_with_parent() -> None:
-    """Linux: the node gets SIGTERM if the demo dies, even by SIGKILL (no orphan node)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        ros += param_args(network_height=args.network_size[0], network_width=args.network_size[1])
+    return node_module_command(*ros)
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:
@@ -200,7 +170,7 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 
 def run_demo(args: DemoConfig) -> int:
     """Start the node, play, record, report; the exit status (0: outputs came back)."""
-    env = _ros_env()
+    env = local_ros_env(os.environ, on_drop=lambda why: print(f"[demo] {why}"))
     os.environ.pop("ROS_AUTOMATIC_DISCOVERY_RANGE", None)
     os.environ.update(env)  # this process joins the same SHM-only domain as the node
     out_dir = Path(args.out)
@@ -214,7 +184,7 @@ def run_demo(args: DemoConfig) -> int:
 
     h, w = args.size
     frames = sample_sequence(args.frames, (h, w), demo_images())
-    node = subprocess.Popen(_node_command(args, ns), env=env, preexec_fn=_die_with_parent)
+    node = subprocess.Popen(_node_command(args, ns), env=env, preexec_fn=die_with_parent)
     try:
         return _play_and_record(args, ns, frames, node, out_dir)
     finally:
