@@ -16,7 +16,7 @@ ROS_DOMAIN_ID ?= $(shell echo $$(( $$$$ % 100 + 100 )))
 export ROS_DOMAIN_ID
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test lint typecheck unit venv clean
+.PHONY: demo test test-fast lint typecheck unit venv clean
 
 venv: $(STAMP)
 
@@ -69,6 +69,11 @@ unit: $(STAMP)
 	$(PY) -m pytest -q -rs
 
 test: lint typecheck unit
+
+# A developer's minute: the unit tests without ROS processes and without the slow ones
+# (training, Ray); `make test` stays the full suite (README, CI).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -rs -m "not slow and not ros"
 
 clean:
 	rm -rf demo_out .pytest_cache .mypy_cache .ruff_cache
