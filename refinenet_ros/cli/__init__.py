@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from refinenet_ros import __version__
+from refinenet_ros.backends.base import BACKEND_KINDS, PRECISIONS
 from refinenet_ros.io import UnreadableImage
 
 if TYPE_CHECKING:
@@ -112,11 +113,12 @@ def add_backend_arguments(parser: argparse.ArgumentParser, *, batch: bool = True
     g.add_argument(
         "--backend",
         default="auto",
-        choices=("auto", "torch", "onnxruntime", "openvino", "tensorrt"),
+        choices=BACKEND_KINDS,
         help="inference backend (auto: TensorRT with CUDA, else ONNX Runtime, else torch)",
     )
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: best available)")
-    g.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"))
+    g.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="fp16: CUDA; bf16: OpenVINO on AMX/AVX-512-BF16 CPUs; int8: calibrated")  # fmt: skip
     g.add_argument(
         "--network-size",
         type=int,
@@ -135,6 +137,17 @@ def add_backend_arguments(parser: argparse.ArgumentParser, *, batch: bool = True
     )
     if batch:
         g.add_argument("--batch", type=int, default=1, help="images per backend call")
+    add_calibration_arguments(parser)
+
+
+def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
+    """INT8 calibration data: the robot's own frames (folder or bag topic); one definition for
+    every command that can build an INT8 graph or engine."""
+    c = parser.add_argument_group("INT8 calibration (with --precision int8)")
+    c.add_argument("--calib-images", default=None, help="folder of the robot's camera images")
+    c.add_argument("--calib-bag", default=None, help="rosbag2 (sqlite3 or mcap) with camera frames")
+    c.add_argument("--calib-topic", default=None, help="Image or CompressedImage topic in --calib-bag")
+    c.add_argument("--calib-count", type=int, default=64, help="images to calibrate on (spread over the set)")
 
 
 def backend_options_from_args(args: argparse.Namespace) -> BackendOptions:
@@ -164,6 +177,10 @@ def backend_options_from_args(args: argparse.Namespace) -> BackendOptions:
         max_batch=max(1, getattr(args, "batch", 1)),
         threads=args.threads,
         engine_dir=engine_dir,
+        calib_images=getattr(args, "calib_images", None),
+        calib_bag=getattr(args, "calib_bag", None),
+        calib_topic=getattr(args, "calib_topic", None),
+        calib_count=getattr(args, "calib_count", 64),
     )
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from refinenet_ros.backends.engine_cache import default_cache_dir
-from refinenet_ros.cli import CliError, add_model_arguments, model_config_from_args
+from refinenet_ros.cli import CliError, add_calibration_arguments, add_model_arguments, model_config_from_args
 
 if TYPE_CHECKING:
     from refinenet_ros.backends.base import Backend
@@ -42,11 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--engine-dir", default=None,
                    help="engine + ONNX cache (default: $ROS_HOME/refinenet_ros)")  # fmt: skip
     g.add_argument("--device", default="cuda:0", help="CUDA device the engine is built for")
-    c = parser.add_argument_group("INT8 calibration (precision int8)")
-    c.add_argument("--calib-images", default=None, help="folder of the robot's camera images")
-    c.add_argument("--calib-bag", default=None, help="rosbag2 (sqlite3 or mcap) with camera frames")
-    c.add_argument("--calib-topic", default=None, help="Image or CompressedImage topic in --calib-bag")
-    c.add_argument("--calib-count", type=int, default=64, help="images to calibrate on (spread over the set)")
+    add_calibration_arguments(parser)
     v = parser.add_argument_group("validation")
     v.add_argument(
         "--validate",

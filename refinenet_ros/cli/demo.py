@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from refinenet_ros.backends.base import BACKEND_KINDS
 from refinenet_ros.cli import CliError
 
 
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", default="", help="label set (default: from the weights)")
     parser.add_argument("--network-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                         help="network input size (default: the weights' size)")  # fmt: skip
-    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"))
+    parser.add_argument("--backend", default="auto", choices=BACKEND_KINDS)
     parser.add_argument("--no-bag", action="store_true", help="do not record the mcap bag")
 
 

@@ -27,12 +27,13 @@ from rclpy.exceptions import (
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from refinenet_ros.backends.base import BACKEND_KINDS, PRECISIONS
 from refinenet_ros.backends.engine_cache import default_cache_dir
 from refinenet_ros.config import DEFAULT_MODEL
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "backend": ("auto", "torch", "onnxruntime", "tensorrt"),
-    "precision": ("fp32", "fp16", "int8"),
+    "backend": BACKEND_KINDS,
+    "precision": PRECISIONS,
     "output_resolution": ("input", "network"),
     "input_transport": ("raw", "compressed"),
     "qos": ("sensor_data", "reliable"),
