@@ -29,6 +29,8 @@ from refinenet_ros.cli import (
 )
 
 if TYPE_CHECKING:
+    from refinenet_ros.backends.factory import BackendOptions
+    from refinenet_ros.config import ModelConfig
     from refinenet_ros.datasets import SegmentationDataset
 
 log = logging.getLogger("refinenet_ros")
@@ -149,6 +151,9 @@ def run(args: argparse.Namespace) -> int:
         "metrics": result.metrics.to_dict(label_set.classes),
     }
     atomic_write_text(args.report, json.dumps(report, indent=2) + "\n")
+    miou = result.metrics.miou
+    if not multiscale and backend_name in ("onnxruntime", "openvino") and miou == miou:  # not NaN
+        _record_for_auto(model_cfg, options, backend_name, 100 * miou, dataset.description)
     print(result.metrics.table(label_set.classes))
     m = result.metrics
     print(
@@ -156,3 +161,18 @@ def run(args: argparse.Namespace) -> int:
         f"mIoU {100 * _safe(m.miou):.2f} %, pixel acc {100 * _safe(m.pixel_accuracy):.2f} % -> {args.report}"
     )
     return 0
+
+
+def _record_for_auto(
+    model_cfg: ModelConfig, options: BackendOptions, kind: str, miou: float, dataset: str
+) -> None:
+    """Leave this path's mIoU beside the FP32 graph, where ``auto`` reads it: a path that
+    loses more than 1.0 point against FP32 is then never chosen on this machine."""
+    from dataclasses import replace
+
+    from refinenet_ros.backends.auto_select import record_accuracy
+    from refinenet_ros.backends.factory import onnx_for
+
+    graph = onnx_for(model_cfg, replace(options, precision="fp32"))
+    record_accuracy(graph, kind, options.precision, miou, dataset)
+    log.info("recorded %s %s mIoU %.2f %% for auto beside %s", kind, options.precision, miou, graph.name)
