@@ -98,7 +98,7 @@ def test_random_weights_are_announced_even_when_the_onnx_graph_is_cached(tmp_pat
     img = tmp_path / "p.png"
     cv2.imwrite(str(img), np.full((32, 48, 3), 90, np.uint8))
     args = ["segment", str(img), "--out", str(tmp_path / "o"), "--backend", "onnxruntime"]
-    args += ["--engine-dir", str(tmp_path / "engines"), "--network-size", "32", "48"]
+    args += ["--engine-dir", str(tmp_path / "engines"), "--network-size", "32", "48", "--weights", "random"]
     for _ in range(2):
         proc = run_cli(*args)
         assert proc.returncode == 0, proc.stderr
