@@ -22,7 +22,7 @@ import hashlib
 import json
 import logging
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -105,6 +105,10 @@ def _static_size(onnx_path: Path) -> tuple[int, int]:
     return int(dims[1]), int(dims[2])
 
 
+CALIBRATION_CHUNK = 8
+"""Frames per calibration pass (a divisor of the frame count, at most this many)."""
+
+
 def quantize_graph(
     fp32_path: Path,
     out_path: Path,
@@ -126,21 +130,35 @@ def quantize_graph(
 
     size = _static_size(fp32_path)
 
+    # Network-size uint8 frames, held once (100 VGA frames: 90 MB). ORT keeps every
+    # intermediate tensor of the images one collect pass sees: all 100 frames of the CamVid
+    # model at 360x480 in one pass took 21 GB and the OOM killer. Passes of a few frames
+    # (CalibStridedMinMax, which every calibration method honours) merge into the same
+    # histograms at a bounded cost.
+    frames = [b for _, b in zip(range(max_images), calibration_batches(source, size, 1), strict=False)]
+    if not frames:
+        raise BackendError(f"int8 calibration got no images from {source.describe()}")
+    stride = next(k for k in range(CALIBRATION_CHUNK, 0, -1) if len(frames) % k == 0)
+
     class Reader(CalibrationDataReader):
         """Feeds one network-size uint8 image per call, as the backend will see it."""
 
         def __init__(self) -> None:
-            self._batches: Iterator[npt.NDArray[np.uint8]] = calibration_batches(source, size, 1)
+            self.set_range(0, len(frames))
             self.count = 0
 
+        def __len__(self) -> int:
+            return len(frames)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self._next, self._end = start_index, min(end_index, len(frames))
+
         def get_next(self) -> dict[str, npt.NDArray[np.uint8]] | None:
-            if self.count >= max_images:
+            if self._next >= self._end:
                 return None
-            batch = next(self._batches, None)
-            if batch is None:
-                return None
+            self._next += 1
             self.count += 1
-            return {INPUT_NAME: batch}
+            return {INPUT_NAME: frames[self._next - 1]}
 
     reader = Reader()
     with tempfile.TemporaryDirectory(prefix="refinenet_quant_") as tmp:
@@ -160,7 +178,10 @@ def quantize_graph(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=getattr(CalibrationMethod, options.method),
-            extra_options={"CalibPercentile": options.percentile} if options.method == "Percentile" else {},
+            extra_options={
+                "CalibStridedMinMax": stride,
+                **({"CalibPercentile": options.percentile} if options.method == "Percentile" else {}),
+            },
         )
         if reader.count == 0:
             raise BackendError(f"int8 calibration got no images from {source.describe()}")
