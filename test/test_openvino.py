@@ -252,6 +252,7 @@ def test_create_backend_auto_measures_on_a_cpu_and_logs_the_table(
 ) -> None:
     cfg = ModelConfig(model="lw_refinenet_mobilenetv2", labels="voc", weights="random")
     monkeypatch.setattr(auto_select, "DEFAULT_CANDIDATES", CHEAP)
+    monkeypatch.setenv("REFINENET_ROS_AUTO", "measure")  # the suite runs with "fixed" (conftest)
     options = with_weights_size(cfg, _options(tmp_path, kind="auto"))
     with caplog.at_level("INFO", logger="refinenet_ros"):
         backend = create_backend(cfg, options)

@@ -47,7 +47,7 @@ class NodeConfig:
     """The node's parameters as plain values (see :data:`PARAMETERS` for their meaning)."""
 
     model: str = DEFAULT_MODEL
-    weights: str = "camvid"
+    weights: str = ""
     labels: str = ""
     seed: int = 0
     backend: str = "auto"
@@ -97,8 +97,8 @@ PARAMETERS: dict[str, tuple[int, str, dict[str, Any]]] = {
     "model": (S, "network architecture, e.g. lw_refinenet_mobilenetv2", {}),
     "weights": (
         S,
-        "bundled weights name (camvid) or a checkpoint file; 'random' = seeded random "
-        "weights (meaningless labels)",
+        "bundled weights name (camvid) or a checkpoint file; empty = the bundled camvid model "
+        "when model/labels fit it; 'random' = seeded random weights (meaningless labels)",
         {},
     ),
     "labels": (S, "label set (camvid, cityscapes, voc, ...); empty = from the weights", {}),
