@@ -8,7 +8,6 @@ Options shared by many subcommands (model, backend) are defined once here.
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import logging
 import signal
@@ -19,7 +18,8 @@ from typing import TYPE_CHECKING
 
 from refinenet_ros import __version__
 from refinenet_ros.backends.base import BACKEND_KINDS, PRECISIONS
-from refinenet_ros.io import UnreadableImage
+from refinenet_ros.errors import one_line
+from refinenet_ros.errors import user_error_text as library_error_text
 
 if TYPE_CHECKING:
     from refinenet_ros.backends.factory import BackendOptions
@@ -209,72 +209,11 @@ def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated
 
 
-USER_ERRORS: tuple[tuple[str, str], ...] = (
-    ("refinenet_ros.bag", "BagError"),
-    ("refinenet_ros.config", "ConfigError"),
-    ("refinenet_ros.datasets", "DatasetError"),
-    ("refinenet_ros.train", "TrainError"),
-    ("refinenet_ros.weights", "WeightsError"),
-    ("refinenet_ros.models.checkpoint", "CheckpointError"),
-    ("refinenet_ros.models.tflite_import", "TFLiteImportError"),
-    ("refinenet_ros.backends.base", "BackendError"),
-    ("refinenet_ros.backends.calibration", "CalibrationError"),
-    ("refinenet_ros.ros.encodings", "MalformedImage"),
-    ("rosbags.rosbag2", "ReaderError"),
-    ("rosbags.rosbag2", "WriterError"),
-    ("rosbags.highlevel", "AnyReaderError"),
-)
-"""Exception types that always mean "the user's input or machine", never our bug. Looked up
-in ``sys.modules`` only: a module that was never imported cannot have raised its error, and
-``--help`` stays free of torch."""
-
-
 def user_error_text(exc: BaseException) -> str | None:
-    """One line for a user or environment error, or None for a bug (which keeps its traceback)."""
-    import sqlite3
-
-    for module_name, name in USER_ERRORS:
-        error_type = getattr(sys.modules.get(module_name), name, None)
-        if isinstance(error_type, type) and isinstance(exc, error_type):
-            return _one_line(str(exc) or type(exc).__name__)
-    if isinstance(exc, (CliError, UnreadableImage)):
-        return _one_line(str(exc))
-    if isinstance(exc, OSError):
-        return _os_error_text(exc)
-    if isinstance(exc, sqlite3.Error):  # the output bag's database: disk full, read-only, locked
-        return _one_line(f"output bag database: {exc}; check free space and write permission")
-    if isinstance(exc, MemoryError):
-        return "out of memory: use smaller images, --network-size or --batch"
-    return None
-
-
-_OS_HINTS = {
-    errno.ENOSPC: "free some space or write elsewhere",
-    errno.EDQUOT: "free some space or write elsewhere",
-    errno.EROFS: "the file system is read-only: write elsewhere",
-    errno.EACCES: "check the permissions or choose another path",
-    errno.EPERM: "check the permissions or choose another path",
-    errno.ENOTDIR: "a part of the path is a file, not a folder",
-    errno.EISDIR: "it is a folder; give a file path",
-    errno.EEXIST: "it already exists",
-}
-
-
-def _os_error_text(exc: OSError) -> str:
-    """``[Errno 30] Read-only file system: 'x'`` -> ``x: read-only file system: write elsewhere``."""
-    what = exc.strerror or str(exc) or type(exc).__name__
-    where = exc.filename if exc.filename is not None else None
-    text = f"{where}: {what[0].lower()}{what[1:]}" if where is not None else what
-    if exc.filename2 is not None:
-        text += f" (-> {exc.filename2})"
-    hint = _OS_HINTS.get(exc.errno or 0)
-    if hint and hint not in text:
-        text += f"; {hint}"
-    return _one_line(text)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    """One line for a user or environment error (a :class:`CliError` too), else None."""
+    if isinstance(exc, CliError):
+        return one_line(str(exc))
+    return library_error_text(exc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

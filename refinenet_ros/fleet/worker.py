@@ -131,7 +131,7 @@ class BagWorker:
 
     def process(self, input_bag: str, output: str, rel: str) -> dict[str, Any]:
         from refinenet_ros.bag import run_bag
-        from refinenet_ros.cli import user_error_text
+        from refinenet_ros.errors import user_error_text
 
         self.board.start.remote(rel, self.index, os.getpid())
         result: dict[str, Any] = {"worker": self.index, "pid": os.getpid(), "host": socket.gethostname()}
