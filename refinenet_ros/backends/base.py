@@ -55,3 +55,14 @@ def check_batch(images: npt.NDArray[np.uint8], backend: Backend) -> None:
             f"{backend.name}: built for {backend.input_size[0]}x{backend.input_size[1]} (HxW), "
             f"got {images.shape[1]}x{images.shape[2]}; set network_size to match or rebuild"
         )
+
+
+def pad_to_batch(images: npt.NDArray[np.uint8], static_batch: int | None) -> npt.NDArray[np.uint8]:
+    """A short batch padded with zeros to a graph's fixed batch size (callers drop the padding
+    from the outputs); contiguous, as the runtimes want their input."""
+    n = images.shape[0]
+    if static_batch is not None and n < static_batch:
+        padded = np.zeros((static_batch, *images.shape[1:]), dtype=np.uint8)
+        padded[:n] = images
+        return padded
+    return np.ascontiguousarray(images)

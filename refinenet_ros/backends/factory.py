@@ -199,15 +199,23 @@ def onnx_for(model_cfg: ModelConfig, options: BackendOptions, *, dynamic_hw: boo
     return export_cached(model_cfg, spec, Path(options.engine_dir) / "onnx").path
 
 
-def _onnxruntime_backend(model_cfg: ModelConfig, options: BackendOptions) -> Backend:
-    from refinenet_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
-
+def graph_for(model_cfg: ModelConfig, options: BackendOptions) -> Path:
+    """The graph ONNX Runtime or OpenVINO runs: the FP32 export, or for int8 its calibrated
+    QDQ version (OpenVINO executes the Q/DQ pairs as int8 convolutions, so one calibration
+    serves both runtimes)."""
     path = onnx_for(model_cfg, options)
-    precision = options.precision
-    if precision == "int8":
+    if options.precision == "int8":
         from refinenet_ros.backends.ort_quantize import quantized_cached
 
         path = quantized_cached(path, options)
+    return path
+
+
+def _onnxruntime_backend(model_cfg: ModelConfig, options: BackendOptions) -> Backend:
+    from refinenet_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    path = graph_for(model_cfg, options)
+    precision = options.precision
     return OnnxRuntimeBackend(
         path,
         device=options.device,
@@ -256,13 +264,7 @@ def _openvino_backend(model_cfg: ModelConfig, options: BackendOptions) -> Backen
     reason = openvino_unavailable_reason()
     if reason is not None:
         raise BackendError(f"openvino backend: {reason}")
-    path = onnx_for(model_cfg, options)
-    if options.precision == "int8":
-        # The same calibrated QDQ graph ONNX Runtime runs: OpenVINO executes its Q/DQ pairs
-        # as int8 convolutions, so one calibration serves both runtimes.
-        from refinenet_ros.backends.ort_quantize import quantized_cached
-
-        path = quantized_cached(path, options)
+    path = graph_for(model_cfg, options)
     return OpenVinoBackend(
         path,
         device=options.device,

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from refinenet_ros.backends.base import BackendError, check_batch
+from refinenet_ros.backends.base import BackendError, check_batch, pad_to_batch
 from refinenet_ros.backends.onnx_export import INPUT_NAME, OUTPUT_NAMES
 
 log = logging.getLogger("refinenet_ros")
@@ -144,10 +144,6 @@ class OnnxRuntimeBackend:
     def infer(self, images: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.integer], npt.NDArray[np.float32]]:
         check_batch(images, self)
         n = images.shape[0]
-        if self._static_batch is not None and n < self._static_batch:
-            # A graph exported for a fixed batch: pad the short batch, drop the padding after.
-            padded = np.zeros((self._static_batch, *images.shape[1:]), dtype=np.uint8)
-            padded[:n] = images
-            images = padded
-        labels, confidence = self._session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(images)})
+        batch = pad_to_batch(images, self._static_batch)  # a fixed-batch graph: padding dropped below
+        labels, confidence = self._session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
         return labels[:n], confidence[:n]

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from refinenet_ros.backends.base import BackendError, check_batch
+from refinenet_ros.backends.base import BackendError, check_batch, pad_to_batch
 from refinenet_ros.backends.engine_cache import sha256_file, slug
 from refinenet_ros.backends.onnx_export import INPUT_NAME, OUTPUT_NAMES, read_metadata
 from refinenet_ros.bench_machine import cpu_flags, cpu_has_native_bf16
@@ -251,12 +251,9 @@ class OpenVinoBackend:
     def infer(self, images: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.integer], npt.NDArray[np.float32]]:
         check_batch(images, self)
         n = images.shape[0]
-        if self._static_batch is not None and n < self._static_batch:
-            padded = np.zeros((self._static_batch, *images.shape[1:]), dtype=np.uint8)
-            padded[:n] = images
-            images = padded
+        batch = pad_to_batch(images, self._static_batch)  # a fixed-batch graph: padding dropped below
         # share_outputs=False (the default): results are copies, safe across calls.
-        result = self._request.infer({INPUT_NAME: np.ascontiguousarray(images)})
+        result = self._request.infer({INPUT_NAME: batch})
         labels = result[self._compiled.output(OUTPUT_NAMES[0])]
         confidence = result[self._compiled.output(OUTPUT_NAMES[1])]
         return labels[:n], confidence[:n].astype(np.float32, copy=False)
