@@ -8,6 +8,7 @@ backend — inside the ONNX graph / TensorRT engine for the compiled ones. That 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -66,3 +67,13 @@ def pad_to_batch(images: npt.NDArray[np.uint8], static_batch: int | None) -> npt
         padded[:n] = images
         return padded
     return np.ascontiguousarray(images)
+
+
+def classes_from_metadata(meta: Mapping[str, str], num_classes: int | None, path: object) -> int:
+    """The class count an exported graph records, else the caller's; a graph with neither
+    cannot be told from another model's, so it is refused with the fix."""
+    if "num_classes" in meta:
+        return int(meta["num_classes"])
+    if num_classes is not None:
+        return num_classes
+    raise BackendError(f"{path} has no num_classes metadata; re-export it with refinenet-ros")

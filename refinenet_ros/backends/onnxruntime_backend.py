@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from refinenet_ros.backends.base import BackendError, check_batch, pad_to_batch
+from refinenet_ros.backends.base import BackendError, check_batch, classes_from_metadata, pad_to_batch
 from refinenet_ros.backends.onnx_export import INPUT_NAME, OUTPUT_NAMES
 
 log = logging.getLogger("refinenet_ros")
@@ -124,12 +124,7 @@ class OnnxRuntimeBackend:
         self.max_batch = batch if isinstance(batch, int) else max(1, max_batch)
         meta = self._session.get_modelmeta().custom_metadata_map
         self.metadata: dict[str, str] = dict(meta)
-        if "num_classes" in meta:
-            self.num_classes = int(meta["num_classes"])
-        elif num_classes is not None:
-            self.num_classes = num_classes
-        else:
-            raise BackendError(f"{self.path} has no num_classes metadata; re-export it with refinenet-ros")
+        self.num_classes = classes_from_metadata(meta, num_classes, self.path)
         active = self._session.get_providers()[0]
         self.provider = active
         self.device = "cpu" if active == "CPUExecutionProvider" else f"cuda:{device.partition(':')[2] or 0}"

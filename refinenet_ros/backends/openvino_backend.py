@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from refinenet_ros.backends.base import BackendError, check_batch, pad_to_batch
+from refinenet_ros.backends.base import BackendError, check_batch, classes_from_metadata, pad_to_batch
 from refinenet_ros.backends.engine_cache import sha256_file, slug
 from refinenet_ros.backends.onnx_export import INPUT_NAME, OUTPUT_NAMES, read_metadata
 from refinenet_ros.bench_machine import cpu_flags, cpu_has_native_bf16
@@ -176,12 +176,7 @@ class OpenVinoBackend:
         self._bind_io()
         meta = read_metadata(self.path)
         self.metadata: dict[str, str] = meta
-        if "num_classes" in meta:
-            self.num_classes = int(meta["num_classes"])
-        elif num_classes is not None:
-            self.num_classes = num_classes
-        else:
-            raise BackendError(f"{self.path} has no num_classes metadata; re-export it with refinenet-ros")
+        self.num_classes = classes_from_metadata(meta, num_classes, self.path)
         self.max_batch = self._static_batch if self._static_batch is not None else max(1, max_batch)
         log.info(
             "openvino %s: %s on %s %s (%s), input %s, max batch %d, %s threads, %.1f s",
