@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hostile_images import png_bomb
 
 from refinenet_ros.backends.factory import BackendOptions
 from refinenet_ros.bag import BagError, BagOptions, run_bag, write_sample_bag
@@ -342,19 +343,6 @@ def test_input_checked_before_the_model_and_corrupt_bags_are_one_line(
     assert sorted(os.listdir(tmp_path)) == ["corrupt", "empty"]
 
 
-def _png_bomb(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims width x height grey pixels (only the first rows stored)."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    rows = zlib.compress(b"\x00" * (width + 1) * 16)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
-
-
 def test_decompression_bombs_and_broken_camera_info_are_skipped_and_capped(
     tmp_path: Path, segmenter: Segmenter, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -376,7 +364,7 @@ def test_decompression_bombs_and_broken_camera_info_are_skipped_and_capped(
         img = writer.add_connection(f"{TOPIC}/compressed", "sensor_msgs/msg/CompressedImage", typestore=ts)
         info = writer.add_connection("/cam/camera_info", "sensor_msgs/msg/CameraInfo", typestore=ts)
         for i, payload in enumerate(
-            [encode_compressed(good), _png_bomb(16000, 16000), encode_compressed(good)]
+            [encode_compressed(good), png_bomb(16000, 16000), encode_compressed(good)]
         ):
             header = t["std_msgs/msg/Header"](
                 stamp=t["builtin_interfaces/msg/Time"](sec=i, nanosec=0), frame_id="c"

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hostile_images import png_bomb
 from ros_helpers import (
     OUT,
     SMALL,
@@ -119,18 +120,6 @@ def test_a_signal_during_configure_exits_within_2_s(
     assert code == 0 and "Traceback" not in log, log
 
 
-def _png_bomb(width: int, height: int) -> bytes:
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    rows = zlib.compress(b"\x00" * (width + 1) * 16)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
-
-
 def _wait_diag(client: RosClient, ns: str, predicate: Any, timeout: float = 15.0) -> dict[str, str]:
     deadline = time.monotonic() + timeout
     values: dict[str, str] = {}
@@ -191,7 +180,7 @@ def test_bombs_are_malformed_and_diagnostics_reflect_a_recent_window(
             assert time.monotonic() < deadline, levels
             time.sleep(0.2)
         # a bomb: refused from its header, counted malformed, logged with the real topic
-        send(_png_bomb(16000, 16000))
+        send(png_bomb(16000, 16000))
         _wait_diag(ros_client, "diag", lambda v: v["malformed"] == "1")
         assert node.wait_log("dropping frame from /diag/image/compressed: compressed image (png) is "
                              "16000x16000", 5), node.log()[-2000:]  # fmt: skip
