@@ -25,10 +25,9 @@ from refinenet_ros.cli import (
     add_model_arguments,
     model_config_from_args,
 )
+from refinenet_ros.segmenter import OUTPUT_KINDS
 
 log = logging.getLogger("refinenet_ros")
-
-NODE_OUTPUTS: tuple[str, ...] = ("labels", "color", "overlay", "confidence")
 
 
 def parse_resolution(text: str) -> tuple[int, int]:
@@ -98,7 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--rate", type=float, default=0.0,
                    help="publish rate in Hz (default 0: closed loop, next frame when the last one's "
                    "labels arrive: latency without queueing)")  # fmt: skip
-    g.add_argument("--outputs", nargs="+", default=list(NODE_OUTPUTS), choices=NODE_OUTPUTS,
+    g.add_argument("--outputs", nargs="+", default=list(OUTPUT_KINDS), choices=OUTPUT_KINDS,
                    help="node outputs subscribed (unsubscribed outputs cost the node nothing)")  # fmt: skip
     g.add_argument("--encoding", default="rgb8", choices=("rgb8", "bgr8"), help="published encoding")
     g.add_argument("--domain-id", type=int, default=None,

@@ -26,6 +26,9 @@ from refinenet_ros.labels import LabelSet, colorize
 
 OutputResolution = Literal["input", "network"]
 STAGES = ("preprocess", "infer", "postprocess")
+OUTPUT_KINDS: tuple[str, ...] = ("labels", "color", "overlay", "confidence")
+"""What a result renders to, in publish order (labels first: the cheapest and most wanted).
+The node's topics, the bag tool's output topics, bench and fleet all name outputs from here."""
 
 
 @dataclass

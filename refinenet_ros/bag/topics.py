@@ -3,7 +3,17 @@ and writes, and where a camera's outputs and camera_info live."""
 
 from __future__ import annotations
 
-OUTPUT_KINDS: tuple[str, ...] = ("labels", "color", "overlay", "confidence")
+from refinenet_ros.segmenter import OUTPUT_KINDS
+
+__all__ = [
+    "CAMERA_INFO_TYPE",
+    "COMPRESSED_TYPE",
+    "IMAGE_TYPE",
+    "OUTPUT_KINDS",
+    "camera_info_topic",
+    "output_base",
+]
+
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"

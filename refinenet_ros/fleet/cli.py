@@ -112,7 +112,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from refinenet_ros.bag import BagOptions
+    from refinenet_ros.bag import OUTPUT_KINDS, BagOptions
     from refinenet_ros.fleet.inputs import FleetError, discover
 
     try:
@@ -136,11 +136,9 @@ def run(args: argparse.Namespace) -> int:
     if args.max_image_pixels < 1:
         raise CliError(f"--max-image-pixels {args.max_image_pixels}: must be at least 1")
     outputs = tuple(o.strip() for o in args.outputs.split(",") if o.strip())
-    bad = [o for o in outputs if o not in ("labels", "color", "overlay", "confidence")]
+    bad = [o for o in outputs if o not in OUTPUT_KINDS]
     if bad or not outputs:
-        raise CliError(
-            f"--outputs takes a comma list of labels,color,overlay,confidence; got {bad or 'nothing'}"
-        )
+        raise CliError(f"--outputs takes a comma list of {','.join(OUTPUT_KINDS)}; got {bad or 'nothing'}")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CliError(f"--out {out}: it is a file, not a folder")

@@ -20,8 +20,9 @@ import numpy as np
 
 from refinenet_ros.ros.process import die_with_parent, local_ros_env, node_module_command, param_args
 from refinenet_ros.ros.scheduling import NODE_STAGES
+from refinenet_ros.segmenter import OUTPUT_KINDS
 
-OUTPUTS = ("labels", "color", "overlay", "confidence", "labels/camera_info")
+OUTPUTS = (*OUTPUT_KINDS, "labels/camera_info")
 
 
 @dataclass(frozen=True)

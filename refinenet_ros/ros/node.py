@@ -50,9 +50,10 @@ from refinenet_ros.ros.params import (
 )
 from refinenet_ros.ros.qos import publisher_callbacks, qos_profile, subscription_callbacks
 from refinenet_ros.ros.scheduling import Frame, LatestFrameSlots, Throttle
+from refinenet_ros.segmenter import OUTPUT_KINDS
 
 NODE_NAME = "refinenet_segmentation"
-OUTPUTS = ("labels", "color", "overlay", "confidence")
+OUTPUTS = OUTPUT_KINDS
 _FLAG = re.compile(r"--([a-z][a-z0-9-]*)(?:[ =]([^\s;,'\"]+))?")
 
 
