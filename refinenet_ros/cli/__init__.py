@@ -2,7 +2,14 @@
 
 Each subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int`` and
 keeps heavy imports (torch, onnx, rclpy) inside ``run`` so ``--help`` stays fast.
-Options shared by many subcommands (model, backend) are defined once here.
+
+One vocabulary: every concept that several commands share (model, backend, network
+size, image size, image topic, outputs, INT8 calibration) is one option defined once
+here -- same name, same format, same help, default shown -- and every command uses
+these helpers instead of its own spelling. Old spellings stay for one release through
+:func:`deprecated_alias` (hidden from ``--help``, one deprecation line when used).
+Cheap values (sizes, output names) are checked while parsing, so a typo never waits
+for a model to load.
 """
 
 from __future__ import annotations
@@ -10,16 +17,18 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import signal
 import sys
 import threading
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from refinenet_ros import __version__
 from refinenet_ros.backends.base import BACKEND_KINDS, PRECISIONS
 from refinenet_ros.errors import one_line
 from refinenet_ros.errors import user_error_text as library_error_text
+from refinenet_ros.segmenter import OUTPUT_KINDS
 
 if TYPE_CHECKING:
     from refinenet_ros.backends.factory import BackendOptions
@@ -49,6 +58,304 @@ MODEL_CHOICES_HELP = "refinenet_resnet50|101|152, lw_refinenet_resnet50|101|152,
 
 class CliError(Exception):
     """A user error: printed as one line without a traceback, exit status 2."""
+
+
+DEPRECATED_UNTIL = "0.2"
+"""Release that drops the old spellings kept by :func:`deprecated_alias` (one release after
+the vocabulary was unified in 0.1)."""
+
+PROG = "refinenet-ros"
+
+
+# --- parser and help formatting -------------------------------------------------------------
+
+_HAND_WRITTEN_DEFAULT = re.compile(r"\(default\b|\bdefault:", re.IGNORECASE)
+
+
+def format_default(value: object) -> str:
+    """A default as a user would type it: ``320 320`` for a pair, ``labels color`` for a list,
+    ``480 640, 360 480`` for several sizes (not Python's ``(320, 320)``)."""
+    if isinstance(value, (list, tuple)):
+        if value and all(isinstance(v, (list, tuple)) for v in value):
+            return ", ".join(format_default(v) for v in value)
+        return " ".join(format_default(v) for v in value)
+    return str(value)
+
+
+def shows_default(action: argparse.Action) -> bool:
+    """Whether ``--help`` must show ``action``'s default: an option that takes a value and
+    has one (flags, ``None`` and empty lists say nothing a user could type)."""
+    default = action.default
+    return bool(
+        action.option_strings
+        and action.help is not argparse.SUPPRESS
+        and action.nargs != 0
+        and default is not None
+        and default is not argparse.SUPPRESS
+        and default not in ([], ())
+    )
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default (``(default: 1000)``), formatted as typed.
+
+    Like :class:`argparse.ArgumentDefaultsHelpFormatter`, but silent for flags and
+    ``None`` defaults (whose help says in words what happens) and for help texts that
+    already explain their default, so no option says it twice."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not shows_default(action) or "%(default)" in text or _HAND_WRITTEN_DEFAULT.search(text):
+            return text
+        return f"{text} (default: {format_default(action.default).replace('%', '%%')})"
+
+
+class CliParser(argparse.ArgumentParser):
+    """The parser of every command and subcommand (subparsers inherit the class): defaults
+    shown in ``--help``, and a usage error is one line and exit 2 like every other user error."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(**kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+# --- deprecated spellings -------------------------------------------------------------------
+
+_WARNED = "_deprecations_warned"
+
+
+def warn_deprecated(namespace: argparse.Namespace, old: str, new: str) -> None:
+    """Print the one deprecation line for ``old`` (once per command line, however often used)."""
+    warned: set[str] = namespace.__dict__.setdefault(_WARNED, set())
+    if old not in warned:
+        warned.add(old)
+        print(f"{PROG}: {old} is deprecated, use {new} (the old spelling goes in {DEPRECATED_UNTIL})",
+              file=sys.stderr)  # fmt: skip
+
+
+class _DeprecatedAlias(argparse.Action):
+    """An old spelling: converts its value, stores it where the new option stores, warns once."""
+
+    def __init__(
+        self,
+        option_strings: list[str],
+        dest: str,
+        *,
+        new: argparse.Action,
+        convert: Callable[[Any], Any] | None,
+        component: int | None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+        self.convert = convert
+        self.component = component
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: Any = None
+    ) -> None:
+        new_flag = self.new.option_strings[-1]
+        warn_deprecated(namespace, str(option or self.option_strings[0]), new_flag)
+        items = values if isinstance(values, list) else [values]
+        if self.convert is not None:
+            try:
+                items = [self.convert(v) for v in items]
+            except (argparse.ArgumentTypeError, ValueError) as exc:
+                parser.error(f"argument {option}: {exc}")
+        value: Any = items if isinstance(values, list) else items[0]
+        dest = self.new.dest
+        if self.component is not None:  # --height/--width: one side of the new (H, W)
+            current = list(getattr(namespace, dest) or [None, None])
+            current[self.component] = value
+            value = tuple(current)
+        if isinstance(self.new, _Repeatable):
+            self.new.add(namespace, value if isinstance(values, list) else [value])
+        elif isinstance(self.new, argparse._AppendAction):
+            setattr(
+                namespace,
+                dest,
+                [*(getattr(namespace, dest) or []), *(items if isinstance(values, list) else [value])],
+            )
+        else:
+            setattr(namespace, dest, value)
+
+
+def deprecated_alias(
+    parser: argparse.ArgumentParser | argparse._ActionsContainer,
+    old: str,
+    new: str,
+    *,
+    convert: Callable[[Any], Any] | None = None,
+    nargs: int | str | None = None,
+    metavar: str | tuple[str, ...] | None = None,
+    component: int | None = None,
+) -> None:
+    """Keep ``old`` working for one release as another spelling of the already-defined ``new``.
+
+    The old flag is hidden from ``--help``, stores into the new option's destination
+    (``convert`` maps each old value to the new format, e.g. ``--resolution 640x480`` to
+    the network size ``(480, 640)``; ``component`` sets one side of a pair, as
+    ``--height`` does), and prints one line on stderr naming the new spelling. Define
+    ``new`` first: an alias of nothing is a programming error.
+    """
+    container: Any = parser
+    target = container._option_string_actions.get(new)
+    if target is None:
+        raise ValueError(f"deprecated_alias({old!r}): define {new} first")
+    kwargs: dict[str, Any] = {"nargs": nargs if nargs is not None or convert is not None else target.nargs}
+    if convert is None and component is None:
+        kwargs["type"] = target.type
+    container.add_argument(
+        old, action=_DeprecatedAlias, new=target, convert=convert, component=component,
+        dest=f"_deprecated_{old.lstrip('-').replace('-', '_')}", default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS, metavar=metavar, **kwargs,
+    )  # fmt: skip
+
+
+# --- shared options -------------------------------------------------------------------------
+
+
+def network_side(text: str) -> int:
+    """One side of a network size, checked before anything allocates: a typo like 100000
+    would otherwise try to allocate tens of GB before failing."""
+    try:
+        side = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of pixels") from None
+    if not 32 <= side <= MAX_NETWORK_SIDE:
+        raise argparse.ArgumentTypeError(
+            f"each side must be within 32..{MAX_NETWORK_SIDE} pixels, got {side}"
+        )
+    return side
+
+
+def width_x_height(text: str) -> tuple[int, int]:
+    """``640x480`` (the old ``--resolution WxH``) as the ``(H, W)`` every size option now takes."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT (e.g. 640x480)")
+    return network_side(match.group(2)), network_side(match.group(1))
+
+
+class _Repeatable(argparse.Action):
+    """A repeatable option whose default is replaced (not extended) by the first use:
+    ``--network-size 480 640 --network-size 360 480`` means exactly those two sizes."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: Any = None
+    ) -> None:
+        self.add(namespace, [tuple(values)])
+
+    def add(self, namespace: argparse.Namespace, items: list[Any]) -> None:
+        given: set[str] = namespace.__dict__.setdefault("_repeatable_given", set())
+        current = list(getattr(namespace, self.dest) or []) if self.dest in given else []
+        given.add(self.dest)
+        setattr(namespace, self.dest, [*current, *(i for i in items if i not in current)])
+
+
+NETWORK_SIZE_HELP = (
+    "network input size H W, each side 32..{max}; images are resized to it and labels back to "
+    "each image's own size"
+)
+
+
+def add_network_size_argument(
+    parser: argparse.ArgumentParser | argparse._ActionsContainer,
+    *,
+    multiple: bool = False,
+    required: bool = False,
+    default: Any = None,
+) -> None:
+    """``--network-size H W``: the one spelling of the network input size (never WxH).
+
+    ``multiple``: repeatable, a list of ``(H, W)`` (bench model measures several). A
+    ``None`` default means the size the weights record; other defaults show in ``--help``.
+    Each side is checked (32..MAX_NETWORK_SIDE) while parsing.
+    """
+    text = NETWORK_SIZE_HELP.format(max=MAX_NETWORK_SIDE)
+    if multiple:
+        text += "; repeat the option to measure several sizes"
+    if default is None and not required:
+        text += (
+            " (default: the size the weights record, 360 480 for camvid; random weights: each image's own)"
+        )
+    parser.add_argument(
+        "--network-size", type=network_side, nargs=2, metavar=("H", "W"), required=required,
+        default=default, action=_Repeatable if multiple else "store", help=text,
+    )  # fmt: skip
+
+
+def add_image_size_argument(
+    parser: argparse.ArgumentParser | argparse._ActionsContainer, *, default: tuple[int, int] = (480, 640)
+) -> None:
+    """``--image-size H W``: size of the camera frames a command generates itself (demo, bench
+    node/bag); the same H W order as ``--network-size``."""
+    parser.add_argument(
+        "--image-size", type=network_side, nargs=2, metavar=("H", "W"), default=default,
+        help="size H W of the camera frames this command generates",
+    )  # fmt: skip
+
+
+IMAGE_TOPIC_HELP = "Image or CompressedImage topic to segment (for .../compressed give the base topic)"
+
+
+def add_image_topic_argument(
+    parser: argparse.ArgumentParser | argparse._ActionsContainer,
+    *,
+    multiple: bool = True,
+    required: bool = True,
+) -> None:
+    """``--image-topic TOPIC``: the camera topic in a bag (bag, fleet, bench bag).
+
+    ``multiple``: repeatable, one per camera (a list); else one topic (a string)."""
+    parser.add_argument(
+        "--image-topic", metavar="TOPIC", required=required,
+        action="append" if multiple else "store", default=[] if multiple else None,
+        help=IMAGE_TOPIC_HELP + ("; repeat the option per camera" if multiple else ""),
+    )  # fmt: skip
+
+
+class _Outputs(argparse.Action):
+    """Output kinds as ``labels,color`` or ``labels color`` (or both), checked while parsing."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: Any = None
+    ) -> None:
+        try:
+            setattr(namespace, self.dest, parse_outputs(values))
+        except ValueError as exc:
+            parser.error(f"argument {option}: {exc}")
+
+
+def parse_outputs(values: str | Sequence[str]) -> tuple[str, ...]:
+    """Output kinds from comma and/or space separated words, in the order given, once each;
+    ValueError naming the valid values for anything else."""
+    words = [values] if isinstance(values, str) else list(values)
+    kinds = [w.strip() for word in words for w in word.split(",") if w.strip()]
+    unknown = [k for k in kinds if k not in OUTPUT_KINDS]
+    if unknown or not kinds:
+        got = ", ".join(repr(k) for k in unknown) if unknown else "nothing"
+        raise ValueError(
+            f"{got} is not an output; choose from {', '.join(OUTPUT_KINDS)} (comma or space separated; "
+            "put positional paths before --outputs)"
+        )
+    return tuple(dict.fromkeys(kinds))
+
+
+def add_outputs_argument(
+    parser: argparse.ArgumentParser | argparse._ActionsContainer,
+    *,
+    default: Sequence[str] = OUTPUT_KINDS,
+) -> None:
+    """``--outputs KIND [KIND ...]`` (``labels,color`` works too): which of
+    :data:`~refinenet_ros.segmenter.OUTPUT_KINDS` to produce; a tuple, validated while parsing."""
+    parser.add_argument(
+        "--outputs", nargs="+", action=_Outputs, default=tuple(default), metavar="KIND",
+        help=f"outputs to produce: {', '.join(OUTPUT_KINDS)} (comma or space separated)",
+    )  # fmt: skip
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -116,18 +423,10 @@ def add_backend_arguments(parser: argparse.ArgumentParser, *, batch: bool = True
         choices=BACKEND_KINDS,
         help="inference backend (auto: TensorRT with CUDA, else ONNX Runtime, else torch)",
     )
-    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: best available)")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (the best available)")
     g.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="fp16: CUDA; bf16: OpenVINO on AMX/AVX-512-BF16 CPUs; int8: calibrated")  # fmt: skip
-    g.add_argument(
-        "--network-size",
-        type=int,
-        nargs=2,
-        metavar=("H", "W"),
-        default=None,
-        help="resize inputs to this network size (default: the size the weights record, 360x480 "
-        "for camvid; random weights: each image's own size)",
-    )
+    add_network_size_argument(g)
     g.add_argument("--threads", type=int, default=0, help="CPU threads (0: library default)")
     g.add_argument(
         "--engine-dir",
@@ -185,8 +484,8 @@ def backend_options_from_args(args: argparse.Namespace) -> BackendOptions:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="refinenet-ros",
+    parser = CliParser(
+        prog=PROG,
         description="RefineNet semantic segmentation for ROS 2: node, offline tools, engines.",
     )
     parser.add_argument("--version", action="version", version=f"refinenet_ros {__version__}")
