@@ -11,7 +11,7 @@ for network resolution (then CameraInfo must be rescaled — the node does that)
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 from refinenet_ros.backends.base import Backend
 from refinenet_ros.backends.factory import BackendOptions, create_backend, with_weights_size
+from refinenet_ros.backends.prepare import create_backend_interruptibly
 from refinenet_ros.config import ModelConfig
 from refinenet_ros.labels import LabelSet, colorize
 
@@ -204,14 +205,21 @@ def build_segmenter(
     options: BackendOptions | None = None,
     *,
     output_resolution: OutputResolution = "input",
+    cancelled: Callable[[], bool] | None = None,
 ) -> Segmenter:
     """Model config + backend options -> ready Segmenter (the usual way to get one).
 
     The network size defaults to the one the weights record (360x480 for ``camvid``).
+    ``cancelled``: give up within ~0.1 s once it returns True (a node shutting down), raising
+    :class:`~refinenet_ros.backends.prepare.BuildCancelled`; slow builds then run in a child
+    process (:mod:`~refinenet_ros.backends.prepare`).
     """
     model_cfg = model_cfg.resolved()
     options = with_weights_size(model_cfg, options or BackendOptions())
-    backend = create_backend(model_cfg, options)
+    if cancelled is None:
+        backend = create_backend(model_cfg, options)
+    else:
+        backend = create_backend_interruptibly(model_cfg, options, cancelled)
     return Segmenter(
         backend,
         model_cfg.label_set,

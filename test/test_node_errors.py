@@ -99,25 +99,53 @@ def test_a_failed_configure_leaks_no_publishers_and_says_why(
         node.stop()
 
 
+def _children(pid: int) -> list[int]:
+    """PIDs whose parent is ``pid`` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_during_configure_exits_within_2_s(
     ros_env: dict[str, str], tmp_path: Path, sig: int
 ) -> None:
-    """issue 10 (3): Ctrl-C during the model export was ignored for 9-16 s, then 'configure failed'."""
+    """issue 10 (3): Ctrl-C during the model export was ignored for 9-16 s, then 'configure failed'.
+
+    The export now runs in a child process (it holds the GIL for seconds); the node gives up
+    on it at once, and the child does not outlive the node."""
     slow = node_args(weights="random", backend="onnxruntime", network_height=480, network_width=640,
                      engine_dir=str(tmp_path / "engines"))  # fmt: skip  # fresh cache: a real export
     proc = NodeProcess(slow, tmp_path / "cfg.log")
-    assert proc.wait_log("configuring", 60), proc.log()
-    time.sleep(1.0)  # inside the export now
+    assert proc.wait_log("building in a child process", 60), proc.log()
+    time.sleep(1.0)  # the child is exporting now
+    builders = _children(proc.proc.pid)
     code, seconds = proc.stop(sig, timeout=10)
     log = proc.log()
     assert "interrupted during configure" in log, log
     assert "ready in" not in log, "the export ran to the end"
-    # The issue asks for 2 s. The backends' ONNX export / ORT session creation hold the GIL
-    # for up to 4 s at a time (measured, 2 busy cores), so the configure thread's watcher can
-    # only act between those calls (4-12 s measured under load): not yet the 2 s asked for.
-    assert seconds < 20.0, f"{seconds:.1f} s to exit\n{log}"
+    # 2 s is the goal (0.2-0.5 s measured); the bound leaves room for a loaded CI machine.
+    assert seconds < 4.0, f"{seconds:.1f} s to exit\n{log}"
     assert code == 0 and "Traceback" not in log, log
+    deadline = time.monotonic() + 5
+    while any(_alive(b) for b in builders) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert builders and not [b for b in builders if _alive(b)], f"build child outlived the node: {builders}"
+    assert not list((tmp_path / "engines").rglob("*.onnx")), "a half-built graph was left in the cache"
 
 
 def _wait_diag(client: RosClient, ns: str, predicate: Any, timeout: float = 15.0) -> dict[str, str]:

@@ -37,8 +37,9 @@ import numpy.typing as npt
 
 from refinenet_ros.backends.base import Backend, BackendError
 from refinenet_ros.backends.engine_cache import sha256_file
-from refinenet_ros.bench_machine import cpu_info
+from refinenet_ros.backends.prepare import require_build
 from refinenet_ros.io import atomic_write_text
+from refinenet_ros.machine import cpu_info
 
 if TYPE_CHECKING:
     from refinenet_ros.backends.factory import BackendOptions
@@ -121,7 +122,7 @@ class AutoDecision:
         return f"fastest of {len(self.table)} CPU candidates agreeing with FP32 ({speed}; {source})"
 
     def table_text(self) -> str:
-        from refinenet_ros.bench_report import format_table
+        from refinenet_ros.bench.report import format_table
 
         rows = [
             [m.label, m.ms, None if m.agreement is None else f"{100 * m.agreement:.2f} %", m.setup_s,
@@ -393,6 +394,7 @@ def select_backend(
     elif cached is not None:
         changed = sorted(k for k in key if cached.get("key", {}).get(k) != key[k])
         log.info("auto: %s is for another %s; measuring again", path.name, ", ".join(changed) or "format")
+    require_build(f"auto: measuring the CPU candidates on {graph.name}")
     size = options.input_size or DYNAMIC_MEASURE_SIZE
     frames = agreement_frames(size)
     log.info("auto: measuring %d CPU candidates on %d real frames at %dx%d (once per machine + graph)",

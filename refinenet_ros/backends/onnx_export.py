@@ -48,6 +48,7 @@ from torch import nn
 
 from refinenet_ros import __version__
 from refinenet_ros.backends.base import BackendError
+from refinenet_ros.backends.prepare import require_build
 from refinenet_ros.config import ModelConfig
 from refinenet_ros.io import atomic_write_bytes
 
@@ -472,6 +473,7 @@ def export_cached(cfg: ModelConfig, spec: ExportSpec, cache_dir: str | Path) -> 
         else:
             log.info("using cached ONNX graph %s", path)
             return ExportResult(path, _sha256_file(path), meta, cached=True)
+    require_build(f"ONNX export of {path.name}")
     return export_onnx(cfg, spec, path)
 
 

@@ -39,8 +39,9 @@ import numpy.typing as npt
 from refinenet_ros.backends.base import BackendError, check_batch, classes_from_metadata, pad_to_batch
 from refinenet_ros.backends.engine_cache import sha256_file, slug
 from refinenet_ros.backends.onnx_export import INPUT_NAME, OUTPUT_NAMES, read_metadata
-from refinenet_ros.bench_machine import cpu_flags, cpu_has_native_bf16
+from refinenet_ros.backends.prepare import require_build
 from refinenet_ros.io import atomic_write_bytes, atomic_write_text
+from refinenet_ros.machine import cpu_flags, cpu_has_native_bf16
 
 log = logging.getLogger("refinenet_ros")
 
@@ -213,6 +214,8 @@ class OpenVinoBackend:
                 return compiled, f"compiled model from cache {blob.name}"
             except Exception as exc:  # stale or truncated blob: compile over it
                 log.warning("openvino: cached %s does not import (%s); compiling again", blob.name, exc)
+        if blob is not None:  # uncached compiles stay here: a child's result could not be reused
+            require_build(f"OpenVINO {self.ov_device} compile of {self.path.name}")
         try:
             model = core.read_model(str(self.path))
             compiled = core.compile_model(model, self.ov_device, config)

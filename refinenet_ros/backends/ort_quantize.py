@@ -34,6 +34,7 @@ from refinenet_ros.backends.base import BackendError
 from refinenet_ros.backends.calibration import ImageSource, calibration_batches, make_source
 from refinenet_ros.backends.engine_cache import sha256_file
 from refinenet_ros.backends.onnx_export import INPUT_NAME
+from refinenet_ros.backends.prepare import require_build
 from refinenet_ros.io import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -247,5 +248,6 @@ def quantized_cached(fp32_path: Path, options: BackendOptions, quant: QuantOptio
     if out.is_file():
         log.info("using cached INT8 graph %s", out)
         return out
+    require_build(f"INT8 calibration of {fp32_path.name}")
     log.info("quantising to INT8, calibrating on %s", source.describe())
     return quantize_graph(fp32_path, out, source, max_images=options.calib_count, options=quant)

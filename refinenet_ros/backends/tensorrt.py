@@ -36,6 +36,7 @@ from refinenet_ros.backends.base import BackendError, check_batch
 from refinenet_ros.backends.calibration import ImageSource, calibration_batches, make_source
 from refinenet_ros.backends.engine_cache import BuildRecord, EngineCache, EngineKey, ShapeTriple, default_stem
 from refinenet_ros.backends.onnx_export import INPUT_NAME, OUTPUT_NAMES, read_metadata
+from refinenet_ros.backends.prepare import require_build
 from refinenet_ros.io import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -390,6 +391,7 @@ class TensorRTBackend:
         stem = default_stem(meta.get("model_name", onnx_path.stem), key)
 
         def build() -> bytes:
+            require_build(f"TensorRT {options.precision} engine build for {onnx_path.name}")
             calibrator = None
             if source is not None:
                 _, _, hi = shapes[INPUT_NAME]

@@ -35,6 +35,7 @@ from rclpy.lifecycle import LifecycleNode, LifecyclePublisher, LifecycleState, T
 from rclpy.subscription import Subscription
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
+from refinenet_ros.backends.prepare import BuildCancelled
 from refinenet_ros.camera_info import scale_camera_info
 from refinenet_ros.ros.diagnostics import NodeStats, diagnostic_array
 from refinenet_ros.ros.encodings import MalformedImage
@@ -167,7 +168,8 @@ class SegmentationNode(LifecycleNode):
                     cam.publishers[leaf] = self._lifecycle_publisher(Image, cam.output(leaf), qos)
                 cam.info_pub = self._lifecycle_publisher(CameraInfo, cam.output("labels/camera_info"), qos)
         except ConfigureInterrupted:
-            self.get_logger().warning("configure interrupted (shutdown requested); nothing kept")
+            if self.context.ok():  # else main() says it (the log can no longer reach /rosout)
+                self.get_logger().warning("configure interrupted (shutdown requested); nothing kept")
             self._release()
             return TransitionCallbackReturn.FAILURE
         except Exception as exc:
@@ -189,14 +191,16 @@ class SegmentationNode(LifecycleNode):
         return in_node_words(text)
 
     def _build_interruptibly(self, cfg: NodeConfig) -> Any:
-        """Build the Segmenter here while a watcher thread looks for shutdown.
+        """Build the Segmenter, giving up within ~0.1 s of SIGINT/SIGTERM.
 
-        A model export or TensorRT build runs for seconds to minutes; rclpy's SIGINT/SIGTERM
-        handler shuts the context down meanwhile, but nothing returns to the executor until
-        the build ends. The watcher sees the shutdown within 0.1 s of getting the GIL, says
-        "interrupted during configure" and ends the process (nothing is published yet, so
-        nothing needs cleaning). The build stays on this thread: built on a helper thread,
-        the torch backend's per-thread settings were lost and multi-camera batching broke.
+        A model export, INT8 calibration, compile or TensorRT build runs for seconds to minutes
+        in C++ that holds the GIL, so no signal handler or thread of ours could act meanwhile
+        (4-16 s measured). Those builds now run in a child process (``cancelled`` below kills
+        it; backends.prepare); a warm cache spawns nothing. For what still runs here, a
+        watcher thread sees the shutdown, says "interrupted during configure" and ends the
+        process (nothing is published yet; the kernel ends a build child with it). The
+        Segmenter itself is built on this thread: built on a helper thread, the torch
+        backend's per-thread settings were lost and multi-camera batching broke.
         """
         done = threading.Event()
 
@@ -209,7 +213,7 @@ class SegmentationNode(LifecycleNode):
         threading.Thread(target=watch, name="refinenet-configure-watch", daemon=True).start()
         try:
             return self._build_segmenter(cfg)
-        except KeyboardInterrupt:  # rclpy chains SIGINT to Python's handler as well
+        except (KeyboardInterrupt, BuildCancelled):  # rclpy chains SIGINT to Python's handler too
             raise ConfigureInterrupted from None
         finally:
             done.set()
@@ -316,7 +320,12 @@ class SegmentationNode(LifecycleNode):
         )
         self.get_logger().info(f"configuring {model_cfg.describe()} on backend {cfg.backend} ...")
         t0 = time.monotonic()
-        segmenter = build_segmenter(model_cfg, options, output_resolution=cfg.output_resolution)  # type: ignore[arg-type]
+        segmenter = build_segmenter(
+            model_cfg,
+            options,
+            output_resolution=cfg.output_resolution,  # type: ignore[arg-type]
+            cancelled=lambda: not self.context.ok(),
+        )
         backend = segmenter.backend
         self._info = {
             "model": model_cfg.describe(),

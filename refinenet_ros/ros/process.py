@@ -12,6 +12,19 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from refinenet_ros.lifetime import die_with_parent
+
+__all__ = [
+    "NODE_MODULE",
+    "RMW_IMPLEMENTATION",
+    "SHM_ONLY",
+    "die_with_parent",
+    "local_ros_env",
+    "node_module_command",
+    "own_domain_id",
+    "param_args",
+]
+
 SHM_ONLY = "SHM?max_msg_size=8MB&sockets_size=64MB"
 """``FASTDDS_BUILTIN_TRANSPORTS`` value for shared memory only: no UDP, nothing leaves the
 machine, and 8 MB messages carry a VGA frame losslessly (the Makefile exports the same)."""
@@ -57,13 +70,3 @@ def param_args(**params: Any) -> list[str]:
 def node_module_command(*ros_args: str) -> list[str]:
     """``python -m refinenet_ros.ros.node [ros args]`` with this interpreter."""
     return [sys.executable, "-m", NODE_MODULE, *ros_args]
-
-
-def die_with_parent() -> None:
-    """``preexec_fn`` for a child node: Linux sends it SIGTERM when its parent dies, even by
-    SIGKILL (no orphan node)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
