@@ -15,6 +15,7 @@ from refinenet_ros.io import UnreadableImage
 
 USER_ERRORS: tuple[tuple[str, str], ...] = (
     ("refinenet_ros.bag", "BagError"),
+    ("refinenet_ros.bench", "BenchError"),
     ("refinenet_ros.config", "ConfigError"),
     ("refinenet_ros.datasets", "DatasetError"),
     ("refinenet_ros.train", "TrainError"),

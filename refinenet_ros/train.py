@@ -97,7 +97,7 @@ def resolve_amp(mode: str, device: str) -> str:
 
     if device.startswith("cuda"):
         return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "off"
-    from refinenet_ros.bench_machine import cpu_has_native_bf16
+    from refinenet_ros.machine import cpu_has_native_bf16
 
     return "bf16" if cpu_has_native_bf16() else "off"
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from refinenet_ros.bench_machine import cpu_info, fma_units_per_core, simd_lanes
 from refinenet_ros.cli import main
+from refinenet_ros.machine import cpu_info, fma_units_per_core, simd_lanes
 
 INTEL_AVX512 = """\
 processor	: 0
@@ -195,7 +195,7 @@ def test_fast_colorize_matches_the_palette_lookup(name: str) -> None:
 
 
 def test_cpu_units_are_named_from_the_flags() -> None:
-    from refinenet_ros.bench_machine import cpu_units, units_line
+    from refinenet_ros.machine import cpu_units, units_line
 
     units = cpu_info(INTEL_AVX512, clock_ghz=2.5).units
     assert units == ("AVX2", "AVX-512")
@@ -208,12 +208,12 @@ def test_cpu_units_are_named_from_the_flags() -> None:
 def test_the_peak_uses_the_measured_all_core_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     # The listed clock is nominal: on AVX-512 VMs listing 2.6 GHz sgemm ran at 122-125 % of
     # the peak derived from it. The measured clock replaces it, and says where it came from.
-    from refinenet_ros import bench_machine
+    from refinenet_ros import machine
 
-    measured = bench_machine.measure_clock_ghz(iterations=20_000, repeats=20)
+    measured = machine.measure_clock_ghz(iterations=20_000, repeats=20)
     if measured is not None:  # x86-64 Linux: a dependent add chain, 1 cycle per add
         assert 0.3 < measured < 7.0, measured
-    monkeypatch.setattr(bench_machine, "measure_clock_ghz", lambda *a, **k: 3.25)
+    monkeypatch.setattr(machine, "measure_clock_ghz", lambda *a, **k: 3.25)
     cpu = cpu_info(INTEL_AVX512, measure_clock=True)
     assert cpu.clock_ghz == 3.25 and cpu.clock_source.startswith("measured")
     assert cpu.peak_gflops == pytest.approx(cpu.physical_cores * 2 * 16 * 2 * 3.25)
@@ -224,7 +224,7 @@ def test_bench_model_runs_openvino_and_says_why_bf16_cannot(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip("openvino", reason="the openvino extra is not installed")
-    from refinenet_ros.bench_machine import cpu_has_native_bf16
+    from refinenet_ros.machine import cpu_has_native_bf16
 
     out = tmp_path / "model.json"
     rc = main([

@@ -21,8 +21,8 @@ from refinenet_ros.backends import BackendError, BackendOptions, auto_select, cr
 from refinenet_ros.backends.auto_select import Candidate, select_backend
 from refinenet_ros.backends.calibration import preprocess
 from refinenet_ros.backends.factory import onnx_for, with_weights_size
-from refinenet_ros.bench_machine import cpu_flags, cpu_has_native_bf16
 from refinenet_ros.config import ModelConfig
+from refinenet_ros.machine import cpu_flags, cpu_has_native_bf16
 from refinenet_ros.samples import sample_images
 
 SIZE = (96, 128)  # (H, W): small, so ORT, OpenVINO and calibration stay quick

@@ -40,7 +40,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bag": ("refinenet_ros.cli.bag", "segment camera topics of a rosbag2 into new label/colour topics"),
     "evaluate": ("refinenet_ros.cli.evaluate", "mIoU and accuracies on a labelled data set"),
     "train": ("refinenet_ros.cli.train", "fine-tune a model on a labelled data set"),
-    "bench": ("refinenet_ros.bench", "benchmarks: model (GFLOP/s vs peak), node (latency, overhead), bag"),
+    "bench": (
+        "refinenet_ros.cli.bench",
+        "benchmarks: model (GFLOP/s vs peak), node (latency, overhead), bag",
+    ),
     "node": ("refinenet_ros.cli.node", "run the ROS 2 segmentation node (ROS args after --ros-args)"),
     "export": ("refinenet_ros.cli.export", "export the model + pre/post-processing to ONNX"),
     "build-engine": ("refinenet_ros.cli.build_engine", "build/refresh this GPU's TensorRT engine"),

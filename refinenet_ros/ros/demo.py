@@ -21,6 +21,7 @@ import numpy as np
 from refinenet_ros.ros.process import die_with_parent, local_ros_env, node_module_command, param_args
 from refinenet_ros.ros.scheduling import NODE_STAGES
 from refinenet_ros.segmenter import OUTPUT_KINDS
+from refinenet_ros.stats import percentiles
 
 OUTPUTS = (*OUTPUT_KINDS, "labels/camera_info")
 
@@ -160,13 +161,6 @@ def _node_command(args: DemoConfig, ns: str) -> list[str]:
     if args.network_size:
         ros += param_args(network_height=args.network_size[0], network_width=args.network_size[1])
     return node_module_command(*ros)
-
-
-def _percentiles(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {"p50": float("nan"), "p95": float("nan"), "p99": float("nan")}
-    p = np.percentile(np.asarray(values), [50, 95, 99])
-    return {"p50": float(p[0]), "p95": float(p[1]), "p99": float(p[2])}
 
 
 def run_demo(args: DemoConfig) -> int:
@@ -328,7 +322,7 @@ def _report(
     sent = len(recorder.sent)
     frames_in = int(diag.get("frames_in", "0"))
     out_count = recorder.counts.get("labels", 0)
-    latency = _percentiles(recorder.latencies_ms)
+    latency = percentiles(recorder.latencies_ms)
     stages = {s: float(diag.get(f"{s}_ms_p50", "nan")) for s in NODE_STAGES}
     summary = {
         "frames_sent": sent,

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
+from refinenet_ros import stats
 
 # The node's per-frame stages, in order, as /diagnostics reports them (``<stage>_ms_p50``):
 # render (colour, overlay, confidence, CameraInfo into the reused messages) is kept apart
@@ -113,9 +113,8 @@ class Rolling:
             self.values.popleft()
 
     def percentiles(self, qs: Sequence[float] = (50, 95, 99)) -> list[float]:
-        if not self.values:
-            return [float("nan")] * len(qs)
-        return [float(v) for v in np.percentile(np.fromiter(self.values, float), qs)]
+        """Unrounded, NaN each when empty (the diagnostics format them)."""
+        return list(stats.percentiles(self.values, qs).values())
 
 
 class RateMeter:

@@ -1,4 +1,4 @@
-"""Where the milliseconds go: ``bench model``, ``bench node``, ``bench bag``.
+"""``refinenet-ros bench``: where the milliseconds go (``bench model``, ``node``, ``bag``).
 
 - ``model``: backend-only latency p50/p95, throughput and achieved GFLOP/s against this
   machine's FP32 peak, per backend, precision, resolution and batch.
@@ -9,23 +9,29 @@
 
 Each prints a table and, with ``--json PATH``, writes machine info (CPU, FP32 peak and
 how it was derived), versions, settings and every figure (atomically).
+
+This module only turns options into the settings of :mod:`refinenet_ros.bench` and prints;
+the benchmarks themselves never see an argparse namespace.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
 from refinenet_ros.backends.base import BACKEND_KINDS, PRECISIONS
-from refinenet_ros.backends.engine_cache import default_cache_dir
 from refinenet_ros.cli import (
     CliError,
     add_backend_arguments,
     add_model_arguments,
+    backend_options_from_args,
     model_config_from_args,
 )
 from refinenet_ros.segmenter import OUTPUT_KINDS
+
+if TYPE_CHECKING:
+    from refinenet_ros.machine import CpuInfo
 
 log = logging.getLogger("refinenet_ros")
 
@@ -124,35 +130,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from refinenet_ros.bench_machine import cpu_info, units_line
+    from refinenet_ros.bench import BenchError
+    from refinenet_ros.machine import cpu_info, units_line
 
     # The measured clock: the listed one is nominal, and sgemm ran at 122-125 % of a peak
     # derived from it on AVX-512 VMs (all-core turbo above the 2.6 GHz they list).
     cpu = cpu_info(fma_units=args.fma_units, clock_ghz=args.clock_ghz, measure_clock=True)
     print(f"CPU: {cpu.model}; FP32 peak: {cpu.derivation()}")
     print(f"CPU units: {units_line(cpu.units)}")
-    if args.bench_command == "model":
-        return _run_model(args, cpu)
-    if args.bench_command == "node":
-        from refinenet_ros.bench_node import run_node_command
-
-        return run_node_command(args, cpu)
-    if args.bench_command == "bag":
-        from refinenet_ros.bench_bag import run_bag_command
-
-        return run_bag_command(args, cpu)
-    raise CliError(f"unknown bench {args.bench_command!r}")  # pragma: no cover - argparse guards
+    runners = {"model": _run_model, "node": _run_node, "bag": _run_bag}
+    try:
+        return runners[args.bench_command](args, cpu)
+    except BenchError as exc:
+        raise CliError(str(exc)) from None
 
 
-def _run_model(args: argparse.Namespace, cpu: Any) -> int:
-    from refinenet_ros.bench_model import ModelBenchSettings, results_table, run_model_bench
-    from refinenet_ros.bench_report import Report
+def _write(args: argparse.Namespace, benchmark: str, cpu: CpuInfo, settings: dict, figures: dict) -> None:
+    """The JSON file, when asked for: every bench writes the same envelope."""
+    from refinenet_ros.bench.report import Report
+
+    if args.json:
+        Report(benchmark, cpu, settings, figures).write(args.json)
+        print(f"wrote {args.json}")
+
+
+def _run_model(args: argparse.Namespace, cpu: CpuInfo) -> int:
+    from refinenet_ros.backends.engine_cache import default_cache_dir
+    from refinenet_ros.bench.model import ModelBenchSettings, results_table, run_model_bench
 
     settings = ModelBenchSettings(
         model_cfg=model_config_from_args(args),
         backends=tuple(dict.fromkeys(args.backend)),
         precisions=tuple(dict.fromkeys(args.precision)),
-        resolutions=tuple(dict.fromkeys(args.resolution)),
+        network_sizes=tuple(dict.fromkeys((h, w) for w, h in args.resolution)),
         batches=tuple(dict.fromkeys(args.batch)),
         iterations=args.iterations,
         warmup=max(0, args.warmup),
@@ -168,10 +178,64 @@ def _run_model(args: argparse.Namespace, cpu: Any) -> int:
           f"torch sgemm ceiling {figures['gemm_gflops_best']:.1f} GFLOP/s "
           f"({100 * (figures['gemm_peak_fraction'] or 0):.0f} % of the derived peak)")  # fmt: skip
     print(results_table(figures["results"]))
-    report = Report("model", cpu, settings.to_json(), figures)
-    if args.json:
-        report.write(args.json)
-        print(f"wrote {args.json}")
+    _write(args, "model", cpu, settings.to_json(), figures)
     if all("error" in r for r in figures["results"]):
         raise CliError("no configuration could run (see the errors above)")
+    return 0
+
+
+def _run_node(args: argparse.Namespace, cpu: CpuInfo) -> int:
+    import sys
+
+    from refinenet_ros.backends.engine_cache import default_cache_dir
+    from refinenet_ros.bench.node import NodeBenchSettings, node_table, run_node_bench
+
+    width, height = args.resolution
+    settings = NodeBenchSettings(
+        model_cfg=model_config_from_args(args),
+        backend=args.backend,
+        device=args.device,
+        precision=args.precision,
+        engine_dir=args.engine_dir or default_cache_dir(),
+        threads=args.threads,
+        network_size=tuple(args.network_size) if args.network_size else None,
+        image_size=(height, width),
+        frames=args.frames,
+        rate=args.rate,
+        outputs=tuple(args.outputs),
+        encoding=args.encoding,
+        domain_id=args.domain_id,
+        startup_timeout=args.startup_timeout,
+        node_args=tuple(args.node_arg),
+    )
+    settings.check()
+    figures = run_node_bench(settings)
+    print()
+    print(node_table(figures))
+    if not figures["node"]["diagnostics_received"]:
+        print("warning: no /diagnostics from the node; backend time and overhead unknown", file=sys.stderr)
+    _write(args, "node", cpu, settings.to_json(), figures)
+    if figures["node"]["frames_received"] == 0:
+        raise CliError("no frame came back from the node")
+    return 0
+
+
+def _run_bag(args: argparse.Namespace, cpu: CpuInfo) -> int:
+    from refinenet_ros.bench.bag import BagBenchSettings, bag_table, run_bag_bench
+
+    width, height = args.resolution
+    settings = BagBenchSettings(
+        model_cfg=model_config_from_args(args),
+        backend=backend_options_from_args(args),
+        bag=args.bag,
+        topic=args.topic,
+        image_size=(height, width),
+        frames=args.frames,
+        storage=args.storage,
+        keep=args.keep,
+    )
+    figures = run_bag_bench(settings)
+    print()
+    print(bag_table(figures))
+    _write(args, "bag", cpu, settings.to_json(), figures)
     return 0

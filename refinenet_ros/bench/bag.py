@@ -20,11 +20,11 @@ one ratio. Every pass is in the JSON (``passes_fps``).
 
 from __future__ import annotations
 
-import argparse
 import logging
+import shutil
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +32,52 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from refinenet_ros.bench_machine import CpuInfo
-from refinenet_ros.bench_report import Report, format_table
-from refinenet_ros.cli import CliError, backend_options_from_args, model_config_from_args
+from refinenet_ros.backends.factory import BackendOptions
+from refinenet_ros.bench import BenchError
+from refinenet_ros.bench.report import format_table
+from refinenet_ros.config import ModelConfig
 
 log = logging.getLogger("refinenet_ros")
 
 GENERATED_TOPIC = "/camera/image_raw"
 ROUNDS = 2
+
+
+@dataclass(frozen=True)
+class BagBenchSettings:
+    """One backend on one bag: a given one (``bag`` + ``topic``) or a generated one."""
+
+    model_cfg: ModelConfig
+    backend: BackendOptions
+    """``max_batch`` is the bag tool's ``--batch``."""
+    bag: str | None = None
+    """None: generate ``frames`` frames of ``image_size`` with the sample-bag writer."""
+    topic: str | None = None
+    """The image topic of a given bag (required with ``bag``)."""
+    image_size: tuple[int, int] = (480, 640)  # (H, W) of the generated frames
+    frames: int = 30
+    storage: str = "mcap"
+    keep: str | None = None
+    """Keep the generated input and the output bag in this folder (None: a temporary one)."""
+
+    @property
+    def batch(self) -> int:
+        return max(1, self.backend.max_batch)
+
+    def to_json(self) -> dict[str, Any]:
+        cfg, o = self.model_cfg.resolved(), self.backend
+        return {
+            "model": cfg.model,
+            "labels": cfg.labels,
+            "weights": cfg.weights,
+            "backend": o.kind,
+            "precision": o.precision,
+            "device": o.device,
+            "threads": o.threads,
+            "network_size": list(o.input_size) if o.input_size else None,
+            "batch": self.batch,
+            "storage": self.storage,
+        }
 
 
 def read_frames(bag: Path, topic: str) -> list[npt.NDArray[np.uint8]]:
@@ -54,7 +92,7 @@ def read_frames(bag: Path, topic: str) -> list[npt.NDArray[np.uint8]]:
         conns = [c for c in reader.connections if c.topic == topic]
         if not conns:
             topics = sorted({c.topic for c in reader.connections})
-            raise CliError(f"{bag}: no topic {topic!r}; its topics: {', '.join(topics)}")
+            raise BenchError(f"{bag}: no topic {topic!r}; its topics: {', '.join(topics)}")
         for conn, _ts, raw in reader.messages(connections=conns):
             msg: Any = reader.deserialize(raw, conn.msgtype)
             try:
@@ -69,7 +107,7 @@ def read_frames(bag: Path, topic: str) -> list[npt.NDArray[np.uint8]]:
             except MalformedImage:
                 continue
     if not frames:
-        raise CliError(f"{bag}: topic {topic!r} holds no decodable image")
+        raise BenchError(f"{bag}: topic {topic!r} holds no decodable image")
     return frames
 
 
@@ -106,43 +144,42 @@ def _network_batches(frames: list[npt.NDArray[np.uint8]], size: Any, batch: int)
     return [np.ascontiguousarray(np.stack(sized[i : i + batch])) for i in range(0, len(sized), batch)]
 
 
-def run_bag_command(args: argparse.Namespace, cpu: CpuInfo) -> int:
-    from refinenet_ros.bag import BagError, BagOptions, overlap_helps, run_bag, write_sample_bag
+def run_bag_bench(settings: BagBenchSettings) -> dict[str, Any]:
+    """Backend-only, segmenter and bag tool frames/s on the same frames; the JSON figures."""
+    from refinenet_ros.bag import BagOptions, overlap_helps, run_bag, write_sample_bag
     from refinenet_ros.segmenter import build_segmenter
 
-    model_cfg = model_config_from_args(args).resolved()
-    options = backend_options_from_args(args)
-    batch = max(1, args.batch)
-    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="refinenet-bench-bag-"))
+    model_cfg = settings.model_cfg.resolved()
+    batch = settings.batch
+    work = Path(settings.keep) if settings.keep else Path(tempfile.mkdtemp(prefix="refinenet-bench-bag-"))
     work.mkdir(parents=True, exist_ok=True)
-    if args.bag is None:
-        in_bag = work / "input_bag"
-        if in_bag.exists():
-            raise CliError(f"{in_bag} exists: give another --keep folder")
-        width, height = args.resolution
-        write_sample_bag(in_bag, frames=args.frames, size=(height, width), topic=GENERATED_TOPIC,
-                         storage=args.storage)  # fmt: skip
-        topic = GENERATED_TOPIC
-    else:
-        in_bag = Path(args.bag)
-        if not in_bag.exists():
-            raise CliError(f"{in_bag}: no such bag")
-        if not args.topic:
-            raise CliError("give --topic with an input bag (the image topic to segment)")
-        topic = args.topic
-    frames = read_frames(in_bag, topic)
-    segmenter = build_segmenter(model_cfg, options)
-    backend = segmenter.backend
-    net_size = segmenter.network_size
-    batches = _network_batches(frames, net_size, batch)
-    segmenter.segment_batch(frames[:batch])  # warm-up: allocator, kernel selection
-    backend.infer(batches[0])
-
-    out_bag = work / "output_bag"
-    bag_options = BagOptions(image_topics=(topic,), batch=batch, progress=False, force=True)
-    passes: dict[str, list[float]] = {"backend": [], "segmenter": [], "bag_serial": [], "bag_overlap": []}
-    summary: Any = None
     try:
+        if settings.bag is None:
+            in_bag = work / "input_bag"
+            if in_bag.exists():
+                raise BenchError(f"{in_bag} exists: give another --keep folder")
+            write_sample_bag(in_bag, frames=settings.frames, size=settings.image_size, topic=GENERATED_TOPIC,
+                             storage=settings.storage)  # fmt: skip
+            topic = GENERATED_TOPIC
+        else:
+            in_bag = Path(settings.bag)
+            if not in_bag.exists():
+                raise BenchError(f"{in_bag}: no such bag")
+            if not settings.topic:
+                raise BenchError("give --image-topic with an input bag (the image topic to segment)")
+            topic = settings.topic
+        frames = read_frames(in_bag, topic)
+        segmenter = build_segmenter(model_cfg, settings.backend)
+        backend = segmenter.backend
+        net_size = segmenter.network_size
+        batches = _network_batches(frames, net_size, batch)
+        segmenter.segment_batch(frames[:batch])  # warm-up: allocator, kernel selection
+        backend.infer(batches[0])
+
+        out_bag = work / "output_bag"
+        bag_options = BagOptions(image_topics=(topic,), batch=batch, progress=False, force=True)
+        passes: dict[str, list[float]] = {"backend": [], "segmenter": [], "bag_serial": [], "bag_overlap": []}
+        summary: Any = None
         for _ in range(ROUNDS):  # interleaved, so a load change hits every path alike
             passes["backend"].append(backend_only_fps(backend, batches))
             passes["segmenter"].append(segmenter_fps(segmenter, frames, batch, 0.5))
@@ -150,16 +187,17 @@ def run_bag_command(args: argparse.Namespace, cpu: CpuInfo) -> int:
             passes["bag_serial"].append(serial.fps)
             summary = run_bag(in_bag, out_bag, segmenter, bag_options)
             passes["bag_overlap"].append(summary.fps)
-    except BagError as exc:
-        raise CliError(str(exc)) from None
-    passes["backend"].append(backend_only_fps(backend, batches))
+        passes["backend"].append(backend_only_fps(backend, batches))
+    finally:
+        if not settings.keep:
+            shutil.rmtree(work, ignore_errors=True)
     best = {k: max(v) for k, v in passes.items()}
     backend_fps = best["backend"]
-    overlap = overlap_helps(backend.device, args.threads)  # what `refinenet-ros bag` picks here
+    overlap = overlap_helps(backend.device, settings.backend.threads)  # what `refinenet-ros bag` picks here
     best["bag"] = best["bag_overlap" if overlap else "bag_serial"]
-    figures = {
+    return {
         "bag": {
-            "input": str(in_bag) if args.bag or args.keep else "generated",
+            "input": str(in_bag) if settings.bag or settings.keep else "generated",
             "topic": topic,
             "frames": summary.frames,
             "frame_size": f"{frames[0].shape[1]}x{frames[0].shape[0]}",
@@ -181,36 +219,21 @@ def run_bag_command(args: argparse.Namespace, cpu: CpuInfo) -> int:
             "written": summary.written,
         }
     }
+
+
+def bag_table(figures: dict[str, Any]) -> str:
+    """The headline line and one row per path, as ``bench bag`` prints them."""
     b = figures["bag"]
-    print()
-    print(f"bench bag: {b['frames']} frames {b['frame_size']} -> network {b['network_size']}, "
-          f"batch {batch}, backend {backend.name}")  # fmt: skip
-    print(format_table(
+    auto = "on" if b["bag_overlap_chosen"] else "off"
+    head = (
+        f"bench bag: {b['frames']} frames {b['frame_size']} -> network {b['network_size']}, "
+        f"batch {b['batch']}, backend {b['backend']}"
+    )
+    return head + "\n" + format_table(
         ["path", "frames/s", "vs backend-only"],
         [["backend-only (infer)", b["backend_only_fps"], 1.0],
          ["segmenter + rendering", b["segmenter_fps"], b["segmenter_vs_backend"]],
          ["bag tool, I/O in series (--overlap off)", b["bag_serial_fps"], b["bag_serial_vs_backend"]],
          ["bag tool, I/O overlapped (--overlap on)", b["bag_overlap_fps"], b["bag_overlap_vs_backend"]],
-         [f"bag tool (refinenet-ros bag, auto: {'on' if overlap else 'off'})", b["bag_fps"],
-          b["bag_vs_backend"]]],
-    ))  # fmt: skip
-    settings = {
-        "model": model_cfg.model,
-        "labels": model_cfg.labels,
-        "weights": model_cfg.weights,
-        "backend": args.backend,
-        "precision": args.precision,
-        "device": args.device,
-        "threads": args.threads,
-        "network_size": list(options.input_size) if options.input_size else None,
-        "batch": batch,
-        "storage": args.storage,
-    }
-    if args.json:
-        Report("bag", cpu, settings, figures).write(args.json)
-        print(f"wrote {args.json}")
-    if not args.keep:
-        import shutil
-
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
+         [f"bag tool (refinenet-ros bag, auto: {auto})", b["bag_fps"], b["bag_vs_backend"]]],
+    )  # fmt: skip

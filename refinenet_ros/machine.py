@@ -1,4 +1,8 @@
-"""What machine a benchmark ran on, and the FP32 peak its figures are compared against.
+"""What this machine is and can do: CPU, SIMD/AMX units, measured clock, FP32 peak, versions.
+
+A library module, not part of ``bench``: the backends (OpenVINO's bf16 check, ``auto``'s
+measured choice) and ``train`` ask it what the CPU can do, and the benchmarks record it
+beside every figure so two runs can be compared.
 
 A GFLOP/s figure means little without the ceiling, so ``bench`` derives the FP32 peak
 from what the kernel reports and prints the derivation, not just the number:

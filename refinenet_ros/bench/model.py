@@ -1,13 +1,13 @@
 """``bench model``: backend-only latency, throughput and achieved GFLOP/s.
 
-Each (backend, precision, resolution, batch) gets its own backend (compiled backends are
+Each (backend, precision, network size, batch) gets its own backend (compiled backends are
 built for one shape), a warm-up, then timed ``Backend.infer`` calls on real images (the
 bundled samples at that size), so the figure is what the node's worker thread pays per
 call. The FLOP count is torch's ``FlopCounterMode`` over the bare network forward on the
 meta device (no compute, exact shapes): convolutions and matmuls only, 2 FLOP per
 multiply-add; the pipeline's cast/normalise/upsample/argmax are not counted, so GFLOP/s
 is a slight underestimate of the work done. When several configurations share a
-resolution and batch, the labels of each are compared with the first one's (pixel
+network size and batch, the labels of each are compared with the first one's (pixel
 agreement), which is how INT8 is checked against FP32.
 """
 
@@ -22,19 +22,22 @@ import numpy as np
 import numpy.typing as npt
 
 from refinenet_ros.backends.engine_cache import default_cache_dir
-from refinenet_ros.bench_machine import CpuInfo
-from refinenet_ros.bench_report import format_table, percentiles
+from refinenet_ros.bench.report import format_table
 from refinenet_ros.config import ModelConfig
+from refinenet_ros.machine import CpuInfo
+from refinenet_ros.stats import percentiles
 
 log = logging.getLogger("refinenet_ros")
 
 
 @dataclass(frozen=True)
 class ModelBenchSettings:
+    """Every combination of backends x precisions x network sizes x batches is measured."""
+
     model_cfg: ModelConfig
     backends: tuple[str, ...] = ("torch",)
     precisions: tuple[str, ...] = ("fp32",)
-    resolutions: tuple[tuple[int, int], ...] = ((640, 480),)  # (W, H)
+    network_sizes: tuple[tuple[int, int], ...] = ((480, 640),)  # (H, W), as --network-size
     batches: tuple[int, ...] = (1,)
     iterations: int = 10
     warmup: int = 2
@@ -52,7 +55,9 @@ class ModelBenchSettings:
             "weights": cfg.weights,
             "backends": list(self.backends),
             "precisions": list(self.precisions),
-            "resolutions": [f"{w}x{h}" for w, h in self.resolutions],
+            # WxH strings: the key every earlier result file has, so runs stay comparable
+            "resolutions": [f"{w}x{h}" for h, w in self.network_sizes],
+            "network_sizes": [list(hw) for hw in self.network_sizes],
             "batches": list(self.batches),
             "iterations": self.iterations,
             "warmup": self.warmup,
@@ -160,7 +165,7 @@ def bench_one(
         t = time.perf_counter()
         labels, _conf = backend.infer(images)
         times.append((time.perf_counter() - t) * 1e3)
-    lat = percentiles(times, (50, 95))
+    lat = percentiles(times, (50, 95), digits=2)
     mean_ms = float(np.mean(times))
     row["iterations"] = len(times)
     row["latency_ms"] = {**lat, "mean": round(mean_ms, 2), "min": round(min(times), 2)}
@@ -199,7 +204,7 @@ def run_model_bench(settings: ModelBenchSettings, cpu: CpuInfo) -> dict[str, Any
              100 * gemm / cpu.peak_gflops if cpu.peak_gflops > 0 else float("nan"))  # fmt: skip
     results: list[dict[str, Any]] = []
     reference: dict[tuple[int, int, int], tuple[str, npt.NDArray[np.integer]]] = {}
-    for width, height in settings.resolutions:
+    for height, width in settings.network_sizes:
         gflop = count_flops(cfg, height, width) / 1e9
         log.info("%s at %dx%d: %.2f GFLOP per image", cfg.model, width, height, gflop)
         for batch in settings.batches:

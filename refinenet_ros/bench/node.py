@@ -19,7 +19,6 @@ what the node, DDS and this subscriber add on top of the network itself.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import shutil
@@ -34,15 +33,71 @@ from pathlib import Path
 from typing import Any
 
 from refinenet_ros.backends.engine_cache import default_cache_dir
-from refinenet_ros.bench_machine import CpuInfo
-from refinenet_ros.bench_report import Report, format_table, percentiles
-from refinenet_ros.cli import CliError, model_config_from_args
+from refinenet_ros.bench import BenchError
+from refinenet_ros.bench.report import format_table
+from refinenet_ros.config import ModelConfig
 from refinenet_ros.ros.scheduling import NODE_STAGES
+from refinenet_ros.segmenter import OUTPUT_KINDS
+from refinenet_ros.stats import percentiles
 
 SHM_ONLY = "SHM?max_msg_size=8MB&sockets_size=64MB"
 NAMESPACE = "/refinenet_bench"
 NODE_NAME = "refinenet_segmentation"
 FRAME_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class NodeBenchSettings:
+    """The node's model and backend (as its ROS parameters) and the stream this bench plays."""
+
+    model_cfg: ModelConfig
+    backend: str = "auto"
+    device: str = "auto"
+    precision: str = "fp32"
+    engine_dir: str = field(default_factory=default_cache_dir)
+    threads: int = 0
+    network_size: tuple[int, int] | None = None  # (H, W); None: the weights' own size
+    image_size: tuple[int, int] = (480, 640)  # (H, W) of the published camera frames
+    frames: int = 60
+    rate: float = 0.0
+    """Publish rate in Hz; 0: closed loop (next frame when the last one's outputs arrived)."""
+    outputs: tuple[str, ...] = OUTPUT_KINDS
+    encoding: str = "rgb8"
+    domain_id: int | None = None
+    startup_timeout: float = 120.0
+    node_args: tuple[str, ...] = ()
+    """Extra ``NAME:=VALUE`` node parameters."""
+
+    def check(self) -> None:
+        """What the node would refuse only after a slow start, refused now."""
+        if self.domain_id is not None and not 0 <= self.domain_id <= 232:
+            raise BenchError(f"--domain-id {self.domain_id}: must be within 0..232")
+        if self.network_size is not None and min(self.network_size) < 32:
+            raise BenchError("--network-size: both sides must be >= 32 pixels")
+        bad = [a for a in self.node_args if ":=" not in a]
+        if bad:
+            raise BenchError(f"--node-arg {bad[0]!r}: expected NAME:=VALUE")
+
+    def to_json(self) -> dict[str, Any]:
+        cfg = self.model_cfg.resolved()
+        h, w = self.image_size
+        return {
+            "model": cfg.model,
+            "labels": cfg.labels,
+            "weights": cfg.weights,
+            "backend": self.backend,
+            "precision": self.precision,
+            "device": self.device,
+            "threads": self.threads,
+            "network_size": list(self.network_size) if self.network_size else None,
+            "resolution": [w, h],  # WxH, the key of every earlier result file
+            "image_size": [h, w],
+            "frames": self.frames,
+            "rate_hz": self.rate,
+            "outputs": list(self.outputs),
+            "encoding": self.encoding,
+            "transport": SHM_ONLY,
+        }
 
 
 def ros_environment(domain_id: int | None) -> dict[str, str]:
@@ -63,34 +118,34 @@ def ros_environment(domain_id: int | None) -> dict[str, str]:
     }
 
 
-def node_command(args: argparse.Namespace, outputs: tuple[str, ...]) -> list[str]:
+def node_command(settings: NodeBenchSettings, outputs: tuple[str, ...]) -> list[str]:
     """``segmentation_node --ros-args ...`` for this benchmark's settings."""
-    cfg = model_config_from_args(args).resolved()
+    cfg = settings.model_cfg.resolved()
     exe = Path(sys.executable).with_name("segmentation_node")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "refinenet_ros.ros.node"]
     params: dict[str, str] = {
         "model": str(cfg.model),
         "labels": str(cfg.labels),
         "seed": str(cfg.seed),
-        "backend": args.backend,
-        "device": args.device,
-        "precision": args.precision,
-        "engine_dir": args.engine_dir or default_cache_dir(),
-        "threads": str(args.threads),
+        "backend": settings.backend,
+        "device": settings.device,
+        "precision": settings.precision,
+        "engine_dir": settings.engine_dir or default_cache_dir(),
+        "threads": str(settings.threads),
         "publish_color": str("color" in outputs).lower(),
         "publish_overlay": str("overlay" in outputs).lower(),
         "publish_confidence": str("confidence" in outputs).lower(),
     }
     if cfg.weights:
         params["weights"] = str(Path(cfg.weights).resolve())
-    if args.network_size:
-        params["network_height"], params["network_width"] = map(str, args.network_size)
+    if settings.network_size:
+        params["network_height"], params["network_width"] = map(str, settings.network_size)
     cmd += ["--ros-args", "-r", f"__ns:={NAMESPACE}", "-r", f"__node:={NODE_NAME}"]
     for name, value in params.items():
         cmd += ["-p", f"{name}:={value}"]
-    for extra in args.node_arg:
+    for extra in settings.node_args:
         if ":=" not in extra:
-            raise CliError(f"--node-arg {extra!r}: expected NAME:=VALUE")
+            raise BenchError(f"--node-arg {extra!r}: expected NAME:=VALUE")
         cmd += ["-p", extra]
     return cmd
 
@@ -228,16 +283,16 @@ def _log_tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-def run_node_bench(args: argparse.Namespace) -> dict[str, Any]:
+def run_node_bench(settings: NodeBenchSettings) -> dict[str, Any]:
     """Start the node, stream the frames, collect latencies and the node's diagnostics."""
-    outputs = tuple(dict.fromkeys(["labels", *args.outputs]))
-    width, height = args.resolution
-    env = ros_environment(args.domain_id)
-    cmd = node_command(args, outputs)
+    settings.check()
+    outputs = tuple(dict.fromkeys(["labels", *settings.outputs]))
+    env = ros_environment(settings.domain_id)
+    cmd = node_command(settings, outputs)
     tracker = _Tracker(outputs)
     log_dir = Path(tempfile.mkdtemp(prefix="refinenet-bench-node-"))
     log_path = log_dir / "node.log"
-    msgs = _image_messages(args.frames, (height, width), args.encoding)
+    msgs = _image_messages(settings.frames, settings.image_size, settings.encoding)
     warmup = 3
     print(f"starting: {' '.join(cmd)}", flush=True)
     with open(log_path, "wb") as log_file:
@@ -245,13 +300,13 @@ def run_node_bench(args: argparse.Namespace) -> dict[str, Any]:
     client: _Client | None = None
     try:
         client = _Client(env, outputs, tracker)
-        deadline = time.monotonic() + args.startup_timeout
+        deadline = time.monotonic() + settings.startup_timeout
         while not client.connected():
             if proc.poll() is not None:
-                raise CliError(f"the node exited with status {proc.returncode}:\n{_log_tail(log_path)}")
+                raise BenchError(f"the node exited with status {proc.returncode}:\n{_log_tail(log_path)}")
             if time.monotonic() > deadline:
-                raise CliError(
-                    f"the node did not connect within {args.startup_timeout:.0f} s "
+                raise BenchError(
+                    f"the node did not connect within {settings.startup_timeout:.0f} s "
                     f"(raise --startup-timeout?):\n{_log_tail(log_path)}"
                 )
             time.sleep(0.1)
@@ -269,17 +324,17 @@ def run_node_bench(args: argparse.Namespace) -> dict[str, Any]:
             if not tracker.wait_complete(publish(i), FRAME_TIMEOUT_S):
                 d = tracker.diagnostics
                 got = {o: len(r) for o, r in tracker.received.items()}
-                raise CliError(
+                raise BenchError(
                     f"warm-up frame {i} got no outputs within {FRAME_TIMEOUT_S:.0f} s (received {got}; "
                     f"node diagnostics: frames_in {d.get('frames_in')}, frames_out {d.get('frames_out')}, "
                     f"last problem {d.get('last_problem')!r}):\n{_log_tail(log_path)}"
                 )
         t_start = time.time_ns()
         stamps: list[int] = []
-        if args.rate > 0:
-            period = 1.0 / args.rate
+        if settings.rate > 0:
+            period = 1.0 / settings.rate
             next_t = time.monotonic()
-            for i in range(args.frames):
+            for i in range(settings.frames):
                 delay = next_t - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
@@ -289,7 +344,7 @@ def run_node_bench(args: argparse.Namespace) -> dict[str, Any]:
             while time.monotonic() < end and not all(tracker.complete(s) for s in stamps[-3:]):
                 time.sleep(0.05)
         else:
-            for i in range(args.frames):
+            for i in range(settings.frames):
                 s = publish(i)
                 stamps.append(s)
                 tracker.wait_complete(s, FRAME_TIMEOUT_S)
@@ -305,11 +360,11 @@ def run_node_bench(args: argparse.Namespace) -> dict[str, Any]:
         _stop(proc)
     node_log = _log_tail(log_path, 40)
     shutil.rmtree(log_dir, ignore_errors=True)
-    return _figures(args, outputs, stamps, t_start, received, diag, node_log)
+    return _figures(settings, outputs, stamps, t_start, received, diag, node_log)
 
 
 def _figures(
-    args: argparse.Namespace,
+    settings: NodeBenchSettings,
     outputs: tuple[str, ...],
     stamps: list[int],
     t_start: int,
@@ -323,17 +378,18 @@ def _figures(
     lat_all = [(max(received[o][s] for o in outputs) - s) / 1e6 for s in complete]
     last = max((received[o][s] for o in outputs for s in stamps if s in received[o]), default=t_start)
     span_s = (last - t_start) / 1e9
-    latency = percentiles(lat)
+    latency = percentiles(lat, digits=2)
     backend = {"p50": _float(diag, "infer_ms_p50"), "p95": _float(diag, "infer_ms_p95")}
+    net = settings.network_size
     node: dict[str, Any] = {
-        "resolution": f"{args.resolution[0]}x{args.resolution[1]}",
-        "network_size": f"{args.network_size[1]}x{args.network_size[0]}" if args.network_size else "input",
-        "mode": f"{args.rate:g} Hz" if args.rate > 0 else "closed loop",
+        "resolution": f"{settings.image_size[1]}x{settings.image_size[0]}",
+        "network_size": f"{net[1]}x{net[0]}" if net else "input",
+        "mode": f"{settings.rate:g} Hz" if settings.rate > 0 else "closed loop",
         "outputs": list(outputs),
         "frames_published": len(stamps),
         "frames_received": len(lat),
         "latency_ms": latency,
-        "all_outputs_latency_ms": percentiles(lat_all),
+        "all_outputs_latency_ms": percentiles(lat_all, digits=2),
         "backend_ms": backend,
         "overhead_ms": {q: round(latency[q] - backend[q], 2) for q in ("p50", "p95")},
         # the node's own non-inference work per frame (medians of its stages, summed): a
@@ -361,13 +417,15 @@ def _figures(
     return {"node": node}
 
 
-def print_node_table(node: dict[str, Any]) -> None:
+def node_table(figures: dict[str, Any]) -> str:
+    """Headline lines and the latency table, as ``bench node`` prints them."""
+    node = figures["node"]
     lat, be, ov = node["latency_ms"], node["backend_ms"], node["overhead_ms"]
-    print()
-    print(f"bench node: {node['resolution']} -> network {node['network_size']}, {node['mode']}, "
+    lines: list[str] = []
+    lines.append(f"bench node: {node['resolution']} -> network {node['network_size']}, {node['mode']}, "
           f"outputs {','.join(node['outputs'])}; backend {node['node_backend']} "
           f"on {node['node_device']}")  # fmt: skip
-    print(f"{node['frames_received']}/{node['frames_published']} frames, {node['fps']:.2f} frames/s, "
+    lines.append(f"{node['frames_received']}/{node['frames_published']} frames, {node['fps']:.2f} frames/s, "
           f"drops {node['drops']} (node skipped {node['node_drops']['skipped']}, "
           f"stale {node['node_drops']['stale']})")  # fmt: skip
     rows: list[list[Any]] = [
@@ -379,39 +437,5 @@ def print_node_table(node: dict[str, Any]) -> None:
     ]
     rows.append(["  node: input age at processing", *node["node_input_age_ms"].values()])
     rows += [[f"  node stage: {s}", *v.values()] for s, v in node["stages_ms"].items()]
-    print(format_table(["ms", "p50", "p95", "p99"], rows))
-
-
-def run_node_command(args: argparse.Namespace, cpu: CpuInfo) -> int:
-    if args.domain_id is not None and not 0 <= args.domain_id <= 232:
-        raise CliError(f"--domain-id {args.domain_id}: must be within 0..232")
-    if args.network_size is not None and min(args.network_size) < 32:
-        raise CliError("--network-size: both sides must be >= 32 pixels")
-    figures = run_node_bench(args)
-    node = figures["node"]
-    print_node_table(node)
-    if not node["diagnostics_received"]:
-        print("warning: no /diagnostics from the node; backend time and overhead unknown", file=sys.stderr)
-    cfg = model_config_from_args(args).resolved()
-    settings = {
-        "model": cfg.model,
-        "labels": cfg.labels,
-        "weights": cfg.weights,
-        "backend": args.backend,
-        "precision": args.precision,
-        "device": args.device,
-        "threads": args.threads,
-        "network_size": list(args.network_size) if args.network_size else None,
-        "resolution": list(args.resolution),
-        "frames": args.frames,
-        "rate_hz": args.rate,
-        "outputs": list(args.outputs),
-        "encoding": args.encoding,
-        "transport": SHM_ONLY,
-    }
-    if args.json:
-        Report("node", cpu, settings, figures).write(args.json)
-        print(f"wrote {args.json}")
-    if node["frames_received"] == 0:
-        raise CliError("no frame came back from the node")
-    return 0
+    lines.append(format_table(["ms", "p50", "p95", "p99"], rows))
+    return "\n".join(lines)

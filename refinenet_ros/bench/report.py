@@ -1,4 +1,4 @@
-"""Figures shared by every ``bench`` subcommand: percentiles, the JSON file, the stdout table.
+"""What every benchmark shares: the JSON file and the stdout table (percentiles: ``stats``).
 
 Every JSON file has the same envelope (``benchmark``, ``machine``, ``versions``,
 ``settings``, ``created_utc``) so two runs, even of different subcommands, can be put side
@@ -9,22 +9,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from refinenet_ros.bench_machine import CpuInfo, machine_info, versions
 from refinenet_ros.io import atomic_write_text
-
-
-def percentiles(samples: Iterable[float], qs: Sequence[int] = (50, 95, 99)) -> dict[str, float]:
-    """{"p50": ..., "p95": ..., ...} rounded to 0.01; NaN for an empty sample (JSON: null)."""
-    arr = np.asarray(list(samples), dtype=np.float64)
-    if arr.size == 0:
-        return {f"p{q}": float("nan") for q in qs}
-    return {f"p{q}": round(float(np.percentile(arr, q)), 2) for q in qs}
+from refinenet_ros.machine import CpuInfo, machine_info, versions
 
 
 def _jsonable(value: Any) -> Any:
