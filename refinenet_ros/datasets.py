@@ -199,8 +199,8 @@ def folder_pairs(
 
     Label files may carry a suffix after the image stem (``0001.jpg`` ↔ ``0001_label.png``).
     """
-    img_dir = _require_dir(Path(images), "--images")
-    lab_dir = _require_dir(Path(labels), "--labels")
+    img_dir = _require_dir(Path(images), "image folder")
+    lab_dir = _require_dir(Path(labels), "label folder")
     label_files = _files(lab_dir, LABEL_SUFFIXES)
     by_key = {str(p.relative_to(lab_dir).with_suffix("")): p for p in label_files}
     by_stem: dict[str, list[Path]] = {}
@@ -260,10 +260,10 @@ def open_dataset(
     """One entry point for the CLI: a named layout under ``root``, or ``images`` + ``labels``."""
     if images is not None or labels is not None:
         if images is None or labels is None:
-            raise DatasetError("--images and --labels go together: give both folders")
+            raise DatasetError("an image folder and a label folder go together: give both")
         return folder_pairs(images, labels, label_offset=label_offset or 0)
     if root is None:
-        raise DatasetError("give a data set: --dataset FORMAT --root DIR, or --images DIR --labels DIR")
+        raise DatasetError("no data set: give a format with its root folder, or an image and a label folder")
     if fmt not in DATASET_FORMATS:
         raise DatasetError(f"unknown data set format {fmt!r}; choose one of {', '.join(DATASET_FORMATS)}")
     split = DEFAULT_SPLITS[fmt] if split is None else split

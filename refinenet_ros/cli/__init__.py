@@ -361,7 +361,18 @@ def add_outputs_argument(
     )  # fmt: skip
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+BACKEND_HELP = "inference backend (auto: TensorRT with CUDA, else ONNX Runtime, else torch)"
+DEVICE_HELP = "cpu, cuda, cuda:N, or auto (the best available)"
+THREADS_HELP = "CPU threads (0: the library's default)"
+ENGINE_DIR_HELP = (
+    "cache of ONNX graphs, INT8 graphs and TensorRT engines (default: $REFINENET_ROS_CACHE, "
+    "else $ROS_HOME/refinenet_ros, else ~/.ros/refinenet_ros)"
+)
+NO_PROGRESS_HELP = "no progress bar (logs, CI)"
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, *, seed: bool = True) -> None:
+    """--model, --labels, --weights (and --seed of the random init, where a command can use it)."""
     g = parser.add_argument_group("model")
     g.add_argument(
         "--model",
@@ -380,13 +391,19 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="bundled weights name (camvid; see `refinenet-ros weights`) or a checkpoint file "
         "(default: the bundled camvid street model; 'random' = seeded random weights, meaningless labels)",
     )
-    g.add_argument("--seed", type=int, default=0, help="seed of the random init without --weights")
+    if seed:
+        g.add_argument("--seed", type=int, default=0, help="seed of the random init without --weights")
 
 
-def model_config_from_args(args: argparse.Namespace, *, default_weights: bool = True) -> ModelConfig:
+def model_config_from_args(
+    args: argparse.Namespace, *, default_weights: bool = True, check_labels: bool = True
+) -> ModelConfig:
     """The model the user asked for, resolved once (weights name/path, labels, preprocessing).
 
     ``default_weights`` False (train): no bundled weights unless ``--weights`` names them.
+    ``check_labels``: a ``--labels`` whose class count differs from the weights' is refused
+    here, from the checkpoint's metadata, instead of after a model export (train turns it
+    off with ``--reset-classifier``, which exists for exactly that).
     """
     from refinenet_ros.config import RANDOM_WEIGHTS, ConfigError, ModelConfig
     from refinenet_ros.labels import get_label_set
@@ -413,30 +430,33 @@ def model_config_from_args(args: argparse.Namespace, *, default_weights: bool = 
         default_weights=default_weights,
     )  # fmt: skip
     try:
-        return cfg.resolved()
+        resolved = cfg.resolved()
     except (ConfigError, WeightsError) as exc:
         raise CliError(f"--weights: {exc}") from None
+    if check_labels and args.labels is not None and resolved.weights is not None:
+        from refinenet_ros.config import checkpoint_metadata
+
+        meta = checkpoint_metadata(resolved.weights)
+        recorded, classes = meta.get("label_set"), meta.get("num_classes")
+        wanted = resolved.label_set
+        if isinstance(classes, int) and classes != wanted.num_classes:
+            raise CliError(
+                f"--labels {args.labels} has {wanted.num_classes} classes but the weights "
+                f"{resolved.weights_name or resolved.weights} were trained for {classes}"
+                f"{f' ({recorded})' if recorded else ''}; drop --labels or give weights for {args.labels}"
+            )
+    return resolved
 
 
 def add_backend_arguments(parser: argparse.ArgumentParser, *, batch: bool = True) -> None:
     g = parser.add_argument_group("backend")
-    g.add_argument(
-        "--backend",
-        default="auto",
-        choices=BACKEND_KINDS,
-        help="inference backend (auto: TensorRT with CUDA, else ONNX Runtime, else torch)",
-    )
-    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (the best available)")
+    g.add_argument("--backend", default="auto", choices=BACKEND_KINDS, help=BACKEND_HELP)
+    g.add_argument("--device", default="auto", help=DEVICE_HELP)
     g.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="fp16: CUDA; bf16: OpenVINO on AMX/AVX-512-BF16 CPUs; int8: calibrated")  # fmt: skip
     add_network_size_argument(g)
-    g.add_argument("--threads", type=int, default=0, help="CPU threads (0: library default)")
-    g.add_argument(
-        "--engine-dir",
-        default=None,
-        help="cache of ONNX graphs, INT8 graphs and TensorRT engines (default: $REFINENET_ROS_CACHE, "
-        "else $ROS_HOME/refinenet_ros, else ~/.ros/refinenet_ros)",
-    )
+    g.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
+    g.add_argument("--engine-dir", default=None, help=ENGINE_DIR_HELP)
     if batch:
         g.add_argument("--batch", type=int, default=1, help="images per backend call")
     add_calibration_arguments(parser)

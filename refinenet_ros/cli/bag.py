@@ -24,7 +24,6 @@ from dataclasses import replace
 
 from refinenet_ros.bag import (
     DEFAULT_MAX_PIXELS,
-    OUTPUT_KINDS,
     STORAGES,
     BagError,
     BagOptions,
@@ -33,9 +32,12 @@ from refinenet_ros.bag import (
     run_bag,
 )
 from refinenet_ros.cli import (
+    NO_PROGRESS_HELP,
     CliError,
     add_backend_arguments,
+    add_image_topic_argument,
     add_model_arguments,
+    add_outputs_argument,
     backend_options_from_args,
     model_config_from_args,
 )
@@ -46,24 +48,27 @@ log = logging.getLogger("refinenet_ros")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="input rosbag2 folder (sqlite3 or mcap)")
     parser.add_argument("output", help="output rosbag2 folder (must not exist unless --force)")
-    parser.add_argument("--image-topic", action="append", default=[], required=True, metavar="TOPIC",
-                        help="Image or CompressedImage topic to segment (repeat per camera)")  # fmt: skip
-    parser.add_argument("--outputs", default=",".join(OUTPUT_KINDS),
-                        help=f"comma list of {','.join(OUTPUT_KINDS)} (default: all)")  # fmt: skip
-    parser.add_argument("--no-copy", action="store_true", help="write only the new topics, not the originals")
-    parser.add_argument("--storage", default="mcap", choices=STORAGES, help="output storage (default mcap)")
+    add_image_topic_argument(parser)
+    add_bag_output_arguments(parser)
     parser.add_argument("--force", action="store_true", help="replace an existing OUTPUT")
-    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colours")
-    parser.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
-                        help="skip frames above N pixels as malformed, before decoding "
-                        f"(default {DEFAULT_MAX_PIXELS}: twice 8K)")  # fmt: skip
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
-    parser.add_argument("--overlap", choices=("auto", "on", "off"), default="auto",
-                        help="read + segment on threads while writing (same output). auto: on unless "
-                        "a CPU backend already uses every core (default: auto)")  # fmt: skip
+    parser.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
     add_model_arguments(parser)
     add_backend_arguments(parser)
     parser.set_defaults(batch=4)
+
+
+def add_bag_output_arguments(parser: argparse.ArgumentParser | argparse._ActionsContainer) -> None:
+    """What a segmented bag holds and how it is written: one definition for ``bag`` and ``fleet``."""
+    add_outputs_argument(parser)
+    parser.add_argument("--no-copy", action="store_true", help="write only the new topics, not the originals")
+    parser.add_argument("--storage", default="mcap", choices=STORAGES, help="output storage")
+    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colours")
+    parser.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                        help="skip frames above N pixels (twice 8K by default) as malformed, before "
+                        "decoding")  # fmt: skip
+    parser.add_argument("--overlap", choices=("auto", "on", "off"), default="auto",
+                        help="read + segment on threads while writing (same output); auto: on unless "
+                        "a CPU backend already uses every core")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,10 +76,9 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0.0 <= args.alpha <= 1.0:
         raise CliError(f"--alpha {args.alpha}: must be within 0..1")
-    outputs = tuple(o.strip() for o in args.outputs.split(",") if o.strip())
     options = BagOptions(
         image_topics=tuple(args.image_topic),
-        outputs=outputs,
+        outputs=tuple(args.outputs),
         copy=not args.no_copy,
         storage=args.storage,
         force=args.force,

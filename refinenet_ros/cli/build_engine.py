@@ -16,11 +16,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from refinenet_ros.backends.engine_cache import default_cache_dir
-from refinenet_ros.cli import CliError, add_calibration_arguments, add_model_arguments, model_config_from_args
+from refinenet_ros.cli import (
+    ENGINE_DIR_HELP,
+    CliError,
+    add_calibration_arguments,
+    add_model_arguments,
+    model_config_from_args,
+)
+from refinenet_ros.cli.export import add_size_arguments, network_size_from_args
 
 if TYPE_CHECKING:
     from refinenet_ros.backends.base import Backend
     from refinenet_ros.backends.factory import BackendOptions
+    from refinenet_ros.config import ModelConfig
 
 log = logging.getLogger("refinenet_ros")
 
@@ -33,14 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_argument_group("source (an exported graph, or a model to export)")
     src.add_argument("--onnx", default=None, help="exported graph (refinenet-ros export); else --model ...")
     add_model_arguments(parser)
-    src.add_argument("--height", type=int, default=None, help="network height (required with --model)")
-    src.add_argument("--width", type=int, default=None, help="network width (required with --model)")
+    add_size_arguments(src)
     g = parser.add_argument_group("engine")
-    g.add_argument("--precision", default="fp16", choices=("fp32", "fp16", "int8"))
+    g.add_argument("--precision", default="fp16", choices=("fp32", "fp16", "int8"),
+                   help="engine precision (int8: calibrated on the data below)")  # fmt: skip
     g.add_argument("--batch", type=int, default=1, help="max batch (one per camera for multi-camera nodes)")
     g.add_argument("--workspace-mb", type=int, default=2048, help="builder workspace pool limit (MiB)")
-    g.add_argument("--engine-dir", default=None,
-                   help="engine + ONNX cache (default: $ROS_HOME/refinenet_ros)")  # fmt: skip
+    g.add_argument("--engine-dir", default=None, help=ENGINE_DIR_HELP)
     g.add_argument("--device", default="cuda:0", help="CUDA device the engine is built for")
     add_calibration_arguments(parser)
     v = parser.add_argument_group("validation")
@@ -59,13 +66,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from refinenet_ros.backends.factory import tensorrt_unavailable_reason
+    from refinenet_ros.backends.factory import onnx_for, tensorrt_unavailable_reason
 
+    # Every cheap check first: a typo must not cost a model export or an engine build.
+    options, model_cfg = _checked_options(args)
     reason = tensorrt_unavailable_reason()
     if reason is not None:
         # One line, exit 2: the user needs a GPU machine, not a traceback.
         raise CliError(f"building TensorRT engines needs TensorRT 10 and a CUDA GPU: {reason}")
-    options, onnx_path = _options_and_graph(args)
+    onnx_path = onnx_for(model_cfg, options)
 
     from refinenet_ros.backends.tensorrt import TensorRTBackend
 
@@ -85,14 +94,29 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _options_and_graph(args: argparse.Namespace) -> tuple[BackendOptions, Path]:
-    from refinenet_ros.backends.factory import BackendOptions, onnx_for
+def _checked_options(args: argparse.Namespace) -> tuple[BackendOptions, ModelConfig]:
+    """The engine's options and model, from user input only (no export, no TensorRT):
+    sizes, batch, the graph and image folders and the calibration data must all exist."""
+    from refinenet_ros.backends.factory import BackendOptions
 
     if args.batch < 1:
         raise CliError(f"--batch {args.batch}: must be >= 1")
-    size = (args.height, args.width) if args.height and args.width else None
+    if args.workspace_mb < 1:
+        raise CliError(f"--workspace-mb {args.workspace_mb}: must be >= 1")
+    if args.min_agreement is not None and not 0.0 < args.min_agreement <= 1.0:
+        raise CliError(f"--min-agreement {args.min_agreement}: must be within (0, 1]")
+    if args.onnx is not None and not Path(args.onnx).is_file():
+        raise CliError(f"--onnx {args.onnx}: no such file")
+    if args.validate not in (None, "samples") and not Path(args.validate).is_dir():
+        raise CliError(f"--validate {args.validate}: no such folder (give a folder of images or 'samples')")
+    if args.calib_images is not None and not Path(args.calib_images).is_dir():
+        raise CliError(f"--calib-images {args.calib_images}: no such folder")
+    if args.calib_bag is not None and not Path(args.calib_bag).exists():
+        raise CliError(f"--calib-bag {args.calib_bag}: no such bag")
+    model_cfg = model_config_from_args(args)
+    size = network_size_from_args(args) or (model_cfg.network_size if args.onnx is None else None)
     if args.onnx is None and size is None:
-        raise CliError("give --onnx FILE, or --model ... with --height and --width")
+        raise CliError("give --onnx FILE, or a model with --network-size H W (random weights record none)")
     options = BackendOptions(
         kind="tensorrt",
         device=args.device,
@@ -107,7 +131,7 @@ def _options_and_graph(args: argparse.Namespace) -> tuple[BackendOptions, Path]:
         calib_count=args.calib_count,
         workspace_mb=args.workspace_mb,
     )
-    return options, onnx_for(model_config_from_args(args), options)
+    return options, model_cfg
 
 
 def validate(backend: Backend, onnx_path: Path, images: str) -> float:

@@ -1,7 +1,7 @@
 """Measure a model on a labelled data set: mIoU, per-class IoU, pixel / mean class accuracy, fwIoU.
 
 Data sets: ``--dataset cityscapes|voc|ade20k|folders --root DIR [--split S]`` or any
-``--images DIR --label-dir DIR`` pair (``--label-offset 1`` for exports where 0 = unlabelled;
+``--images DIR --labels-dir DIR`` pair (``--label-offset 1`` for exports where 0 = unlabelled;
 ``--labels`` names the label set, as everywhere).
 Single-scale evaluation runs through the Segmenter, so it measures exactly what the node
 and the bag tool produce with the chosen backend. ``--scales``/``--flip`` average softmax
@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from refinenet_ros.cli import (
+    NO_PROGRESS_HELP,
     CliError,
     add_backend_arguments,
     add_model_arguments,
     backend_options_from_args,
+    deprecated_alias,
     model_config_from_args,
 )
 
@@ -37,20 +39,22 @@ log = logging.getLogger("refinenet_ros")
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
-    """--dataset/--root/--split or --images/--labels; shared with ``train``."""
+    """--dataset/--root/--split or --images/--labels-dir; shared with ``train``."""
     from refinenet_ros.datasets import DATASET_FORMATS
 
     g = parser.add_argument_group("data set")
     g.add_argument("--dataset", default="folders", choices=DATASET_FORMATS,
-                   help="layout under --root (default folders: ROOT/images + ROOT/labels)")  # fmt: skip
+                   help="layout under --root (folders: ROOT/images + ROOT/labels)")  # fmt: skip
     g.add_argument("--root", default=None, help="data set root folder")
     g.add_argument("--split", default=None,
                    help="split: cityscapes train|val, voc train|val|FILE, ade20k training|validation, "
                         "folders: ROOT/images/SPLIT (default: the train split for train, val for "
                         "evaluate, when present)")  # fmt: skip
-    g.add_argument("--images", default=None, help="generic layout: folder of images (with --labels)")
-    g.add_argument("--labels-dir", "--label-dir", dest="labels_dir", default=None,
-                   help="generic layout: folder of label images matched to --images by name")  # fmt: skip
+    g.add_argument("--images", default=None, help="generic layout: folder of images (with --labels-dir)")
+    g.add_argument("--labels-dir", default=None,
+                   help="generic layout: folder of label images matched to --images by name (--labels "
+                        "names the label set)")  # fmt: skip
+    deprecated_alias(g, "--label-dir", "--labels-dir")
     g.add_argument("--label-offset", type=int, default=None,
                    help="subtract from label values; values below it become ignore (1 for exports "
                         "where 0 = unlabelled: ADE20K, NYUDv2-40, SUN-RGBD)")  # fmt: skip
@@ -62,6 +66,11 @@ def dataset_from_args(args: argparse.Namespace, split: str | None = None) -> Seg
 
     split = split if split is not None else args.split
     root = Path(args.root) if args.root else None
+    # The CLI names its flags; the library's messages name the concepts.
+    if (args.images is None) != (args.labels_dir is None):
+        raise CliError("--images and --labels-dir go together: give both folders")
+    if args.images is None and root is None:
+        raise CliError("give a data set: --dataset FORMAT --root DIR, or --images DIR --labels-dir DIR")
     if split is None and args.dataset == "folders" and root and (root / "images" / "val").is_dir():
         split = "val"  # a folders data set with train/val subfolders: evaluate on val
     try:
@@ -86,7 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", default="evaluation.json", help="JSON report path")
     parser.add_argument("--save-predictions", default=None, metavar="DIR",
                         help="write each prediction as a colour PNG into DIR")  # fmt: skip
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
     add_model_arguments(parser)
     add_backend_arguments(parser)
 

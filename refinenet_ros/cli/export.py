@@ -11,17 +11,45 @@ from __future__ import annotations
 
 import argparse
 
-from refinenet_ros.cli import CliError, add_model_arguments, model_config_from_args
+from refinenet_ros.cli import (
+    CliError,
+    add_model_arguments,
+    add_network_size_argument,
+    deprecated_alias,
+    model_config_from_args,
+    network_side,
+)
+
+
+def add_size_arguments(group: argparse._ActionsContainer) -> None:
+    """``--network-size H W`` plus the old ``--height``/``--width`` (one release, with a warning)."""
+    add_network_size_argument(group)
+    deprecated_alias(group, "--height", "--network-size", convert=int, component=0, metavar="H")
+    deprecated_alias(group, "--width", "--network-size", convert=int, component=1, metavar="W")
+
+
+def network_size_from_args(args: argparse.Namespace) -> tuple[int, int] | None:
+    """The (H, W) asked for, or None; a lone old ``--height`` or ``--width``, or a side out of
+    range (the old spellings are checked here, ``--network-size`` while parsing), is a user error."""
+    size = args.network_size
+    if size is None:
+        return None
+    if None in size:
+        raise CliError("--height and --width go together; better: --network-size H W")
+    try:
+        return network_side(str(size[0])), network_side(str(size[1]))
+    except argparse.ArgumentTypeError as exc:
+        raise CliError(f"--network-size {size[0]} {size[1]}: {exc}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     g = parser.add_argument_group("graph")
-    g.add_argument("--height", type=int, required=True, help="network input height (pixels)")
-    g.add_argument("--width", type=int, required=True, help="network input width (pixels)")
-    g.add_argument("--batch", type=int, default=1, help="static batch size (default 1)")
+    add_size_arguments(g)
+    g.add_argument("--batch", type=int, default=1, help="static batch size (with --dynamic: the traced one)")
     g.add_argument("--dynamic", action="store_true",
-                   help="dynamic N, H and W (height/width/batch only shape the tracing example)")  # fmt: skip
+                   help="dynamic N, H and W (--network-size and --batch only shape the tracing "
+                        "example)")  # fmt: skip
     g.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17; TensorRT 10 reads 9..20)")
     g.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
     parser.add_argument("--out", required=True, help="output .onnx file (written atomically)")
@@ -33,12 +61,20 @@ def run(args: argparse.Namespace) -> int:
     from refinenet_ros.backends.base import BackendError
     from refinenet_ros.backends.onnx_export import DEFAULT_OPSET, ExportSpec, export_onnx
 
+    size = network_size_from_args(args)
+    if args.batch < 1:
+        raise CliError(f"--batch {args.batch}: must be >= 1")
     if Path(args.out).is_dir():
         raise CliError(f"--out {args.out} is a folder; give the .onnx file to write ({args.out}/model.onnx)")
     cfg = model_config_from_args(args)
+    size = size or cfg.network_size
+    if size is None:
+        raise CliError(
+            "random weights record no network size: give the graph's input size, --network-size H W"
+        )
     try:
         spec = ExportSpec(
-            args.height, args.width, batch=args.batch, dynamic=args.dynamic, opset=args.opset or DEFAULT_OPSET
+            size[0], size[1], batch=args.batch, dynamic=args.dynamic, opset=args.opset or DEFAULT_OPSET
         )
         result = export_onnx(cfg, spec, args.out, verify=not args.no_verify)
     except BackendError as exc:

@@ -26,7 +26,15 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from refinenet_ros.cli import CliError, add_model_arguments, model_config_from_args
+from refinenet_ros.cli import (
+    DEVICE_HELP,
+    NO_PROGRESS_HELP,
+    THREADS_HELP,
+    CliError,
+    add_model_arguments,
+    deprecated_alias,
+    model_config_from_args,
+)
 from refinenet_ros.cli.evaluate import add_dataset_arguments, dataset_from_args
 from refinenet_ros.train import AMP_MODES, CLASS_WEIGHTINGS, OPTIMIZERS, Triple
 
@@ -46,25 +54,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-split", default=None,
                         help="validation split of the same data set (default: val / validation, for "
                              "folders ROOT/images/val when present; 'none' to skip validation)")  # fmt: skip
-    parser.add_argument("--val-images", default=None, help="generic layout: validation images folder")
-    parser.add_argument("--val-label-dir", default=None, help="generic layout: validation labels folder")
+    parser.add_argument("--val-images", default=None,
+                        help="generic layout: validation images folder (with --val-labels-dir)")  # fmt: skip
+    parser.add_argument("--val-labels-dir", default=None,
+                        help="generic layout: folder of validation label images matched by name")  # fmt: skip
+    deprecated_alias(parser, "--val-label-dir", "--val-labels-dir")
     parser.add_argument("--val-limit", type=int, default=0, help="validate on the first N images (0: all)")
     parser.add_argument("--out", default="train_out", help="folder for last.pt / best.pt")
-    parser.add_argument("--resume", default=None, help="continue from OUT/last.pt")
+    parser.add_argument("--resume", default=None, metavar="CKPT", help="continue from OUT/last.pt")
     parser.add_argument("--reset-classifier", action="store_true",
                         help="--weights from another label set: load all but the classifier")  # fmt: skip
     g = parser.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, default=1000, help="training iterations")
-    g.add_argument("--batch-size", type=int, default=8)
-    g.add_argument("--crop", type=int, nargs=2, default=(320, 320), metavar=("H", "W"))
-    g.add_argument("--scale-range", type=float, nargs=2, default=(0.5, 2.0), metavar=("MIN", "MAX"))
+    g.add_argument("--batch-size", type=int, default=8, help="images per training step")
+    g.add_argument("--crop", type=int, nargs=2, default=(320, 320), metavar=("H", "W"),
+                   help="random crop H W of each rescaled training image")  # fmt: skip
+    g.add_argument("--scale-range", type=float, nargs=2, default=(0.5, 2.0), metavar=("MIN", "MAX"),
+                   help="random rescaling factor range before the crop")  # fmt: skip
     g.add_argument("--no-flip", action="store_true", help="no random horizontal mirroring")
     g.add_argument("--lr", type=float, default=5e-4, help="encoder learning rate (SGD)")
     g.add_argument("--decoder-lr-mult", type=float, default=None,
                    help="decoder LR = lr x this (default 10 for lw_* models, 1 otherwise)")  # fmt: skip
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight-decay", type=float, default=1e-5)
-    g.add_argument("--poly-power", type=float, default=0.9)
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--weight-decay", type=float, default=1e-5, help="L2 weight decay (AdamW: decoupled)")
+    g.add_argument("--poly-power", type=float, default=0.9, help="poly decay: lr x (1 - step/steps)^power")
     g.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up (0: none)")
     g.add_argument("--freeze-bn", action="store_true", help="keep BatchNorm statistics and affine fixed")
     g.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS, help="sgd (with --momentum) or adamw")
@@ -86,14 +99,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=AMP_MODES,
         help="bf16 autocast; auto: where bf16 is native (CUDA, AMX/AVX-512 BF16 CPUs)",
     )
-    g.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: library default)")
+    g.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     g.add_argument("--backbone-init", default=None, metavar="TFLITE",
                    help="ImageNet MobileNetV2 TFLite file for the encoder of lw_refinenet_mobilenetv2 "
                         "(needs pip install .[imagenet]); the recipe's normalisation follows it")  # fmt: skip
     g.add_argument("--val-every", type=int, default=500, help="validate every N steps (0: only at the end)")
-    g.add_argument("--checkpoint-every", type=int, default=500)
-    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--checkpoint-every", type=int, default=500, help="write OUT/last.pt every N steps")
+    g.add_argument("--device", default="auto", help=DEVICE_HELP)
+    g.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
     add_model_arguments(parser)
 
 
@@ -117,9 +130,11 @@ def _val_set(args: argparse.Namespace) -> SegmentationDataset | None:
         return None
     try:
         if args.images is not None:  # generic layout: validation folders given separately
-            if args.val_images is None:
+            if args.val_images is None and args.val_labels_dir is None:
                 return None
-            ds = open_dataset("folders", images=args.val_images, labels=args.val_label_dir,
+            if args.val_images is None or args.val_labels_dir is None:
+                raise CliError("--val-images and --val-labels-dir go together: give both folders")
+            ds = open_dataset("folders", images=args.val_images, labels=args.val_labels_dir,
                               label_offset=args.label_offset)  # fmt: skip
         else:
             split = args.val_split
@@ -199,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--resume {args.resume}: no such file")
     train_set = _train_set(args)
     val_set = _val_set(args)
-    cfg = model_config_from_args(args, default_weights=False)
+    cfg = model_config_from_args(args, default_weights=False, check_labels=not args.reset_classifier)
     assert cfg.model is not None
     label_set = cfg.label_set
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")

@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from refinenet_ros.cli import CliError
+from refinenet_ros.cli import CliError, add_network_size_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,8 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("packing a checkpoint for bundling (maintainers)")
     g.add_argument("--pack", default=None, metavar="CKPT", help="a checkpoint written by `train`")
     g.add_argument("--out", default=None, help="the fp16 file to write (with --pack)")
-    g.add_argument("--network-size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                   help="network size to record (with --pack)")  # fmt: skip
+    add_network_size_argument(g)  # with --pack: the size recorded for the node and every command
     g.add_argument("--metrics", default=None, metavar="JSON",
                    help="an `evaluate` report whose metrics are recorded (with --pack)")  # fmt: skip
 

@@ -17,12 +17,15 @@ from dataclasses import replace
 from pathlib import Path
 
 from refinenet_ros.cli import (
+    NO_PROGRESS_HELP,
     CliError,
     add_backend_arguments,
+    add_image_topic_argument,
     add_model_arguments,
     backend_options_from_args,
     model_config_from_args,
 )
+from refinenet_ros.cli.bag import add_bag_output_arguments
 
 log = logging.getLogger("refinenet_ros")
 
@@ -30,8 +33,6 @@ EXIT_SOME_FAILED = 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from refinenet_ros.bag import DEFAULT_MAX_PIXELS, OUTPUT_KINDS, STORAGES
-
     parser.add_argument(
         "inputs",
         nargs="+",
@@ -53,66 +54,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="worker actors, each loading the model once (default: as many as the CPUs/GPUs fit)",
+        help="worker actors, each loading the model once (0: as many as the CPUs/GPUs fit)",
     )
     g.add_argument(
         "--threads-per-worker",
         type=int,
         default=1,
         metavar="T",
-        help="CPU threads (and Ray CPUs) per worker (default 1)",
+        help="CPU threads (and Ray CPUs) per worker",
     )
     g.add_argument(
         "--gpus-per-worker",
         type=float,
         default=0.0,
         metavar="G",
-        help="GPUs per worker; a fraction such as 0.25 puts four workers on one GPU (default 0: CPU)",
+        help="GPUs per worker; a fraction such as 0.25 puts four workers on one GPU (0: CPU only)",
     )
     g.add_argument(
         "--retries",
         type=int,
         default=3,
-        help="retries of a bag whose worker died (OOM, lost node; default 3)",
+        help="retries of a bag whose worker died (OOM, lost node)",
     )
     b = parser.add_argument_group("bag (as `refinenet-ros bag`)")
-    b.add_argument(
-        "--image-topic",
-        action="append",
-        default=[],
-        required=True,
-        metavar="TOPIC",
-        help="Image or CompressedImage topic to segment (repeat per camera)",
-    )
-    b.add_argument(
-        "--outputs",
-        default=",".join(OUTPUT_KINDS),
-        help=f"comma list of {','.join(OUTPUT_KINDS)} (default: all)",
-    )
-    b.add_argument("--no-copy", action="store_true", help="write only the new topics, not the originals")
-    b.add_argument("--storage", default="mcap", choices=STORAGES, help="output storage (default mcap)")
-    b.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colours")
-    b.add_argument(
-        "--max-image-pixels",
-        type=int,
-        default=DEFAULT_MAX_PIXELS,
-        metavar="N",
-        help="skip frames above N pixels as malformed, before decoding",
-    )
-    b.add_argument(
-        "--overlap",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="read + segment on threads while writing, per worker (same output; default auto)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
+    add_image_topic_argument(b)
+    add_bag_output_arguments(b)
+    parser.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
     add_model_arguments(parser)
     add_backend_arguments(parser)
     parser.set_defaults(batch=4)
 
 
 def run(args: argparse.Namespace) -> int:
-    from refinenet_ros.bag import OUTPUT_KINDS, BagOptions
+    from refinenet_ros.bag import BagOptions
     from refinenet_ros.fleet.inputs import FleetError, discover
 
     try:
@@ -135,10 +109,6 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--alpha {args.alpha}: must be within 0..1")
     if args.max_image_pixels < 1:
         raise CliError(f"--max-image-pixels {args.max_image_pixels}: must be at least 1")
-    outputs = tuple(o.strip() for o in args.outputs.split(",") if o.strip())
-    bad = [o for o in outputs if o not in OUTPUT_KINDS]
-    if bad or not outputs:
-        raise CliError(f"--outputs takes a comma list of {','.join(OUTPUT_KINDS)}; got {bad or 'nothing'}")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CliError(f"--out {out}: it is a file, not a folder")
@@ -156,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         backend = replace(backend, device="cuda" if args.gpus_per_worker > 0 else "cpu")
     bag_options = BagOptions(
         image_topics=tuple(args.image_topic),
-        outputs=outputs,
+        outputs=tuple(args.outputs),
         copy=not args.no_copy,
         storage=args.storage,
         batch=max(1, args.batch),
