@@ -70,10 +70,6 @@ class ModelConfig:
         return self if self.is_resolved else _resolve(self)
 
     @property
-    def random_init(self) -> bool:
-        return self.resolved().weights is None
-
-    @property
     def label_set(self) -> LabelSet:
         return get_label_set(self.resolved().labels or DEFAULT_LABELS)
 

@@ -121,3 +121,22 @@ def test_model_config_defaults_and_description():
     assert cfg.model == "lw_refinenet_mobilenetv2" and cfg.labels == "camvid"
     assert ModelConfig().describe() == "lw_refinenet_mobilenetv2 [camvid] weights=camvid"
     assert "random init (seed 0)" in ModelConfig(weights="random").describe()
+
+
+def test_a_threads_setting_applies_to_its_own_calls_only(small_model_cfg):
+    """issue 11 (6): the torch backend set the process-wide thread count at construction, so a
+    user's `threads=1` Segmenter slowed every other torch call of their process."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)  # the caller's own setting, different from the backend's
+    seen: list[int] = []
+    try:
+        backend = create_backend(small_model_cfg, BackendOptions(kind="torch", device="cpu", threads=1))
+        assert torch.get_num_threads() == 2
+        # the count inside the call, seen by the network itself
+        hook = backend._pipeline.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+        Segmenter(backend, get_label_set("voc"))(rand_image(32, 48))
+        hook.remove()
+        assert seen == [1]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(saved)

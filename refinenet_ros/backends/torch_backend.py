@@ -7,6 +7,9 @@ ownership of the model it is given: it is for inference only afterwards.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 import numpy.typing as npt
 import torch
@@ -42,8 +45,7 @@ class TorchBackend:
             raise BackendError(f"torch backend supports precision fp32|fp16, not {precision!r}")
         if precision == "fp16" and not device.startswith("cuda"):
             raise BackendError("torch backend: fp16 needs a CUDA device; use fp32 on CPU")
-        if threads > 0:
-            torch.set_num_threads(threads)
+        self._threads = threads  # applied per call: a process-wide setting would leak to the caller
         self.device = device
         self.num_classes = num_classes
         self.input_size = input_size
@@ -58,13 +60,9 @@ class TorchBackend:
         if self._dtype == torch.float16:
             self._pipeline.model.half()
 
-    @property
-    def pipeline(self) -> InferencePipeline:
-        return self._pipeline
-
     def infer(self, images: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.integer], npt.NDArray[np.float32]]:
         check_batch(images, self)
-        with torch.inference_mode():
+        with _intra_op_threads(self._threads), torch.inference_mode():
             if not images.flags.writeable:  # decoded bag/message views: torch wants writable memory
                 images = images.copy()
             x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device, non_blocking=True)
@@ -74,3 +72,20 @@ class TorchBackend:
             else:
                 labels, confidence = self._pipeline(x)
             return labels.cpu().numpy(), confidence.float().cpu().numpy()
+
+
+@contextlib.contextmanager
+def _intra_op_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op thread count for one call (0: leave it), restored after (0.4 us).
+
+    ``torch.set_num_threads`` is global state of the calling thread's pool: set once at
+    construction it changed every later torch call of the user's process."""
+    if threads <= 0:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

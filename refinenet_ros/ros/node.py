@@ -21,6 +21,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -137,7 +138,6 @@ class SegmentationNode(LifecycleNode):
         self._slots = LatestFrameSlots(1)
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
-        self._active = False
         self.stats = NodeStats()
         self._throttle = Throttle(5.0)
         self._info: dict[str, str] = {}
@@ -174,6 +174,8 @@ class SegmentationNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         except Exception as exc:
             self.get_logger().error(f"configure failed: {self._explain(exc)}")
+            # A user's mistake needs only the line above; our own bug needs the traceback too.
+            self.get_logger().debug("configure failed with:\n" + traceback.format_exc())
             self._release()
             return TransitionCallbackReturn.FAILURE
         self._slots = LatestFrameSlots(len(self.cameras))
@@ -246,7 +248,6 @@ class SegmentationNode(LifecycleNode):
                 )
             )
         self._slots.reopen()
-        self._active = True
         self._stop = threading.Event()  # one per activation: a worker outliving its join never resumes
         self._worker = threading.Thread(
             target=self._work, args=(self._stop,), name="refinenet-worker", daemon=True
@@ -259,10 +260,7 @@ class SegmentationNode(LifecycleNode):
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_worker()
-        for sub in self._subs:
-            self.destroy_subscription(sub)
-        self._subs = []
+        self._stop_inputs()
         self._state = "inactive"
         return super().on_deactivate(state)
 
@@ -271,12 +269,17 @@ class SegmentationNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """From any state: what deactivate and cleanup release, each a no-op if already done."""
+        self._stop_inputs()
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_inputs(self) -> None:
+        """Stop the worker and unsubscribe (deactivate, and shutdown from active)."""
         self._stop_worker()
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs = []
-        self._release()
-        return TransitionCallbackReturn.SUCCESS
 
     def _release(self) -> None:
         """Drop the publishers and the model; diagnostics then report no model at all."""
@@ -292,7 +295,6 @@ class SegmentationNode(LifecycleNode):
         self._state = "unconfigured"
 
     def _stop_worker(self) -> None:
-        self._active = False
         self._stop.set()
         self._slots.close()
         if self._worker is not None:

@@ -70,10 +70,6 @@ class LatestFrameSlots:
             self._closed = False
             self._slots = [None] * len(self._slots)
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     def take(self, wait: float, batch_timeout: float = 0.0) -> list[Frame]:
         """Frames to process now (at most one per camera), or [] after ``wait`` seconds.
 
