@@ -13,6 +13,7 @@ from refinenet_ros.backends.engine_cache import (
     EngineCache,
     EngineKey,
     default_stem,
+    differing_fields,
     key_differences,
     key_field_names,
 )
@@ -217,3 +218,51 @@ def test_timing_cache_path_is_per_gpu_and_version(tmp_path: Path) -> None:
     assert a != cache.timing_cache_path(make_key(tensorrt_version="10.8.0"))
     assert a != cache.timing_cache_path(make_key(gpu_name="RTX 4090"))
     assert a == cache.timing_cache_path(make_key(precision="fp32", onnx_sha256="f" * 64))
+
+
+# --- the cache-decision log (issue #12): which cached file was picked, and why -------------
+
+
+def decisions(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if " cache: " in r.getMessage()]
+
+
+def test_engine_lookups_log_hit_or_the_differing_key_field(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = EngineCache(tmp_path)
+    caplog.set_level("INFO", logger="refinenet_ros")
+    cache.load_or_build("m", make_key(), lambda: b"E1", lambda data: data)
+    cache.load_or_build("m", make_key(), lambda: b"E1", lambda data: data)
+    cache.load_or_build("m", make_key(tensorrt_version="10.8.0"), lambda: b"E2", lambda data: data)
+    first, second, third = decisions(caplog)
+    assert first == f"engine cache: miss: no cached file -> {tmp_path / 'm.engine'}"
+    assert second == f"engine cache: hit {tmp_path / 'm.engine'}"
+    assert "miss: rebuilt because tensorrt_version differed (10.3.0 -> 10.8.0)" in third
+    assert "gpu_name" not in third  # only the field that changed is named
+
+
+def test_differing_fields_names_nested_fields_and_shortens_hashes() -> None:
+    diffs = differing_fields(
+        {"spec": {"height": 64, "width": 96}, "sha": "a" * 64},
+        {"spec": {"height": 128, "width": 96}, "sha": "b" * 64},
+    )
+    assert diffs == ["sha differed (aaaaaaaaaaaa… -> bbbbbbbbbbbb…)", "spec.height differed (64 -> 128)"]
+    assert differing_fields({"a": 1}, {"a": 1}) == []
+
+
+def test_onnx_graph_lookups_log_hit_or_the_differing_field(
+    tmp_path: Path, small_model_cfg: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    from refinenet_ros.backends.onnx_export import ExportSpec, export_cached
+
+    caplog.set_level("INFO", logger="refinenet_ros")
+    cfg = small_model_cfg
+    first = export_cached(cfg, ExportSpec(64, 64), tmp_path)  # type: ignore[arg-type]
+    again = export_cached(cfg, ExportSpec(64, 64), tmp_path)  # type: ignore[arg-type]
+    export_cached(cfg, ExportSpec(64, 96), tmp_path)  # type: ignore[arg-type]
+    miss, hit, changed = decisions(caplog)
+    assert miss == f"ONNX graph cache: miss: no cached file -> {first.path}"
+    assert hit == f"ONNX graph cache: hit {again.path}" and again.cached
+    assert "miss: rebuilt because network_size differed (64x64 -> 64x96)" in changed
+    assert "label_set" not in changed

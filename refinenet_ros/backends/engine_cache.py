@@ -16,7 +16,11 @@ engines that crash or silently misbehave after a JetPack upgrade, so:
 * a stale engine, or one that fails its checksum or deserialisation, is renamed ``.bad``
   (kept for a post-mortem or a rollback, never loaded again) and rebuilt;
 * a per-stem lock file makes a second process wait for a build in progress instead of
-  building the same engine twice.
+  building the same engine twice;
+* every lookup of a cached file (engine here, ONNX graph in :mod:`onnx_export`) logs one
+  INFO line saying which file was picked and why: ``hit <path>``, ``miss: rebuilt because
+  <key field> differed (<old> -> <new>)``, or ``miss: no cached file`` (:func:`cache_decision`),
+  so a robot's log tells why a start took minutes.
 
 Pure Python: nothing here imports TensorRT, so the whole policy is tested on machines
 without a GPU. :mod:`refinenet_ros.backends.tensorrt` plugs its build/deserialise
@@ -32,7 +36,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -162,14 +166,72 @@ def key_differences(cached: EngineKey, wanted: EngineKey) -> list[str]:
     return reasons
 
 
+def _flat(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in record.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{name}."))
+        else:
+            out[f"{prefix}{name}"] = value
+    return out
+
+
+def _shown(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    if re.fullmatch(r"[0-9a-f]{17,}", text):
+        return _short(text)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def differing_fields(cached: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
+    """``field differed (old -> new)`` for each key field whose value differs, nested fields
+    by dotted name (``spec.height``), hashes shortened; empty when the records agree."""
+    old, new = _flat(cached), _flat(wanted)
+    return [
+        f"{name} differed ({_shown(old.get(name, 'none'))} -> {_shown(new.get(name, 'none'))})"
+        for name in sorted(old.keys() | new.keys())
+        if old.get(name) != new.get(name)
+    ]
+
+
+def cache_decision(
+    kind: str, path: str | os.PathLike[str], *, hit: bool, differences: Iterable[str] = ()
+) -> str:
+    """The one line a cache lookup logs: which file and why (``hit``, the differing key
+    fields of the nearest cached entry, or no cached file)."""
+    if hit:
+        return f"{kind} cache: hit {path}"
+    diffs = list(differences)
+    if diffs:
+        return f"{kind} cache: miss: rebuilt because {'; '.join(diffs)} -> {path}"
+    return f"{kind} cache: miss: no cached file -> {path}"
+
+
+def nearest_differences(
+    candidates: Iterable[Path], wanted: Mapping[str, Any], read: Callable[[Path], Mapping[str, Any]]
+) -> list[str]:
+    """Why the newest readable cached entry among ``candidates`` does not serve ``wanted``:
+    its stored record (``read``) against the wanted one, field by field. Empty when there is
+    no readable candidate, or it differs only in fields its record does not hold."""
+    for path in sorted(candidates, key=lambda p: p.stat().st_mtime if p.exists() else 0, reverse=True):
+        try:
+            stored = read(path)
+        except Exception:  # an unreadable neighbour explains nothing; try the next
+            continue
+        return differing_fields(stored, wanted)
+    return []
+
+
 @dataclass(frozen=True)
 class CacheLookup:
-    """Result of :meth:`EngineCache.lookup`: ``hit`` or the ``reason`` it is not one."""
+    """Result of :meth:`EngineCache.lookup`: ``hit`` or the ``reason`` it is not one
+    (``differences``: the stale entry's differing key fields, for the decision log)."""
 
     hit: bool
     engine_path: Path
     meta_path: Path
     reason: str = ""
+    differences: tuple[str, ...] = ()
 
 
 @dataclass
@@ -252,7 +314,8 @@ class EngineCache:
             return miss(f"sidecar {meta} is unreadable ({type(exc).__name__}: {exc})")
         reasons = key_differences(cached, key)
         if reasons:
-            return miss("; ".join(reasons))
+            fields_ = tuple(differing_fields(cached.to_json(), key.to_json()))
+            return CacheLookup(False, engine, meta, "; ".join(reasons), fields_)
         return CacheLookup(True, engine, meta)
 
     def read_engine(self, stem: str) -> bytes:
@@ -354,13 +417,20 @@ class EngineCache:
                 except Exception as exc:  # any failure means the file cannot be trusted
                     obj, reason = None, f"{type(exc).__name__}: {exc}"
                 if obj is not None:
-                    log.info("using cached engine %s", found.engine_path)
+                    log.info(cache_decision("engine", found.engine_path, hit=True))
                     return obj, BuildRecord(found.engine_path, built=False)
                 reason = f"deserialisation failed ({reason or 'TensorRT returned no engine'})"
                 self.mark_bad(stem, reason)
             elif found.engine_path.exists():
                 # Stale (other TensorRT, GPU, graph, ...): keep it aside, never load it.
                 self.mark_bad(stem, reason)
+            if found.hit:  # current by its key, but the file itself failed
+                log.info("engine cache: miss: rebuilt because the cached file failed (%s)", reason)
+            elif found.differences or found.meta_path.exists() or found.engine_path.exists():
+                diffs = found.differences or (reason,)
+                log.info(cache_decision("engine", found.engine_path, hit=False, differences=diffs))
+            else:
+                log.info(cache_decision("engine", found.engine_path, hit=False))
             log.info("building engine %s: %s", found.engine_path.name, reason)
             t0 = time.perf_counter()
             data = bytes(build())

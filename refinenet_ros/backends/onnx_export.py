@@ -463,7 +463,10 @@ def cached_path(cfg: ModelConfig, spec: ExportSpec, cache_dir: str | Path, key: 
 
 def export_cached(cfg: ModelConfig, spec: ExportSpec, cache_dir: str | Path) -> ExportResult:
     """The cached graph for (model, weights, spec, opset, versions), exporting it if needed."""
-    key = cache_key(cfg, spec)
+    from refinenet_ros.backends.engine_cache import cache_decision, nearest_differences
+
+    weights = weights_fingerprint(cfg)
+    key = cache_key(cfg, spec, weights)
     path = cached_path(cfg, spec, cache_dir, key)
     if path.is_file():
         try:
@@ -471,8 +474,15 @@ def export_cached(cfg: ModelConfig, spec: ExportSpec, cache_dir: str | Path) -> 
         except Exception as exc:  # unreadable: fall through and re-export over it
             log.warning("cached ONNX %s is unreadable (%s); exporting again", path, exc)
         else:
-            log.info("using cached ONNX graph %s", path)
+            log.info(cache_decision("ONNX graph", path, hit=True))
             return ExportResult(path, _sha256_file(path), meta, cached=True)
+    # Why no cached graph serves: the newest graph of this model, by its recorded metadata.
+    resolved = cfg.resolved()
+    others = [p for p in Path(cache_dir).glob(f"{resolved.model}_*.onnx") if "_int8_" not in p.name]
+    diffs = nearest_differences(others, build_metadata(cfg, spec, weights), read_metadata)
+    if others and not diffs:
+        diffs = ["a key field outside the graph's metadata differed (torch, package, opset or export format)"]
+    log.info(cache_decision("ONNX graph", path, hit=False, differences=diffs))
     require_build(f"ONNX export of {path.name}")
     return export_onnx(cfg, spec, path)
 
