@@ -67,7 +67,7 @@ def test_bench_model_writes_documented_json(tmp_path: Path, capsys: pytest.Captu
     out = tmp_path / "sub" / "model.json"
     rc = main([
         "bench", "model", "--model", "lw_refinenet_mobilenetv2", "--labels", "voc",
-        "--resolution", "96x64", "--batch", "1", "2", "--iterations", "2", "--warmup", "1",
+        "--network-size", "64", "96", "--batch", "1", "2", "--iterations", "2", "--warmup", "1",
         "--json", str(out),
     ])  # fmt: skip
     assert rc == 0
@@ -106,12 +106,54 @@ def test_bench_rejects_bad_resolution(capsys: pytest.CaptureFixture[str]) -> Non
     assert "WIDTHxHEIGHT" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (["model", "--resolution", "96x64", "128x96"], ["model", "--network-size", "64", "96",
+                                                       "--network-size", "96", "128"]),
+        (["node", "--resolution", "1280x720", "--outputs", "labels", "overlay"],
+         ["node", "--image-size", "720", "1280", "--outputs", "labels,overlay"]),
+        (["bag", "in.mcap", "--topic", "/cam", "--resolution", "320x240"],
+         ["bag", "in.mcap", "--image-topic", "/cam", "--image-size", "240", "320"]),
+    ],
+)  # fmt: skip
+def test_bench_old_spellings_still_work_with_one_deprecation_line(
+    old: list[str], new: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue #12: one vocabulary (--network-size/--image-size H W, --image-topic, --outputs
+    as bag takes it); the old WxH --resolution and --topic work for one release."""
+    from refinenet_ros.cli import build_parser
+
+    parser = build_parser()
+    fields = ("network_size", "image_size", "image_topic", "outputs")
+    got_old = parser.parse_args(["bench", *old])
+    err = capsys.readouterr().err
+    got_new = parser.parse_args(["bench", *new])
+    assert capsys.readouterr().err == ""
+    for f in fields:
+        assert _plain(getattr(got_old, f, None)) == _plain(getattr(got_new, f, None)), f
+    lines = err.strip().splitlines()
+    deprecated = [w for w in old if w in ("--resolution", "--topic")]
+    assert len(lines) == len(deprecated)
+    for flag, line in zip(deprecated, lines, strict=True):
+        assert f"{flag} is deprecated" in line
+        if flag == "--resolution":
+            assert ("--network-size" if old[0] == "model" else "--image-size") in line
+
+
+def _plain(value: object) -> object:
+    """Lists and tuples alike (a default tuple vs a parsed list), nested one level."""
+    if isinstance(value, list | tuple):
+        return tuple(_plain(v) for v in value)
+    return value
+
+
 def test_bench_bag_writes_documented_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bag.json"
     keep = tmp_path / "bags"
     rc = main([
         "bench", "bag", "--model", "lw_refinenet_mobilenetv2", "--backend", "torch",
-        "--resolution", "96x64", "--frames", "4", "--batch", "2", "--keep", str(keep), "--json", str(out),
+        "--image-size", "64", "96", "--frames", "4", "--batch", "2", "--keep", str(keep), "--json", str(out),
     ])  # fmt: skip
     assert rc == 0
     assert "bag tool" in capsys.readouterr().out
@@ -141,8 +183,8 @@ def test_bench_node_writes_documented_json(tmp_path: Path) -> None:
     cmd = [
         str(Path(sys.executable).with_name("refinenet-ros")), "bench", "node",
         "--model", "lw_refinenet_mobilenetv2",
-        "--labels", "voc", "--backend", "torch", "--resolution", "96x64", "--frames", "5",
-        "--outputs", "labels", "overlay", "--domain-id", str(domain), "--json", str(out),
+        "--labels", "voc", "--backend", "torch", "--image-size", "64", "96", "--frames", "5",
+        "--outputs", "labels,overlay", "--domain-id", str(domain), "--json", str(out),
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -229,7 +271,7 @@ def test_bench_model_runs_openvino_and_says_why_bf16_cannot(
     out = tmp_path / "model.json"
     rc = main([
         "bench", "model", "--model", "lw_refinenet_mobilenetv2", "--labels", "voc", "--weights", "random",
-        "--backend", "onnxruntime", "openvino", "--precision", "fp32", "bf16", "--resolution", "96x64",
+        "--backend", "onnxruntime", "openvino", "--precision", "fp32", "bf16", "--network-size", "64", "96",
         "--iterations", "2", "--warmup", "1", "--device", "cpu", "--engine-dir", str(tmp_path / "cache"),
         "--json", str(out),
     ])  # fmt: skip

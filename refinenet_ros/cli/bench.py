@@ -24,24 +24,21 @@ from refinenet_ros.backends.base import BACKEND_KINDS, PRECISIONS
 from refinenet_ros.cli import (
     CliError,
     add_backend_arguments,
+    add_image_size_argument,
+    add_image_topic_argument,
     add_model_arguments,
+    add_network_size_argument,
+    add_outputs_argument,
     backend_options_from_args,
+    deprecated_alias,
     model_config_from_args,
+    width_x_height,
 )
-from refinenet_ros.segmenter import OUTPUT_KINDS
 
 if TYPE_CHECKING:
     from refinenet_ros.machine import CpuInfo
 
 log = logging.getLogger("refinenet_ros")
-
-
-def parse_resolution(text: str) -> tuple[int, int]:
-    """'640x480' -> (640, 480): width x height, as camera drivers name their modes."""
-    w, sep, h = text.lower().partition("x")
-    if not sep or not w.isdigit() or not h.isdigit() or int(w) < 32 or int(h) < 32:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected WIDTHxHEIGHT, each >= 32, e.g. 640x480")
-    return int(w), int(h)
 
 
 def _positive(text: str) -> int:
@@ -75,8 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    choices=BACKEND_KINDS, help="default: torch")  # fmt: skip
     g.add_argument("--precision", nargs="+", default=["fp32"], choices=PRECISIONS,
                    help="bf16: openvino on AVX512-BF16/AMX CPUs (elsewhere refused, with why)")  # fmt: skip
-    g.add_argument("--resolution", nargs="+", type=parse_resolution, default=[(640, 480)],
-                   metavar="WxH", help="network input sizes (default: 640x480)")  # fmt: skip
+    add_network_size_argument(g, multiple=True, default=[(480, 640)])
+    # until 0.2: --resolution WxH [WxH ...] (width first) for the network sizes
+    deprecated_alias(g, "--resolution", "--network-size", convert=width_x_height, nargs="+", metavar="WxH")
     g.add_argument("--batch", nargs="+", type=_positive, default=[1], help="images per call (default: 1)")
     g.add_argument("--iterations", type=_positive, default=10, help="timed calls per configuration")
     g.add_argument("--warmup", type=int, default=2, help="untimed calls first (allocator, kernel choice)")
@@ -97,14 +95,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(n)
     add_backend_arguments(n, batch=False)
     g = n.add_argument_group("stream")
-    g.add_argument("--resolution", type=parse_resolution, default=(640, 480), metavar="WxH",
-                   help="camera image size published (default: 640x480)")  # fmt: skip
+    add_image_size_argument(g)
+    deprecated_alias(g, "--resolution", "--image-size", convert=width_x_height, metavar="WxH")
     g.add_argument("--frames", type=_positive, default=60, help="frames published (default: 60)")
     g.add_argument("--rate", type=float, default=0.0,
                    help="publish rate in Hz (default 0: closed loop, next frame when the last one's "
                    "labels arrive: latency without queueing)")  # fmt: skip
-    g.add_argument("--outputs", nargs="+", default=list(OUTPUT_KINDS), choices=OUTPUT_KINDS,
-                   help="node outputs subscribed (unsubscribed outputs cost the node nothing)")  # fmt: skip
+    add_outputs_argument(g)  # subscribed; an unsubscribed output costs the node nothing
     g.add_argument("--encoding", default="rgb8", choices=("rgb8", "bgr8"), help="published encoding")
     g.add_argument("--domain-id", type=int, default=None,
                    help="ROS_DOMAIN_ID (default: a private one derived from the PID, 100..199)")  # fmt: skip
@@ -120,9 +117,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_backend_arguments(b, batch=True)
     g = b.add_argument_group("input")
     g.add_argument("bag", nargs="?", default=None, help="input bag (default: generate one)")
-    g.add_argument("--topic", default=None, help="image topic in the given bag")
-    g.add_argument("--resolution", type=parse_resolution, default=(640, 480), metavar="WxH",
-                   help="frame size of the generated bag (default: 640x480)")  # fmt: skip
+    add_image_topic_argument(g, multiple=False, required=False)
+    deprecated_alias(g, "--topic", "--image-topic")
+    add_image_size_argument(g)
+    deprecated_alias(g, "--resolution", "--image-size", convert=width_x_height, metavar="WxH")
     g.add_argument("--frames", type=_positive, default=30, help="frames in the generated bag")
     g.add_argument("--storage", default="mcap", choices=("mcap", "sqlite3"), help="generated bag storage")
     g.add_argument("--keep", metavar="DIR", default=None, help="keep the generated/output bags in DIR")
@@ -162,7 +160,7 @@ def _run_model(args: argparse.Namespace, cpu: CpuInfo) -> int:
         model_cfg=model_config_from_args(args),
         backends=tuple(dict.fromkeys(args.backend)),
         precisions=tuple(dict.fromkeys(args.precision)),
-        network_sizes=tuple(dict.fromkeys((h, w) for w, h in args.resolution)),
+        network_sizes=tuple(dict.fromkeys(tuple(hw) for hw in args.network_size)),
         batches=tuple(dict.fromkeys(args.batch)),
         iterations=args.iterations,
         warmup=max(0, args.warmup),
@@ -190,7 +188,6 @@ def _run_node(args: argparse.Namespace, cpu: CpuInfo) -> int:
     from refinenet_ros.backends.engine_cache import default_cache_dir
     from refinenet_ros.bench.node import NodeBenchSettings, node_table, run_node_bench
 
-    width, height = args.resolution
     settings = NodeBenchSettings(
         model_cfg=model_config_from_args(args),
         backend=args.backend,
@@ -199,7 +196,7 @@ def _run_node(args: argparse.Namespace, cpu: CpuInfo) -> int:
         engine_dir=args.engine_dir or default_cache_dir(),
         threads=args.threads,
         network_size=tuple(args.network_size) if args.network_size else None,
-        image_size=(height, width),
+        image_size=tuple(args.image_size),
         frames=args.frames,
         rate=args.rate,
         outputs=tuple(args.outputs),
@@ -223,13 +220,12 @@ def _run_node(args: argparse.Namespace, cpu: CpuInfo) -> int:
 def _run_bag(args: argparse.Namespace, cpu: CpuInfo) -> int:
     from refinenet_ros.bench.bag import BagBenchSettings, bag_table, run_bag_bench
 
-    width, height = args.resolution
     settings = BagBenchSettings(
         model_cfg=model_config_from_args(args),
         backend=backend_options_from_args(args),
         bag=args.bag,
-        topic=args.topic,
-        image_size=(height, width),
+        topic=args.image_topic,
+        image_size=tuple(args.image_size),
         frames=args.frames,
         storage=args.storage,
         keep=args.keep,
