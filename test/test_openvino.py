@@ -216,6 +216,19 @@ def test_auto_measures_again_when_the_runtime_or_the_graph_changes(
     assert not changed.cached
 
 
+def test_auto_builds_only_what_could_be_chosen(trained_cfg: ModelConfig, tmp_path: Path) -> None:
+    """issue 13: the first measurement took 24-38 s against a 10 s goal, most of it calibrating
+    INT8 candidates that an fp32 configure can never choose."""
+    options = _options(tmp_path, kind="auto")
+    graph = onnx_for(trained_cfg, options)
+    build = _Counting(trained_cfg, options)
+    everything = (*CHEAP, Candidate("onnxruntime", "int8"), Candidate("openvino", "int8"))
+    _, decision = select_backend(trained_cfg, options, graph, candidates=everything, build=build)
+    assert sorted(build.built) == ["onnxruntime fp32", "openvino fp32"]
+    assert "int8" not in decision.table_text()
+    assert auto_select.choosable(everything, "int8") == (CHEAP[0], *everything[2:])
+
+
 def test_a_path_below_the_agreement_bar_is_never_chosen(trained_cfg: ModelConfig, tmp_path: Path) -> None:
     options = _options(tmp_path, kind="auto")
     graph = onnx_for(trained_cfg, options)

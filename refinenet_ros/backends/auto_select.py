@@ -4,7 +4,8 @@ correct one.
 No fixed preference order is right on every robot computer: on an AVX2 part ONNX Runtime
 FP32 is at the core's FP32 peak, on an AMX part OpenVINO bf16 is 3x faster, and INT8 wins or
 loses by model. So when TensorRT cannot run, ``auto`` builds each candidate that exists here
-(:data:`DEFAULT_CANDIDATES`), times a few calls on real frames, and keeps only those whose
+(:data:`DEFAULT_CANDIDATES`) in the asked precision (plus an fp32 reference; see
+:func:`choosable`), times a few calls on real frames, and keeps only those whose
 labels agree with the FP32 reference on >= :data:`AGREEMENT_BAR` of the pixels (and, when an
 accuracy record exists for the graph, lose no more than :data:`MIOU_LOSS_LIMIT` mIoU points).
 The fastest survivor is chosen, the table is logged, and the decision is written beside the
@@ -355,6 +356,17 @@ def _time_calls(
     return labels, times
 
 
+def choosable(candidates: Sequence[Candidate], precision: str) -> tuple[Candidate, ...]:
+    """The candidates worth building for ``precision``: those of that precision, plus the
+    first fp32 one as the agreement reference.
+
+    Only the asked precision may be chosen, so building the others only fills the table, and
+    one of them is costly: INT8 calibration took 14-32 s of the first measurement's 24-38 s
+    (the <= 10 s goal) on 2 cores with ``precision`` fp32, where int8 could never be chosen."""
+    reference = next((c for c in candidates if c.precision == "fp32"), None)
+    return tuple(c for c in candidates if c.precision == precision or c == reference)
+
+
 def select_backend(
     model_cfg: ModelConfig,
     options: BackendOptions,
@@ -369,7 +381,7 @@ def select_backend(
     """
     from refinenet_ros.backends.factory import create_backend
 
-    candidates = tuple(DEFAULT_CANDIDATES if candidates is None else candidates)
+    candidates = choosable(DEFAULT_CANDIDATES if candidates is None else candidates, options.precision)
     if options.onnx is not None:  # the torch candidate would run the model, not this graph
         candidates = tuple(c for c in candidates if c.kind != "torch")
     if build is None:
