@@ -55,5 +55,27 @@ def test_random_bytes_checkpoint_never_suggests_unsafe_loading(tmp_path: Path) -
 
 
 def test_export_out_that_is_a_folder(tmp_path: Path) -> None:
-    proc = run_cli("export", "--height", "64", "--width", "64", "--out", str(tmp_path))
+    proc = run_cli("export", "--network-size", "64", "64", "--out", str(tmp_path))
     one_line_error(proc, "--out", "folder")
+
+
+# Cheap checks come before slow work (issue #12): each fails in one line, before any model
+# export or engine build (the commands would take seconds to minutes to get there).
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["segment", "--samples", "--weights", "camvid", "--labels", "voc"], ["--labels voc", "11"]),
+        (["bag", "in", "out", "--image-topic", "/c", "--outputs", "labels,colour"], ["'colour'", "overlay"]),
+        (["evaluate", "--images", "."], ["--images and --labels-dir go together"]),
+        (["train", "--images", ".", "--labels-dir", ".", "--val-images", "."], ["--val-labels-dir"]),
+        (
+            ["build-engine", "--weights", "camvid", "--validate", "/nonexistent"],
+            ["--validate", "no such folder"],
+        ),
+        (["build-engine", "--onnx", "/nonexistent.onnx"], ["--onnx", "no such file"]),
+        (["export", "--weights", "random", "--out", "m.onnx"], ["--network-size H W"]),
+    ],
+    ids=["labels-vs-weights", "outputs", "images-without-labels-dir", "val-pair", "validate", "onnx", "size"],
+)
+def test_cheap_checks_fail_first_naming_the_flag(args: list[str], needles: list[str]) -> None:
+    one_line_error(run_cli(*args), *needles)

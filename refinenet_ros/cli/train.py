@@ -212,6 +212,8 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--scale-range {args.scale_range}: need 0 < MIN <= MAX")
     if args.resume is not None and not Path(args.resume).is_file():
         raise CliError(f"--resume {args.resume}: no such file")
+    if (args.val_images is None) != (args.val_labels_dir is None):
+        raise CliError("--val-images and --val-labels-dir go together: give both folders")
     train_set = _train_set(args)
     val_set = _val_set(args)
     cfg = model_config_from_args(args, default_weights=False, check_labels=not args.reset_classifier)
