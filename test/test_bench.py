@@ -170,6 +170,48 @@ def test_bench_bag_writes_documented_json(tmp_path: Path, capsys: pytest.Capture
     assert bag["written"] == 4 * 5  # labels, color, overlay, confidence, labels/camera_info per frame
 
 
+def test_bench_fleet_writes_documented_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue #14's goals, measured: bag in series, fleet with 1 and 2 workers, on 2 tiny bags."""
+    pytest.importorskip("ray", reason="ray is not installed (pip install 'refinenet_ros[fleet]')")
+    import ray
+
+    if ray.is_initialized():  # another test's Ray: the bench would time no start-up
+        pytest.skip("a Ray instance is already running in this process")
+    # Ray gives its raylet 30 s to register; a busy machine can take longer (as in test_fleet).
+    monkeypatch.setenv("RAY_agent_register_timeout_ms", "120000")
+    out = tmp_path / "fleet.json"
+    rc = main([
+        "bench", "fleet", "--weights", "random", "--backend", "torch", "--network-size", "32", "32",
+        "--image-size", "32", "48", "--bags", "2", "--frames", "3", "--json", str(out),
+    ])  # fmt: skip
+    captured = capsys.readouterr()
+    if rc == 2 and "Ray did not start" in captured.err:
+        pytest.skip(f"embedded Ray did not start on this busy machine: {captured.err.strip()}")
+    assert rc == 0, captured.err[-2000:]
+    assert "fleet 1 worker / bag" in captured.out and "goal >= 1.7x" in captured.out
+    doc = json.loads(out.read_text())
+    assert doc["benchmark"] == "fleet" and doc["machine"]["cpu"]["peak_gflops"] > 0
+    assert doc["settings"]["workers"] == [1, 2] and doc["settings"]["threads_per_worker"] == 1
+    fleet = doc["fleet"]
+    assert fleet["frames"] == 6 and fleet["ray_start_s"] > 0
+    for name in ("bag", "fleet_1", "fleet_2"):
+        run = fleet[name]
+        assert run["frames"] == 6, name
+        assert run["total_fps"] > 0 and run["steady_fps"] >= run["total_fps"], name
+    assert fleet["fleet_1"]["workers"] == 1 and fleet["fleet_2"]["workers"] == 2
+    assert fleet["fleet_2"]["startup_s"] > 0 and fleet["fleet_2"]["total_with_ray_fps"] > 0
+    goals = fleet["goals"]
+    assert goals["fleet1_vs_bag"]["goal"] == 0.9 and goals["fleet2_vs_fleet1"]["goal"] == 1.7
+    one = goals["fleet1_vs_bag"]
+    assert one["steady"] == pytest.approx(
+        fleet["fleet_1"]["steady_fps"] / fleet["bag"]["steady_fps"], rel=0.01
+    )
+    assert one["met"] == (one["steady"] >= 0.9)
+    assert not ray.is_initialized(), "the bench started Ray, so it must shut it down"
+
+
 @pytest.mark.ros
 @pytest.mark.slow
 def test_bench_node_writes_documented_json(tmp_path: Path) -> None:

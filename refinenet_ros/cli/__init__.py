@@ -42,7 +42,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("refinenet_ros.cli.train", "fine-tune a model on a labelled data set"),
     "bench": (
         "refinenet_ros.cli.bench",
-        "benchmarks: model (GFLOP/s vs peak), node (latency, overhead), bag",
+        "benchmarks: model (GFLOP/s vs peak), node (latency, overhead), bag, fleet (Ray vs bag)",
     ),
     "node": ("refinenet_ros.cli.node", "run the ROS 2 segmentation node (ROS args after --ros-args)"),
     "export": ("refinenet_ros.cli.export", "export the model + pre/post-processing to ONNX"),

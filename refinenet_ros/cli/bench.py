@@ -1,4 +1,4 @@
-"""``refinenet-ros bench``: where the milliseconds go (``bench model``, ``node``, ``bag``).
+"""``refinenet-ros bench``: where the milliseconds go (``model``, ``node``, ``bag``, ``fleet``).
 
 - ``model``: backend-only latency p50/p95, throughput and achieved GFLOP/s against this
   machine's FP32 peak, per backend, precision, resolution and batch.
@@ -6,6 +6,8 @@
   shared-memory DDS; input->labels latency p50/p95/p99, throughput, drops, the node's own
   per-stage times from /diagnostics and node overhead = end-to-end - backend time.
 - ``bag``: the bag tool's frames/s against backend-only frames/s on the same frames.
+- ``fleet``: ``refinenet-ros fleet`` on Ray with 1 and 2 workers against the plain bag job
+  in series on the same generated bags (Ray's cost, worker scaling; issue #14's goals).
 
 Each prints a table and, with ``--json PATH``, writes machine info (CPU, FP32 peak and
 how it was derived), versions, settings and every figure (atomically).
@@ -126,6 +128,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--keep", metavar="DIR", default=None, help="keep the generated/output bags in DIR")
     _add_common(b)
 
+    f = sub.add_parser("fleet", help="fleet on Ray (1 and 2 workers) vs the plain bag job, same bags",
+                       description="Frames/s of `refinenet-ros fleet` with 1 and 2 one-thread workers "
+                       "against the bag job in series on the same generated bags, with and without "
+                       "Ray's start-up and the model loads, and issue #14's goals: 1 worker >= 0.9x "
+                       "bag, 2 workers >= 1.7x 1 worker.")  # fmt: skip
+    add_model_arguments(f)
+    add_backend_arguments(f, batch=True)
+    # ONNX Runtime FP32, not auto: auto's one-off measuring of every CPU candidate would
+    # be charged to the first path; batch 4 as `refinenet-ros fleet` defaults to.
+    f.set_defaults(backend="onnxruntime", batch=4)
+    g = f.add_argument_group("bags and workers")
+    g.add_argument("--bags", type=_positive, default=4, help="bags generated")
+    g.add_argument("--frames", type=_positive, default=30, help="frames per generated bag")
+    add_image_size_argument(g)
+    g.add_argument("--storage", default="mcap", choices=("mcap", "sqlite3"), help="generated bag storage")
+    g.add_argument("--workers", nargs="+", type=_positive, default=[1, 2], metavar="N",
+                   help="fleet widths measured (the goals need 1 and 2)")  # fmt: skip
+    g.add_argument("--threads-per-worker", type=_positive, default=1, metavar="T",
+                   help="CPU threads per fleet worker, and of the bag job it is compared with")  # fmt: skip
+    g.add_argument("--address", default=None,
+                   help="Ray cluster to join (default: an embedded local Ray, start-up timed)")  # fmt: skip
+    g.add_argument("--keep", metavar="DIR", default=None, help="keep the generated/output bags in DIR")
+    _add_common(f)
+
 
 def run(args: argparse.Namespace) -> int:
     from refinenet_ros.bench import BenchError
@@ -136,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     cpu = cpu_info(fma_units=args.fma_units, clock_ghz=args.clock_ghz, measure_clock=True)
     print(f"CPU: {cpu.model}; FP32 peak: {cpu.derivation()}")
     print(f"CPU units: {units_line(cpu.units)}")
-    runners = {"model": _run_model, "node": _run_node, "bag": _run_bag}
+    runners = {"model": _run_model, "node": _run_node, "bag": _run_bag, "fleet": _run_fleet}
     try:
         return runners[args.bench_command](args, cpu)
     except BenchError as exc:
@@ -234,4 +260,28 @@ def _run_bag(args: argparse.Namespace, cpu: CpuInfo) -> int:
     print()
     print(bag_table(figures))
     _write(args, "bag", cpu, settings.to_json(), figures)
+    return 0
+
+
+def _run_fleet(args: argparse.Namespace, cpu: CpuInfo) -> int:
+    from refinenet_ros.bench.fleet import FleetBenchSettings, fleet_table, run_fleet_bench
+
+    if args.threads:
+        raise CliError("--threads: use --threads-per-worker (the bag job runs with as many)")
+    settings = FleetBenchSettings(
+        model_cfg=model_config_from_args(args),
+        backend=backend_options_from_args(args),
+        bags=args.bags,
+        frames=args.frames,
+        image_size=tuple(args.image_size),
+        storage=args.storage,
+        workers=tuple(dict.fromkeys(args.workers)),
+        threads=args.threads_per_worker,
+        keep=args.keep,
+        ray_address=args.address,
+    )
+    figures = run_fleet_bench(settings)
+    print()
+    print(fleet_table(figures, settings))
+    _write(args, "fleet", cpu, settings.to_json(), figures)
     return 0

@@ -213,7 +213,7 @@ class _Run:
 
         started = False
         if not ray.is_initialized():
-            _init_ray(self.settings)
+            init_ray(self.settings)
             started = True
         workers: list[Any] = []
         board: Any = None
@@ -386,7 +386,10 @@ def _short(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:300]
 
 
-def _init_ray(settings: FleetSettings) -> None:
+def init_ray(settings: FleetSettings) -> None:
+    """Start an embedded local Ray sized for ``settings`` (or join ``settings.address``), as
+    :func:`run_fleet` does when this process is not connected yet; public so ``bench fleet``
+    can start (and time) exactly the Ray a fleet run gets, apart from the run itself."""
     import ray
 
     if settings.address is None:
