@@ -11,9 +11,9 @@ for network resolution (then CameraInfo must be rescaled — the node does that)
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import cv2
 import numpy as np
@@ -90,6 +90,50 @@ class SegmentationResult:
             out = np.empty(self.confidence.shape, dtype=np.uint8)
         cv2.convertScaleAbs(self.confidence, dst=out, alpha=255.0)
         return out
+
+    @property
+    def labels_encoding(self) -> str:
+        """ROS image encoding of :attr:`labels`: mono8, or mono16 above 254 classes."""
+        return "mono8" if self.labels.dtype == np.uint8 else "mono16"
+
+    def render(
+        self, sink: RenderSink, kinds: Container[str], image: npt.NDArray[np.uint8], alpha: float
+    ) -> None:
+        """Render ``kinds`` (of :data:`OUTPUT_KINDS`) straight into the sink's buffers, in the
+        one order every consumer uses: labels, their camera_info, colour, overlay (reusing the
+        colour), confidence. The node publishes from the buffers, the bag tool writes them."""
+        h, w = self.size
+        if "labels" in kinds:
+            np.copyto(sink.buffer("labels", h, w, self.labels_encoding), self.labels)
+            sink.done("labels")
+        sink.camera_info()
+        color = None
+        if "color" in kinds:
+            color = self.color(out=sink.buffer("color", h, w, "rgb8"))
+            sink.done("color")
+        if "overlay" in kinds:
+            self.overlay(image, alpha, out=sink.buffer("overlay", h, w, "rgb8"), color=color)
+            sink.done("overlay")
+        if "confidence" in kinds:
+            self.confidence_u8(out=sink.buffer("confidence", h, w, "mono8"))
+            sink.done("confidence")
+
+
+class RenderSink(Protocol):
+    """Where :meth:`SegmentationResult.render` draws: an outgoing message's pixel buffer per
+    kind (no copy in between), told when each is complete."""
+
+    def buffer(self, kind: str, height: int, width: int, encoding: str) -> npt.NDArray[Any]:
+        """A writable (H, W[, C]) array inside the ``kind`` message about to go out."""
+        ...
+
+    def done(self, kind: str) -> None:
+        """``kind``'s buffer is filled: publish or write it now."""
+        ...
+
+    def camera_info(self) -> None:
+        """Right after the labels: send the CameraInfo matching them, if wanted."""
+        ...
 
 
 class Segmenter:

@@ -82,11 +82,10 @@ class _OutputWriter:
     copy per 720p frame.
     """
 
-    def __init__(self, writer: Writer, typestore: Typestore, options: BagOptions, label_dtype: Any) -> None:
+    def __init__(self, writer: Writer, typestore: Typestore, options: BagOptions) -> None:
         self.writer = writer
         self.ts = typestore
         self.options = options
-        self.mono16 = np.dtype(label_dtype) == np.uint16
         t = typestore.types
         self.Image = t[IMAGE_TYPE]
         self.CameraInfo = t[CAMERA_INFO_TYPE]
@@ -96,7 +95,6 @@ class _OutputWriter:
         self.written = 0
         self._empty = np.zeros(0, dtype=np.uint8)
         self._buffers: dict[tuple[str, str], bytearray] = {}
-        self._scratch: dict[str, npt.NDArray[np.uint8]] = {}
 
     def header(self, src: Any) -> Any:
         return self.Header(
@@ -144,43 +142,9 @@ class _OutputWriter:
         self.written += 1
 
     def frame(self, cam: _Camera, frame: _Frame, result: SegmentationResult) -> None:
-        header = self.header(frame.header)
-        conns = cam.connections
-        ts = frame.timestamp
-        outputs = self.options.outputs
-        h, w = result.size
-        if "labels" in outputs:
-            buf, pixels = self.image_buffer(
-                (cam.topic, "labels"), header, h, w, "mono16" if self.mono16 else "mono8"
-            )
-            pixels[...] = result.labels
-            self.write_buffer(conns["labels"], ts, buf)
-            info = _matching_info(cam, frame)
-            if info is not None and "camera_info" in conns:
-                msg = self.camera_info(header, info, h, w, result.input_size)
-                self.write(conns["camera_info"], ts, msg, CAMERA_INFO_TYPE)
-        color: npt.NDArray[np.uint8] | None = None
-        if "color" in outputs:
-            buf, color = self.image_buffer((cam.topic, "color"), header, h, w, "rgb8")
-            result.color(out=color)
-            self.write_buffer(conns["color"], ts, buf)  # copied: the pixels stay for the overlay
-        if "overlay" in outputs:
-            if color is None:
-                color = result.color(out=self._scratch_rgb(cam.topic, h, w))
-            buf, pixels = self.image_buffer((cam.topic, "overlay"), header, h, w, "rgb8")
-            result.overlay(frame.rgb, self.options.alpha, out=pixels, color=color)
-            self.write_buffer(conns["overlay"], ts, buf)
-        if "confidence" in outputs:
-            buf, pixels = self.image_buffer((cam.topic, "confidence"), header, h, w, "mono8")
-            result.confidence_u8(out=pixels)
-            self.write_buffer(conns["confidence"], ts, buf)
-
-    def _scratch_rgb(self, topic: str, height: int, width: int) -> npt.NDArray[np.uint8]:
-        """The colour image for an overlay when ``color`` itself is not written."""
-        arr = self._scratch.get(topic)
-        if arr is None or arr.shape != (height, width, 3):
-            arr = self._scratch[topic] = np.empty((height, width, 3), dtype=np.uint8)
-        return arr
+        """Render and write one frame's outputs (the node's rendering path, another sink)."""
+        sink = _BagSink(self, cam, frame, result)
+        result.render(sink, self.options.outputs, frame.rgb, self.options.alpha)
 
     def camera_info(
         self, header: Any, info: Any, height: int, width: int, image_size: tuple[int, int]
@@ -227,3 +191,33 @@ def _matching_info(cam: _Camera, frame: _Frame) -> Any:
             break
         best = info
     return best
+
+
+class _BagSink:
+    """A frame's outputs as the bag tool writes them (a
+    :class:`~refinenet_ros.segmenter.RenderSink`): rendered into the reusable serialised
+    messages, each written as soon as it is complete, with the input's log time."""
+
+    def __init__(self, out: _OutputWriter, cam: _Camera, frame: _Frame, result: SegmentationResult) -> None:
+        self.out, self.cam, self.frame, self.result = out, cam, frame, result
+        self.header = out.header(frame.header)
+        self._pending: dict[str, bytearray] = {}
+
+    def buffer(self, kind: str, height: int, width: int, encoding: str) -> npt.NDArray[Any]:
+        buf, pixels = self.out.image_buffer((self.cam.topic, kind), self.header, height, width, encoding)
+        self._pending[kind] = buf
+        return pixels
+
+    def done(self, kind: str) -> None:
+        self.out.write_buffer(self.cam.connections[kind], self.frame.timestamp, self._pending.pop(kind))
+
+    def camera_info(self) -> None:
+        """Written with the labels (the info describes them), when the input had one."""
+        conns = self.cam.connections
+        if "labels" not in self.out.options.outputs or "camera_info" not in conns:
+            return
+        info = _matching_info(self.cam, self.frame)
+        if info is not None:
+            h, w = self.result.size
+            msg = self.out.camera_info(self.header, info, h, w, self.result.input_size)
+            self.out.write(conns["camera_info"], self.frame.timestamp, msg, CAMERA_INFO_TYPE)

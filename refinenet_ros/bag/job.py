@@ -286,7 +286,7 @@ class _BagJob:
         two threads ahead of this one) or run one after the other.
         """
         opts, summary, cameras = self.options, self.summary, self.cameras
-        out = _OutputWriter(writer, self.typestore, opts, self.segmenter.label_set.label_dtype)
+        out = _OutputWriter(writer, self.typestore, opts)
         copy_map = _copy_connections(writer, self.reader.connections, self.typestore) if opts.copy else {}
         self._add_output_connections(writer)
         cam_conns = [c for t in cameras for c in self.by_topic[t]]

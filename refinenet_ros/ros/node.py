@@ -98,6 +98,35 @@ class CameraIO:
         return f"~/{self.name.strip('/')}/{leaf}" if self.name else f"~/{leaf}"
 
 
+class _PublishSink:
+    """A frame's outputs as the node sends them (a :class:`~refinenet_ros.segmenter.RenderSink`):
+    rendered into the camera's reusable messages, each published as soon as it is complete."""
+
+    def __init__(self, cam: CameraIO, header: Any, result: Any, send_info: bool) -> None:
+        self.cam, self.header, self.result, self.send_info = cam, header, result, send_info
+        self.publish_s = 0.0
+
+    def buffer(self, kind: str, height: int, width: int, encoding: str) -> npt.NDArray[Any]:
+        return self.cam.buffers[kind].view(self.header, height, width, encoding)
+
+    def done(self, kind: str) -> None:
+        self._send(self.cam.publishers[kind], self.cam.buffers[kind].msg)
+
+    def camera_info(self) -> None:
+        cam = self.cam
+        if self.send_info and cam.camera_info is not None and cam.info_pub is not None:
+            info = scale_camera_info(
+                cam.camera_info, self.result.input_size, self.result.size, out=cam.info_out
+            )
+            info.header = self.header
+            self._send(cam.info_pub, info)
+
+    def _send(self, publisher: Any, msg: Any) -> None:
+        t = time.perf_counter()
+        publisher.publish(msg)
+        self.publish_s += time.perf_counter() - t
+
+
 class _RosLogHandler(logging.Handler):
     """Forward the package's Python logging (model/backend/engine build) to the node's log."""
 
@@ -461,40 +490,16 @@ class SegmentationNode(LifecycleNode):
     def _publish(
         self, cam: CameraIO, header: Any, rgb: npt.NDArray[np.uint8], result: Any, wanted: dict[str, bool]
     ) -> float:
-        """Fill each wanted message in place (no per-frame allocation) and publish it at once,
-        labels first, so the output most consumers need never waits for the rendered ones.
+        """Render each wanted output into its reusable message (no per-frame allocation) and
+        publish it at once, labels first, so the output most consumers need never waits for
+        the rendered ones.
 
         Returns the seconds spent inside rclpy ``publish`` calls (serialisation + DDS); the
         rest of the call is rendering, and the diagnostics report the two apart."""
-        h, w = result.size
-        publish_s = 0.0
-
-        def send(publisher: Any, msg: Any) -> None:
-            nonlocal publish_s
-            t = time.perf_counter()
-            publisher.publish(msg)
-            publish_s += time.perf_counter() - t
-
-        if wanted["labels"]:
-            encoding = "mono8" if result.labels.dtype == np.uint8 else "mono16"
-            np.copyto(cam.buffers["labels"].view(header, h, w, encoding), result.labels)
-            send(cam.publishers["labels"], cam.buffers["labels"].msg)
-        if wanted["camera_info"] and cam.camera_info is not None and cam.info_pub is not None:
-            info = scale_camera_info(cam.camera_info, result.input_size, (h, w), out=cam.info_out)
-            info.header = header
-            send(cam.info_pub, info)
-        color = None
-        if wanted["color"]:
-            color = result.color(out=cam.buffers["color"].view(header, h, w, "rgb8"))
-            send(cam.publishers["color"], cam.buffers["color"].msg)
-        if wanted["overlay"]:
-            out = cam.buffers["overlay"].view(header, h, w, "rgb8")
-            result.overlay(rgb, float(self.cfg.overlay_alpha), out=out, color=color)
-            send(cam.publishers["overlay"], cam.buffers["overlay"].msg)
-        if wanted["confidence"]:
-            result.confidence_u8(out=cam.buffers["confidence"].view(header, h, w, "mono8"))
-            send(cam.publishers["confidence"], cam.buffers["confidence"].msg)
-        return publish_s
+        sink = _PublishSink(cam, header, result, wanted["camera_info"])
+        kinds = [k for k in OUTPUTS if wanted[k]]
+        result.render(sink, kinds, rgb, float(self.cfg.overlay_alpha))
+        return sink.publish_s
 
     # ---- diagnostics ---------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
