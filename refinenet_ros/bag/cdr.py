@@ -12,6 +12,7 @@ import numpy.typing as npt
 from refinenet_ros.bag.options import BagOptions
 from refinenet_ros.bag.topics import CAMERA_INFO_TYPE, IMAGE_TYPE
 from refinenet_ros.camera_info import scale_camera_info
+from refinenet_ros.ros.encodings import pixel_layout
 
 if TYPE_CHECKING:
     from rosbags.interfaces import Connection
@@ -61,10 +62,6 @@ class _Camera:
     info_by_stamp: dict[int, Any] = field(default_factory=dict)
 
 
-_ENCODING_LAYOUT: dict[str, tuple[int, int]] = {"rgb8": (3, 1), "mono8": (1, 1), "mono16": (1, 2)}
-"""Output encodings: (channels, bytes per channel)."""
-
-
 def _stamp_ns(header: Any) -> int:
     return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
 
@@ -110,7 +107,7 @@ class _OutputWriter:
         The view is (H, W, 3) uint8 for rgb8, (H, W) uint8 for mono8, (H, W) ``<u2`` for
         mono16; whatever is written into it is the message's ``data``.
         """
-        channels, itemsize = _ENCODING_LAYOUT[encoding]
+        channels, itemsize = pixel_layout(encoding)
         step = width * channels * itemsize
         nbytes = step * height
         prefix = bytes(

@@ -82,6 +82,18 @@ _ENCODINGS: dict[str, _Encoding] = {
 ENCODINGS: tuple[str, ...] = tuple(_ENCODINGS)
 """Every ``Image.encoding`` :func:`decode_image` accepts."""
 
+
+def pixel_layout(encoding: str) -> tuple[int, int]:
+    """(channels, bytes per channel) of a ROS image encoding: the one table the decoder, the
+    node's outgoing messages and the bag writer's serialised ones all read."""
+    try:
+        e = _ENCODINGS[encoding]
+    except KeyError:
+        supported = ", ".join(ENCODINGS)
+        raise MalformedImage(f"unsupported encoding {encoding!r}; supported: {supported}") from None
+    return e.channels, e.depth
+
+
 COMPRESSED_FORMATS: tuple[str, ...] = ("jpeg", "png")
 
 # Where each colour sits in the 2x2 Bayer tile, (row, col) of R and B (G fills the rest).

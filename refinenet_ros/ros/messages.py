@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import array
 import sys
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from sensor_msgs.msg import CompressedImage, Image
 
-from refinenet_ros.ros.encodings import DEFAULT_MAX_PIXELS, decode_compressed, decode_image
+from refinenet_ros.ros.encodings import DEFAULT_MAX_PIXELS, decode_compressed, decode_image, pixel_layout
 
 __all__ = ["OutgoingImage", "image_to_rgb"]
 
@@ -51,23 +51,17 @@ class OutgoingImage:
     it, then publish :attr:`msg`.
     """
 
-    _CHANNELS: ClassVar[dict[str, tuple[int, type[np.unsignedinteger[Any]]]]] = {
-        "mono8": (1, np.uint8),
-        "mono16": (1, np.uint16),
-        "rgb8": (3, np.uint8),
-    }
-
     def __init__(self) -> None:
         self.msg = Image()
         self._view: npt.NDArray[Any] | None = None
         self._key: tuple[int, int, str] | None = None
 
     def view(self, header: Any, height: int, width: int, encoding: str) -> npt.NDArray[Any]:
-        channels, dtype = self._CHANNELS[encoding]
         key = (height, width, encoding)
         msg = self.msg
         if key != self._key or self._view is None:
-            itemsize = np.dtype(dtype).itemsize
+            channels, itemsize = pixel_layout(encoding)
+            dtype = np.uint16 if itemsize == 2 else np.uint8
             msg.height, msg.width, msg.encoding = height, width, encoding
             msg.step = width * channels * itemsize
             msg.is_bigendian = not _LITTLE
