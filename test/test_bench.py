@@ -201,6 +201,8 @@ def test_bench_fleet_writes_documented_json(
         assert run["frames"] == 6, name
         assert run["total_fps"] > 0 and run["steady_fps"] >= run["total_fps"], name
     assert fleet["fleet_1"]["workers"] == 1 and fleet["fleet_2"]["workers"] == 2
+    # on 3-frame bags the first worker may finish both before the second has loaded its model
+    assert fleet["fleet_1"]["workers_used"] == 1 and 1 <= fleet["fleet_2"]["workers_used"] <= 2
     assert fleet["fleet_2"]["startup_s"] > 0 and fleet["fleet_2"]["total_with_ray_fps"] > 0
     goals = fleet["goals"]
     assert goals["fleet1_vs_bag"]["goal"] == 0.9 and goals["fleet2_vs_fleet1"]["goal"] == 1.7

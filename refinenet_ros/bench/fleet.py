@@ -213,7 +213,9 @@ def run_fleet_once(settings: FleetBenchSettings, inputs: Path, out: Path, worker
     steady_s = summary.seconds - summary.startup_s
     loads = [float(w.get("load_s", 0.0)) for w in summary.workers.values()]
     return {
-        "workers": len(summary.workers),
+        "workers": workers,
+        # workers that came up before the bags ran out (a short run can end on fewer)
+        "workers_used": len(summary.workers),
         "frames": summary.frames,
         "seconds": round(summary.seconds, 3),
         "startup_s": round(summary.startup_s, 3),
@@ -337,8 +339,8 @@ def fleet_table(figures: dict[str, Any], settings: FleetBenchSettings) -> str:
     for name, r in f.items():
         if name.startswith("fleet_"):
             rows.append([
-                f"fleet, {r['workers']} worker(s)", r["total_fps"], r["steady_fps"],
-                max(r["model_load_s"] or [0]), r["startup_s"], r["total_with_ray_fps"],
+                f"fleet, {r['workers']} worker(s) ({r['workers_used']} used)", r["total_fps"],
+                r["steady_fps"], max(r["model_load_s"] or [0]), r["startup_s"], r["total_with_ray_fps"],
             ])  # fmt: skip
     lines.append(format_table(
         ["path", "frames/s total", "frames/s steady", "model load s", "workers up s", "total + Ray"], rows
