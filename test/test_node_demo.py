@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.ros, pytest.mark.slow]
 def test_demo_plays_records_and_reports(tmp_path: Path, ros_env: dict[str, str]) -> None:
     out = tmp_path / "demo_out"
     env = dict(os.environ, **ROS_ENV)
-    args = ["demo", "--frames", "8", "--rate", "4", "--size", "64", "96", "--out", str(out)]
+    args = ["demo", "--frames", "8", "--rate", "4", "--image-size", "64", "96", "--out", str(out)]
     # backend auto (the product default) with the bundled camvid model
     proc = subprocess.run(
         [*CLI_CMD, *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240

@@ -192,9 +192,8 @@ def test_export_cli_writes_verified_graph(tmp_path: Path) -> None:
         "lw_refinenet_mobilenetv2",
         "--labels",
         "voc",
-        "--height",
+        "--network-size",
         "64",
-        "--width",
         "64",
     ]
     assert main([*args, "--batch", "2", "--out", str(out)]) == 0
@@ -202,4 +201,6 @@ def test_export_cli_writes_verified_graph(tmp_path: Path) -> None:
     assert dims(model.graph.input[0]) == [2, 64, 64, 3]
     assert main([*args, "--dynamic", "--no-verify", "--out", str(out)]) == 0
     assert dims(onnx.load(str(out)).graph.input[0]) == ["N", "H", "W", 3]
-    assert main([*args[:-4], "--height", "8", "--width", "64", "--out", str(out)]) == 2
+    with pytest.raises(SystemExit) as refused:  # sides below 32 are refused while parsing
+        main([*args[:-3], "--network-size", "8", "64", "--out", str(out)])
+    assert refused.value.code == 2

@@ -97,7 +97,7 @@ def test_second_start_reuses_the_engine_and_corrupt_engine_is_rebuilt(
 def test_build_engine_cli_validates_against_onnxruntime(tmp_path: Path) -> None:
     from refinenet_ros.cli import main
 
-    model = ["--model", "lw_refinenet_mobilenetv2", "--labels", "voc", "--height", str(H), "--width", str(W)]
+    model = ["--model", "lw_refinenet_mobilenetv2", "--labels", "voc", "--network-size", str(H), str(W)]
     rc = main(
         [
             "build-engine",
@@ -118,7 +118,7 @@ def test_build_engine_cli_validates_against_onnxruntime(tmp_path: Path) -> None:
 def test_without_tensorrt_build_engine_fails_with_one_clear_line(tmp_path: Path) -> None:
     exe = str(Path(sys.executable).with_name("refinenet-ros"))
     proc = subprocess.run(
-        [exe, "build-engine", "--model", "lw_refinenet_mobilenetv2", "--height", "64", "--width", "64"],
+        [exe, "build-engine", "--model", "lw_refinenet_mobilenetv2", "--network-size", "64", "64"],
         capture_output=True, text=True, cwd=tmp_path, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 2
