@@ -43,8 +43,8 @@ def load(
     ``backend``: ``auto`` (TensorRT with CUDA, else ONNX Runtime, else torch), or one by
     name. Compiled graphs are cached in ``cache_dir`` (default ``~/.ros/refinenet_ros``).
     """
+    from refinenet_ros.backends.base import BackendOptions
     from refinenet_ros.backends.engine_cache import default_cache_dir
-    from refinenet_ros.backends.factory import BackendOptions
     from refinenet_ros.config import ModelConfig
     from refinenet_ros.segmenter import build_segmenter
 

@@ -19,8 +19,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from refinenet_ros.backends.base import Backend
-from refinenet_ros.backends.factory import BackendOptions, create_backend, with_weights_size
+from refinenet_ros.backends.base import Backend, BackendOptions
+from refinenet_ros.backends.factory import create_backend, with_weights_size
 from refinenet_ros.backends.prepare import create_backend_interruptibly
 from refinenet_ros.config import ModelConfig
 from refinenet_ros.labels import LabelSet, colorize

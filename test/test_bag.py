@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from hostile_images import png_bomb
 
-from refinenet_ros.backends.factory import BackendOptions
+from refinenet_ros.backends.base import BackendOptions
 from refinenet_ros.bag import BagError, BagOptions, run_bag, write_sample_bag
 from refinenet_ros.cli import main
 from refinenet_ros.config import ModelConfig

@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from refinenet_ros.backends import BackendError, BackendOptions, create_backend
+from refinenet_ros.backends import BackendError, BackendOptions, CalibrationSpec, create_backend
 from refinenet_ros.backends.factory import choose_kind, tensorrt_unavailable_reason
 from refinenet_ros.backends.onnxruntime_backend import OnnxRuntimeBackend, available_providers
 from refinenet_ros.config import ModelConfig
@@ -144,7 +144,7 @@ def test_int8_quantised_graph_runs_and_is_cached(small_model_cfg: ModelConfig, t
         cv2.imwrite(str(frames / f"{i}.png"), img[..., ::-1])
     options = BackendOptions(
         kind="onnxruntime", precision="int8", input_size=(H, W), max_batch=1,
-        engine_dir=str(tmp_path / "eng"), calib_images=str(frames), calib_count=4,
+        engine_dir=str(tmp_path / "eng"), calibration=CalibrationSpec(images=str(frames), count=4),
     )  # fmt: skip
     backend = create_backend(small_model_cfg, options)
     assert isinstance(backend, OnnxRuntimeBackend) and "_int8_" in backend.path.name

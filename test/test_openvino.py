@@ -17,7 +17,7 @@ import pytest
 
 pytest.importorskip("openvino", reason="the openvino extra is not installed")
 
-from refinenet_ros.backends import BackendError, BackendOptions, auto_select, create_backend
+from refinenet_ros.backends import BackendError, BackendOptions, CalibrationSpec, auto_select, create_backend
 from refinenet_ros.backends.auto_select import Candidate, select_backend
 from refinenet_ros.backends.calibration import preprocess
 from refinenet_ros.backends.factory import onnx_for, with_weights_size
@@ -108,7 +108,8 @@ def test_int8_runs_the_calibrated_qdq_graph(
 
     for i, f in enumerate(frames):
         cv2.imwrite(str(calib / f"{i}.png"), f[..., ::-1])
-    options = _options(tmp_path, kind="openvino", precision="int8", calib_images=str(calib), calib_count=4)
+    calibration = CalibrationSpec(images=str(calib), count=4)
+    options = _options(tmp_path, kind="openvino", precision="int8", calibration=calibration)
     int8 = create_backend(trained_cfg, options)
     assert int8.name == "openvino" and int8.precision == "int8"  # type: ignore[attr-defined]
     assert list((tmp_path / "onnx").glob("*_int8_*.cpu.int8.*.ovblob")), "int8 compiled model not cached"

@@ -19,7 +19,7 @@ import numpy.typing as npt
 import onnx
 import pytest
 
-from refinenet_ros.backends import BackendError, BackendOptions, create_backend
+from refinenet_ros.backends import BackendError, BackendOptions, CalibrationSpec, create_backend
 from refinenet_ros.backends.calibration import FolderSource
 from refinenet_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
 from refinenet_ros.backends.ort_quantize import FAST_OP_TYPES, QuantOptions, quantize_graph, quantized_cached
@@ -97,7 +97,8 @@ def test_int8_graph_is_quantised_and_labels_like_fp32(
     options = BackendOptions(kind="onnxruntime", input_size=SIZE, max_batch=1, engine_dir=str(tmp_path))
     fp32 = create_backend(cfg, options)
     calib = str(root / "images" / "train")
-    int8 = create_backend(cfg, replace(options, precision="int8", calib_images=calib, calib_count=8))
+    calibration = CalibrationSpec(images=calib, count=8)
+    int8 = create_backend(cfg, replace(options, precision="int8", calibration=calibration))
     assert isinstance(int8, OnnxRuntimeBackend) and isinstance(fp32, OnnxRuntimeBackend)
 
     # Really INT8: per-channel int8 conv weights, and the default op set quantised
@@ -143,7 +144,7 @@ def test_quant_options_choose_the_op_set_and_key_the_cache(
     cfg, root = trained
     options = BackendOptions(
         kind="onnxruntime", input_size=SIZE, max_batch=1, engine_dir=str(tmp_path),
-        calib_images=str(root / "images" / "train"), calib_count=4,
+        calibration=CalibrationSpec(images=str(root / "images" / "train"), count=4),
     )  # fmt: skip
     from refinenet_ros.backends.factory import onnx_for
 

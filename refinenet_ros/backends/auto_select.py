@@ -28,7 +28,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, astuple, dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,7 +43,7 @@ from refinenet_ros.io import atomic_write_text
 from refinenet_ros.machine import cpu_info
 
 if TYPE_CHECKING:
-    from refinenet_ros.backends.factory import BackendOptions
+    from refinenet_ros.backends.base import BackendOptions
     from refinenet_ros.config import ModelConfig
 
 log = logging.getLogger("refinenet_ros")
@@ -231,7 +231,7 @@ def decision_key(
         "precision": options.precision,
         "candidates": [c.label for c in candidates],
         "agreement_bar": AGREEMENT_BAR,
-        "calibration": [options.calib_images, options.calib_bag, options.calib_topic, options.calib_count],
+        "calibration": list(astuple(options.calibration)),  # images, bag, topic, count
         "accuracy": hashlib.sha256(json.dumps(accuracy, sort_keys=True).encode()).hexdigest()[:16]
         if accuracy
         else None,

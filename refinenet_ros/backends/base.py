@@ -9,10 +9,14 @@ backend — inside the ONNX graph / TensorRT engine for the compiled ones. That 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from refinenet_ros.backends.calibration import ImageSource
 
 BACKEND_KINDS: tuple[str, ...] = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
@@ -21,6 +25,52 @@ PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
 
 class BackendError(RuntimeError):
     """A backend could not be created or run; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    """The frames INT8 calibration reads: an image folder, or a bag and its image topic;
+    neither = the bundled samples (with a warning: a robot's own frames calibrate better).
+    ``count``: how many frames at most."""
+
+    images: str | None = None
+    bag: str | None = None
+    topic: str | None = None
+    count: int = 64
+
+    def source(self) -> ImageSource:
+        """The frame source (checked: one kind of input, a bag with its topic)."""
+        from refinenet_ros.backends.calibration import make_source
+
+        return make_source(self.images, self.bag, self.topic, self.count)
+
+
+def _default_cache_dir() -> str:
+    from refinenet_ros.backends.engine_cache import default_cache_dir
+
+    return default_cache_dir()
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """How to run the model: which backend, on what, at which size and precision.
+
+    Lives beside the protocol so every backend module can take it without importing the
+    factory that imports them. ``onnx``: run this exported graph instead of exporting the
+    model (onnxruntime, openvino and tensorrt). ``calibration``: INT8 calibration frames.
+    ``workspace_mb``: TensorRT builder workspace pool limit.
+    """
+
+    kind: str = "auto"
+    device: str = "auto"
+    precision: str = "fp32"
+    input_size: tuple[int, int] | None = None
+    max_batch: int = 16
+    threads: int = 0
+    engine_dir: str = field(default_factory=_default_cache_dir)
+    onnx: str | None = None
+    calibration: CalibrationSpec = CalibrationSpec()
+    workspace_mb: int = 2048
 
 
 @runtime_checkable

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
-from refinenet_ros.backends.base import BACKEND_KINDS, PRECISIONS, Backend, BackendError
-from refinenet_ros.backends.engine_cache import default_cache_dir
+from refinenet_ros.backends.base import BACKEND_KINDS, PRECISIONS, Backend, BackendError, BackendOptions
 from refinenet_ros.config import ModelConfig, load_model, warn_if_random_weights
 
 log = logging.getLogger("refinenet_ros")
+
+__all__ = ["BackendOptions", "create_backend", "with_weights_size"]  # BackendOptions: its old home
 
 AUTO_ENV = "REFINENET_ROS_AUTO"
 """``measure`` (default): CPU ``auto`` measures the candidates once per machine and graph;
@@ -33,31 +34,6 @@ TENSORRT_HOW_TO = (
     "on Jetson install JetPack (TensorRT comes with it); on x86 with an NVIDIA GPU "
     "`pip install tensorrt` (10.x) next to a CUDA build of torch"
 )
-
-
-@dataclass(frozen=True)
-class BackendOptions:
-    """How to run the model: which backend, on what, at which size and precision.
-
-    ``onnx``: run this exported graph instead of exporting the model (onnxruntime and
-    tensorrt). ``calib_*``: INT8 calibration data (image folder, or bag + topic); without
-    it the bundled samples are used, with a warning. ``workspace_mb``: TensorRT builder
-    workspace pool limit.
-    """
-
-    kind: str = "auto"
-    device: str = "auto"
-    precision: str = "fp32"
-    input_size: tuple[int, int] | None = None
-    max_batch: int = 16
-    threads: int = 0
-    engine_dir: str = field(default_factory=default_cache_dir)
-    onnx: str | None = None
-    calib_images: str | None = None
-    calib_bag: str | None = None
-    calib_topic: str | None = None
-    calib_count: int = 64
-    workspace_mb: int = 2048
 
 
 def tensorrt_unavailable_reason() -> str | None:
@@ -126,13 +102,14 @@ def with_weights_size(model_cfg: ModelConfig, options: BackendOptions) -> Backen
     return options
 
 
-def create_backend(model_cfg: ModelConfig, options: BackendOptions = BackendOptions()) -> Backend:
+def create_backend(model_cfg: ModelConfig, options: BackendOptions | None = None) -> Backend:
     """Build the backend ``options.kind`` for ``model_cfg``.
 
     ``auto`` picks the fastest backend available on this machine. ``options.input_size``
     should already include the weights' default size (:func:`with_weights_size`).
     """
     model_cfg = model_cfg.resolved()
+    options = options or BackendOptions()
     if options.kind not in BACKEND_KINDS:
         raise BackendError(f"unknown backend {options.kind!r}; choose one of {', '.join(BACKEND_KINDS)}")
     if options.precision not in PRECISIONS:

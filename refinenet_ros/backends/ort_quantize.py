@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from refinenet_ros.backends.base import BackendError
-from refinenet_ros.backends.calibration import ImageSource, calibration_batches, make_source
+from refinenet_ros.backends.calibration import ImageSource, calibration_batches
 from refinenet_ros.backends.engine_cache import sha256_file
 from refinenet_ros.backends.onnx_export import INPUT_NAME
 from refinenet_ros.backends.prepare import require_build
@@ -40,7 +40,7 @@ from refinenet_ros.io import atomic_write_bytes
 if TYPE_CHECKING:
     import onnx
 
-    from refinenet_ros.backends.factory import BackendOptions
+    from refinenet_ros.backends.base import BackendOptions
 
 log = logging.getLogger("refinenet_ros")
 
@@ -237,7 +237,7 @@ def _copy_metadata(src: Path, dst: Path, options: QuantOptions) -> None:
 
 def quantized_cached(fp32_path: Path, options: BackendOptions, quant: QuantOptions = QuantOptions()) -> Path:
     """The cached INT8 graph for ``fp32_path``, the options' calibration data and ``quant``."""
-    source = make_source(options.calib_images, options.calib_bag, options.calib_topic, options.calib_count)
+    source = options.calibration.source()
     key = hashlib.sha256(
         json.dumps(
             {"fp32": sha256_file(fp32_path), "calib": source.fingerprint(), "settings": quant.settings()},
@@ -250,4 +250,4 @@ def quantized_cached(fp32_path: Path, options: BackendOptions, quant: QuantOptio
         return out
     require_build(f"INT8 calibration of {fp32_path.name}")
     log.info("quantising to INT8, calibrating on %s", source.describe())
-    return quantize_graph(fp32_path, out, source, max_images=options.calib_count, options=quant)
+    return quantize_graph(fp32_path, out, source, max_images=options.calibration.count, options=quant)

@@ -35,7 +35,7 @@ from refinenet_ros.lifetime import die_with_parent
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
-    from refinenet_ros.backends.factory import BackendOptions
+    from refinenet_ros.backends.base import BackendOptions
     from refinenet_ros.config import ModelConfig
 
 log = logging.getLogger("refinenet_ros")

@@ -33,14 +33,14 @@ import tensorrt as trt
 import torch
 
 from refinenet_ros.backends.base import BackendError, check_batch
-from refinenet_ros.backends.calibration import ImageSource, calibration_batches, make_source
+from refinenet_ros.backends.calibration import ImageSource, calibration_batches
 from refinenet_ros.backends.engine_cache import BuildRecord, EngineCache, EngineKey, ShapeTriple, default_stem
 from refinenet_ros.backends.onnx_export import INPUT_NAME, OUTPUT_NAMES, read_metadata
 from refinenet_ros.backends.prepare import require_build
 from refinenet_ros.io import atomic_write_bytes
 
 if TYPE_CHECKING:
-    from refinenet_ros.backends.factory import BackendOptions
+    from refinenet_ros.backends.base import BackendOptions
 
 log = logging.getLogger("refinenet_ros")
 
@@ -372,9 +372,7 @@ class TensorRTBackend:
         shapes = profile_shapes(onnx_path, options.input_size, options.max_batch)
         source = None
         if options.precision == "int8":
-            source = make_source(
-                options.calib_images, options.calib_bag, options.calib_topic, options.calib_count
-            )
+            source = options.calibration.source()
         from refinenet_ros.backends.engine_cache import sha256_file
 
         key = EngineKey(

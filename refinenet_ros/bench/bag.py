@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from refinenet_ros.backends.factory import BackendOptions
+from refinenet_ros.backends.base import BackendOptions
 from refinenet_ros.bench import BenchError
 from refinenet_ros.bench.report import format_table
 from refinenet_ros.config import ModelConfig

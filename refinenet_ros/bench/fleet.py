@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from refinenet_ros.backends.factory import BackendOptions
+from refinenet_ros.backends.base import BackendOptions
 from refinenet_ros.bench import BenchError
 from refinenet_ros.bench.report import format_table
 from refinenet_ros.config import ModelConfig

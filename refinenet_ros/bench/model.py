@@ -123,7 +123,7 @@ def bench_one(
     peak_gflops: float,
 ) -> tuple[dict[str, Any], npt.NDArray[np.integer] | None]:
     """One configuration's figures (or its error) and its labels for the agreement check."""
-    from refinenet_ros.backends import BackendError, BackendOptions, create_backend
+    from refinenet_ros.backends import BackendError, BackendOptions, CalibrationSpec, create_backend
 
     row: dict[str, Any] = {
         "backend": kind,
@@ -141,8 +141,7 @@ def bench_one(
         max_batch=batch,
         threads=settings.threads,
         engine_dir=settings.engine_dir,
-        calib_images=settings.calib_images,
-        calib_count=settings.calib_count,
+        calibration=CalibrationSpec(images=settings.calib_images, count=settings.calib_count),
     )
     t0 = time.perf_counter()
     try:

@@ -31,7 +31,7 @@ from refinenet_ros.errors import user_error_text as library_error_text
 from refinenet_ros.segmenter import OUTPUT_KINDS
 
 if TYPE_CHECKING:
-    from refinenet_ros.backends.factory import BackendOptions
+    from refinenet_ros.backends.base import BackendOptions, CalibrationSpec
     from refinenet_ros.config import ModelConfig
 
 # name -> (module, one-line help). Modules are imported only when building the parser.
@@ -475,8 +475,8 @@ def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
 def backend_options_from_args(args: argparse.Namespace) -> BackendOptions:
     from pathlib import Path
 
+    from refinenet_ros.backends.base import BackendOptions
     from refinenet_ros.backends.engine_cache import default_cache_dir
-    from refinenet_ros.backends.factory import BackendOptions
 
     size = tuple(args.network_size) if args.network_size else None
     if size is not None and not (min(size) >= 32 and max(size) <= MAX_NETWORK_SIDE):
@@ -499,10 +499,19 @@ def backend_options_from_args(args: argparse.Namespace) -> BackendOptions:
         max_batch=max(1, getattr(args, "batch", 1)),
         threads=args.threads,
         engine_dir=engine_dir,
-        calib_images=getattr(args, "calib_images", None),
-        calib_bag=getattr(args, "calib_bag", None),
-        calib_topic=getattr(args, "calib_topic", None),
-        calib_count=getattr(args, "calib_count", 64),
+        calibration=calibration_from_args(args),
+    )
+
+
+def calibration_from_args(args: argparse.Namespace) -> CalibrationSpec:
+    """The ``--calib-*`` options (absent ones: the bundled samples, 64 frames)."""
+    from refinenet_ros.backends.base import CalibrationSpec
+
+    return CalibrationSpec(
+        images=getattr(args, "calib_images", None),
+        bag=getattr(args, "calib_bag", None),
+        topic=getattr(args, "calib_topic", None),
+        count=getattr(args, "calib_count", 64),
     )
 
 

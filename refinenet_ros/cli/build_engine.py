@@ -21,13 +21,13 @@ from refinenet_ros.cli import (
     CliError,
     add_calibration_arguments,
     add_model_arguments,
+    calibration_from_args,
     model_config_from_args,
 )
 from refinenet_ros.cli.export import add_size_arguments, network_size_from_args
 
 if TYPE_CHECKING:
-    from refinenet_ros.backends.base import Backend
-    from refinenet_ros.backends.factory import BackendOptions
+    from refinenet_ros.backends.base import Backend, BackendOptions
     from refinenet_ros.config import ModelConfig
 
 log = logging.getLogger("refinenet_ros")
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
 def _checked_options(args: argparse.Namespace) -> tuple[BackendOptions, ModelConfig]:
     """The engine's options and model, from user input only (no export, no TensorRT):
     sizes, batch, the graph and image folders and the calibration data must all exist."""
-    from refinenet_ros.backends.factory import BackendOptions
+    from refinenet_ros.backends.base import BackendOptions
 
     if args.batch < 1:
         raise CliError(f"--batch {args.batch}: must be >= 1")
@@ -125,10 +125,7 @@ def _checked_options(args: argparse.Namespace) -> tuple[BackendOptions, ModelCon
         max_batch=args.batch,
         engine_dir=args.engine_dir or default_cache_dir(),
         onnx=args.onnx,
-        calib_images=args.calib_images,
-        calib_bag=args.calib_bag,
-        calib_topic=args.calib_topic,
-        calib_count=args.calib_count,
+        calibration=calibration_from_args(args),
         workspace_mb=args.workspace_mb,
     )
     return options, model_cfg

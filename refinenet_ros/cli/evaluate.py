@@ -31,7 +31,7 @@ from refinenet_ros.cli import (
 )
 
 if TYPE_CHECKING:
-    from refinenet_ros.backends.factory import BackendOptions
+    from refinenet_ros.backends.base import BackendOptions
     from refinenet_ros.config import ModelConfig
     from refinenet_ros.datasets import SegmentationDataset
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from refinenet_ros.fleet.manifest import output_counts
 
 if TYPE_CHECKING:
-    from refinenet_ros.backends.factory import BackendOptions
+    from refinenet_ros.backends.base import BackendOptions
     from refinenet_ros.bag import BagOptions
     from refinenet_ros.config import ModelConfig
 

@@ -333,7 +333,7 @@ class SegmentationNode(LifecycleNode):
 
     # ---- setup -------------------------------------------------------------------------
     def _build_segmenter(self, cfg: NodeConfig) -> Any:
-        from refinenet_ros.backends.factory import BackendOptions
+        from refinenet_ros.backends.base import BackendOptions
         from refinenet_ros.config import ModelConfig
         from refinenet_ros.segmenter import build_segmenter
 
