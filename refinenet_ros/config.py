@@ -33,6 +33,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("refinenet_ros")
 
+MODEL_NAMES: tuple[str, ...] = (
+    "refinenet_resnet50",
+    "refinenet_resnet101",
+    "refinenet_resnet152",
+    "lw_refinenet_resnet50",
+    "lw_refinenet_resnet101",
+    "lw_refinenet_resnet152",
+    "lw_refinenet_mobilenetv2",
+)
+"""Every network :mod:`refinenet_ros.models` builds (here, so naming them needs no torch)."""
 DEFAULT_MODEL = "lw_refinenet_mobilenetv2"
 DEFAULT_LABELS = "camvid"
 RANDOM_WEIGHTS = "random"

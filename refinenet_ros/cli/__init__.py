@@ -26,8 +26,10 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from refinenet_ros import __version__
 from refinenet_ros.backends.base import BACKEND_KINDS, PRECISIONS
+from refinenet_ros.config import DEFAULT_MODEL, MODEL_NAMES
 from refinenet_ros.errors import one_line
 from refinenet_ros.errors import user_error_text as library_error_text
+from refinenet_ros.labels import LABEL_SET_NAMES
 from refinenet_ros.segmenter import OUTPUT_KINDS
 
 if TYPE_CHECKING:
@@ -56,7 +58,7 @@ MAX_NETWORK_SIDE = 8192
 """Largest network side accepted (the node's network_height/width bound): beyond it a
 typo like 100000 would try to allocate tens of GB before failing."""
 
-MODEL_CHOICES_HELP = "refinenet_resnet50|101|152, lw_refinenet_resnet50|101|152, lw_refinenet_mobilenetv2"
+MODEL_CHOICES_HELP = ", ".join(MODEL_NAMES)
 
 
 class CliError(Exception):
@@ -377,13 +379,12 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, seed: bool = True) -
     g.add_argument(
         "--model",
         default=None,
-        help=f"network ({MODEL_CHOICES_HELP}); default: from the weights, else lw_refinenet_mobilenetv2",
+        help=f"network ({MODEL_CHOICES_HELP}); default: from the weights, else {DEFAULT_MODEL}",
     )
     g.add_argument(
         "--labels",
         default=None,
-        help="label set (camvid, cityscapes, voc, nyud40, sunrgbd, "
-        "ade20k, pascal_context, person_part); default: from the weights",
+        help=f"label set ({', '.join(LABEL_SET_NAMES)}); default: from the weights",
     )
     g.add_argument(
         "--weights",

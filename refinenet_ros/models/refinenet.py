@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from refinenet_ros.config import MODEL_NAMES
+
 from .blocks import ChainedResidualPooling, RCUChain, RefineNetBlock, conv1x1, conv3x3, upsample_to, wrap
 from .mobilenetv2 import MobileNetV2Base
 from .resnet import ResNet, ResNetBase, resnet_stage_channels
@@ -99,28 +101,12 @@ def _spec(name: str, params_m_21: float) -> ModelSpec:
     )
 
 
+# Parameters in millions at 21 classes, in MODEL_NAMES order (config.py: the names live
+# where the CLI can list them without importing torch).
+_PARAMS_M_21 = (99.06, 118.05, 133.70, 27.36, 46.35, 61.99, 3.28)
 MODEL_SPECS: dict[str, ModelSpec] = {
-    spec.name: spec
-    for spec in (
-        _spec("refinenet_resnet50", 99.06),
-        _spec("refinenet_resnet101", 118.05),
-        _spec("refinenet_resnet152", 133.70),
-        _spec("lw_refinenet_resnet50", 27.36),
-        _spec("lw_refinenet_resnet101", 46.35),
-        _spec("lw_refinenet_resnet152", 61.99),
-        _spec("lw_refinenet_mobilenetv2", 3.28),
-    )
+    name: _spec(name, params) for name, params in zip(MODEL_NAMES, _PARAMS_M_21, strict=True)
 }
-
-MODEL_NAMES: tuple[str, ...] = (
-    "refinenet_resnet50",
-    "refinenet_resnet101",
-    "refinenet_resnet152",
-    "lw_refinenet_resnet50",
-    "lw_refinenet_resnet101",
-    "lw_refinenet_resnet152",
-    "lw_refinenet_mobilenetv2",
-)
 
 
 def count_parameters(model: nn.Module) -> int:
