@@ -320,6 +320,32 @@ def cpu_info(
     )
 
 
+def cpu_times() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of the whole machine since boot, all cores (``/proc/stat``),
+    or None where there is no such file. Two readings give how many cores were busy in
+    between, whoever used them: on a shared machine, the figure that says whether a
+    benchmark had the cores it assumed."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    ticks = [int(x) for x in fields[1:]]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    total = sum(ticks[:8])  # guest time is already counted in user
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    return (total - idle) / hz, total / hz
+
+
+def busy_cores(before: tuple[float, float] | None, after: tuple[float, float] | None) -> float | None:
+    """Average busy cores between two :func:`cpu_times` readings (None when unknown)."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    cpus = os.cpu_count() or 1
+    return round(cpus * (after[0] - before[0]) / (after[1] - before[1]), 2)
+
+
 def versions() -> dict[str, str | None]:
     """Installed versions of everything that moves the figures (None: not installed)."""
     found: dict[str, str | None] = {"python": platform.python_version()}

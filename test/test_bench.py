@@ -200,6 +200,7 @@ def test_bench_fleet_writes_documented_json(
         run = fleet[name]
         assert run["frames"] == 6, name
         assert run["total_fps"] > 0 and run["steady_fps"] >= run["total_fps"], name
+        assert "busy_cores" in run and "load_1m_before" in run, name  # whether it had the cores
     assert fleet["fleet_1"]["workers"] == 1 and fleet["fleet_2"]["workers"] == 2
     # on 3-frame bags the first worker may finish both before the second has loaded its model
     assert fleet["fleet_1"]["workers_used"] == 1 and 1 <= fleet["fleet_2"]["workers_used"] <= 2

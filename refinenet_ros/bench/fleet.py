@@ -22,10 +22,13 @@ bounds a short one.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,7 @@ from refinenet_ros.backends.base import BackendOptions
 from refinenet_ros.bench import BenchError
 from refinenet_ros.bench.report import format_table
 from refinenet_ros.config import ModelConfig
+from refinenet_ros.machine import busy_cores, cpu_times
 
 log = logging.getLogger("refinenet_ros")
 
@@ -255,13 +259,13 @@ def run_fleet_bench(settings: FleetBenchSettings) -> dict[str, Any]:
         t0 = time.perf_counter()
         build_segmenter(settings.model_cfg.resolved(), settings.run_backend())
         prepare_s = time.perf_counter() - t0
-        bag = run_serial_bag(settings, bags, work / "bag_out")
+        bag = _with_load(partial(run_serial_bag, settings, bags, work / "bag_out"))
         _restore_torch_threads(torch_threads)  # the backend set this process's pool to `threads`
         started, ray_start_s = start_ray(settings)
-        runs = {
-            f"fleet_{n}": run_fleet_once(settings, inputs, work / f"fleet_{n}_out", n)
-            for n in settings.workers
-        }
+        runs: dict[str, dict[str, Any]] = {}
+        for n in settings.workers:
+            out = work / f"fleet_{n}_out"
+            runs[f"fleet_{n}"] = _with_load(partial(run_fleet_once, settings, inputs, out, n))
     finally:
         if started:
             ray.shutdown()
@@ -301,6 +305,19 @@ def run_fleet_bench(settings: FleetBenchSettings) -> dict[str, Any]:
     return {"fleet": figures}
 
 
+def _with_load(measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``measure()``'s figures plus what the whole machine did meanwhile: average busy cores
+    (this bench's own processes and anyone else's) and the 1-minute load before. One
+    worker using 2 busy cores, or two using 1, says the run did not have the cores it
+    assumed (another process had them), which no frames/s figure shows by itself."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    before = cpu_times()
+    figures = measure()
+    figures["busy_cores"] = busy_cores(before, cpu_times())
+    figures["load_1m_before"] = None if load is None else round(load, 2)
+    return figures
+
+
 def _torch_threads() -> int | None:
     import sys
 
@@ -327,24 +344,19 @@ def fleet_table(figures: dict[str, Any], settings: FleetBenchSettings) -> str:
         f"batch {settings.batch}, {settings.threads} thread(s) per worker; Ray start-up {ray}"
     ]
     rows: list[list[Any]] = [
-        [
-            "bag job in series (1 process)",
-            bag["total_fps"],
-            bag["steady_fps"],
-            bag["model_load_s"],
-            None,
-            None,
-        ]
-    ]
+        ["bag job in series (1 process)", bag["total_fps"], bag["steady_fps"], bag["model_load_s"], None,
+         None, bag.get("busy_cores")],
+    ]  # fmt: skip
     for name, r in f.items():
         if name.startswith("fleet_"):
             rows.append([
                 f"fleet, {r['workers']} worker(s) ({r['workers_used']} used)", r["total_fps"],
                 r["steady_fps"], max(r["model_load_s"] or [0]), r["startup_s"], r["total_with_ray_fps"],
+                r.get("busy_cores"),
             ])  # fmt: skip
-    lines.append(format_table(
-        ["path", "frames/s total", "frames/s steady", "model load s", "workers up s", "total + Ray"], rows
-    ))  # fmt: skip
+    headers = ["path", "frames/s total", "frames/s steady", "model load s", "workers up s", "total + Ray",
+               "busy cores (machine)"]  # fmt: skip
+    lines.append(format_table(headers, rows))
     for key, label in (
         ("fleet1_vs_bag", "fleet 1 worker / bag"),
         ("fleet2_vs_fleet1", "fleet 2 workers / 1"),
