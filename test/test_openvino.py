@@ -78,6 +78,25 @@ def test_compiled_model_is_cached_beside_the_graph_and_reused(
     assert "compiled and cached" in healed.cache_state  # type: ignore[attr-defined]
 
 
+def test_a_compiled_model_miss_names_the_key_field_that_differed(
+    trained_cfg: ModelConfig, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """issue 12: the log says why a cached compiled model was not used."""
+    create_backend(trained_cfg, _options(tmp_path, kind="openvino"))
+    caplog.set_level("INFO", logger="refinenet_ros")
+    blob = next((tmp_path / "onnx").glob("*.cpu.fp32.*.ovblob"))
+    record = blob.with_suffix(".json")
+    stale = json.loads(record.read_text())
+    stale["openvino"] = "2025.0.0"  # as if compiled by the previous OpenVINO release
+    record.with_name(record.name.replace(".fp32.", ".fp32.0ld")).write_text(json.dumps(stale))
+    blob.unlink()
+    record.unlink()  # only the older release's entry is left
+    create_backend(trained_cfg, _options(tmp_path, kind="openvino"))
+    assert (
+        "OpenVINO compiled-model cache: miss: rebuilt because openvino differed (2025.0.0 ->" in caplog.text
+    )
+
+
 @pytest.mark.skipif(cpu_has_native_bf16(), reason="this CPU has AVX512-BF16/AMX: bf16 runs here")
 def test_bf16_is_refused_with_the_reason_without_the_units(trained_cfg: ModelConfig, tmp_path: Path) -> None:
     with pytest.raises(BackendError, match=r"bf16 needs AVX-512-BF16 or AMX-BF16.*--precision fp32"):

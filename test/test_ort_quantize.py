@@ -139,7 +139,7 @@ def test_int8_graph_is_quantised_and_labels_like_fp32(
 
 
 def test_quant_options_choose_the_op_set_and_key_the_cache(
-    trained: tuple[ModelConfig, Path], tmp_path: Path
+    trained: tuple[ModelConfig, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     cfg, root = trained
     options = BackendOptions(
@@ -150,8 +150,17 @@ def test_quant_options_choose_the_op_set_and_key_the_cache(
 
     fp32_path = onnx_for(cfg, options)
     conv_only = quantized_cached(fp32_path, options, QuantOptions(op_types=("Conv",), method="MinMax"))
+    caplog.set_level("INFO", logger="refinenet_ros")
     default = quantized_cached(fp32_path, options)
     assert conv_only != default and conv_only.is_file() and default.is_file()
+    # issue 12: the log says which cached graph was picked, or which key field differed
+    assert (
+        "INT8 graph cache: miss: rebuilt because settings.method differed (MinMax -> Percentile)"
+        in caplog.text
+    )
+    caplog.clear()
+    assert quantized_cached(fp32_path, options) == default
+    assert f"INT8 graph cache: hit {default}" in caplog.text
     assert int8_adds(onnx.load(str(conv_only)).graph) < int8_adds(onnx.load(str(default)).graph)
     assert json.loads(OnnxRuntimeBackend(conv_only).metadata["quantization"])["op_types"] == ["Conv"]
 

@@ -37,7 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from refinenet_ros.backends.base import BackendError, check_batch, classes_from_metadata, pad_to_batch
-from refinenet_ros.backends.engine_cache import sha256_file, slug
+from refinenet_ros.backends.engine_cache import cache_decision, nearest_differences, sha256_file, slug
 from refinenet_ros.backends.onnx_export import INPUT_NAME, OUTPUT_NAMES, read_metadata
 from refinenet_ros.backends.prepare import require_build
 from refinenet_ros.io import atomic_write_bytes, atomic_write_text
@@ -215,6 +215,9 @@ class OpenVinoBackend:
             except Exception as exc:  # stale or truncated blob: compile over it
                 log.warning("openvino: cached %s does not import (%s); compiling again", blob.name, exc)
         if blob is not None:  # uncached compiles stay here: a child's result could not be reused
+            neighbours = blob.parent.glob(f"{self.path.stem}.{slug(self.ov_device)}.{self.precision}.*.json")
+            why = nearest_differences(neighbours, key, lambda p: json.loads(p.read_text()))
+            log.info("%s", cache_decision("OpenVINO compiled-model", blob, hit=False, differences=why))
             require_build(f"OpenVINO {self.ov_device} compile of {self.path.name}")
         try:
             model = core.read_model(str(self.path))

@@ -32,10 +32,10 @@ import numpy.typing as npt
 
 from refinenet_ros.backends.base import BackendError
 from refinenet_ros.backends.calibration import ImageSource, calibration_batches
-from refinenet_ros.backends.engine_cache import sha256_file
+from refinenet_ros.backends.engine_cache import cache_decision, nearest_differences, sha256_file
 from refinenet_ros.backends.onnx_export import INPUT_NAME
 from refinenet_ros.backends.prepare import require_build
-from refinenet_ros.io import atomic_write_bytes
+from refinenet_ros.io import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
     import onnx
@@ -238,16 +238,21 @@ def _copy_metadata(src: Path, dst: Path, options: QuantOptions) -> None:
 def quantized_cached(fp32_path: Path, options: BackendOptions, quant: QuantOptions = QuantOptions()) -> Path:
     """The cached INT8 graph for ``fp32_path``, the options' calibration data and ``quant``."""
     source = options.calibration.source()
-    key = hashlib.sha256(
-        json.dumps(
-            {"fp32": sha256_file(fp32_path), "calib": source.fingerprint(), "settings": quant.settings()},
-            sort_keys=True,
-        ).encode()
-    ).hexdigest()
+    record = {"fp32": sha256_file(fp32_path), "calib": source.fingerprint(), "settings": quant.settings()}
+    key = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
     out = fp32_path.with_name(f"{fp32_path.stem}_int8_{key[:12]}.onnx")
     if out.is_file():
-        log.info("using cached INT8 graph %s", out)
+        log.info("%s", cache_decision("INT8 graph", out, hit=True))
         return out
+    # Why not a neighbour: each INT8 graph keeps its key record beside it (<graph>.json).
+    neighbours = fp32_path.parent.glob(f"{fp32_path.stem}_int8_*.json")
+    why = nearest_differences(neighbours, record, lambda p: json.loads(p.read_text()))
+    log.info("%s", cache_decision("INT8 graph", out, hit=False, differences=why))
     require_build(f"INT8 calibration of {fp32_path.name}")
     log.info("quantising to INT8, calibrating on %s", source.describe())
-    return quantize_graph(fp32_path, out, source, max_images=options.calibration.count, options=quant)
+    path = quantize_graph(fp32_path, out, source, max_images=options.calibration.count, options=quant)
+    try:
+        atomic_write_text(out.with_suffix(".json"), json.dumps(record, indent=2, sort_keys=True) + "\n")
+    except OSError as exc:  # the graph is cached; only the next miss's explanation is lost
+        log.warning("INT8 graph key record not written (%s)", exc)
+    return path
