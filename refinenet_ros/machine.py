@@ -46,6 +46,7 @@ VERSIONED_DISTRIBUTIONS: tuple[str, ...] = (
     "numpy",
     "opencv-python-headless",
     "rosbags",
+    "ray",
     "ros-rclpy",
     "ros-rmw-fastrtps-cpp",
 )
