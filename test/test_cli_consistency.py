@@ -66,6 +66,7 @@ PER_COMMAND = {
     "--frames": "frames played (demo) or generated (bench)",
     "--rate": "player rate of demo and bench node",
     "--backend": "bench model measures several backends (a list)",
+    "--workers": "bench fleet measures several fleet widths (a list)",
     "--calib-count": "bench model calibrates on fewer images to stay quick",
     "--storage": "storage of the written vs the generated bag",
     "--threads": "bench: threads of the measured backend",

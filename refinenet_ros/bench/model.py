@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from refinenet_ros.backends.base import CalibrationSpec
 from refinenet_ros.backends.engine_cache import default_cache_dir
 from refinenet_ros.bench.report import format_table
 from refinenet_ros.config import ModelConfig
@@ -44,8 +45,8 @@ class ModelBenchSettings:
     threads: int = 0
     device: str = "auto"
     engine_dir: str = field(default_factory=default_cache_dir)
-    calib_images: str | None = None
-    calib_count: int = 16
+    #: INT8 calibration frames: the bundled samples unless given; 16, enough for a bench
+    calibration: CalibrationSpec = field(default_factory=lambda: CalibrationSpec(count=16))
 
     def to_json(self) -> dict[str, Any]:
         cfg = self.model_cfg.resolved()
@@ -63,8 +64,10 @@ class ModelBenchSettings:
             "warmup": self.warmup,
             "threads": self.threads,
             "device": self.device,
-            "calib_images": self.calib_images,
-            "calib_count": self.calib_count,
+            "calib_images": self.calibration.images,  # the keys earlier result files have
+            "calib_bag": self.calibration.bag,
+            "calib_topic": self.calibration.topic,
+            "calib_count": self.calibration.count,
         }
 
 
@@ -123,7 +126,7 @@ def bench_one(
     peak_gflops: float,
 ) -> tuple[dict[str, Any], npt.NDArray[np.integer] | None]:
     """One configuration's figures (or its error) and its labels for the agreement check."""
-    from refinenet_ros.backends import BackendError, BackendOptions, CalibrationSpec, create_backend
+    from refinenet_ros.backends import BackendError, BackendOptions, create_backend
 
     row: dict[str, Any] = {
         "backend": kind,
@@ -141,7 +144,7 @@ def bench_one(
         max_batch=batch,
         threads=settings.threads,
         engine_dir=settings.engine_dir,
-        calibration=CalibrationSpec(images=settings.calib_images, count=settings.calib_count),
+        calibration=settings.calibration,
     )
     t0 = time.perf_counter()
     try:

@@ -51,7 +51,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build-engine": ("refinenet_ros.cli.build_engine", "build/refresh this GPU's TensorRT engine"),
     "demo": ("refinenet_ros.cli.demo", "node end to end: play samples, record outputs, report latency"),
     "weights": ("refinenet_ros.cli.weights", "list the bundled trained weights (name, model, labels, mIoU)"),
-    "fleet": ("refinenet_ros.fleet.cli", "segment many bags exactly once on Ray, resumable"),
+    "fleet": ("refinenet_ros.cli.fleet", "segment many bags exactly once on Ray, resumable"),
 }
 
 MAX_NETWORK_SIDE = 8192

@@ -26,16 +26,19 @@ from refinenet_ros.backends.base import BACKEND_KINDS, PRECISIONS
 from refinenet_ros.cli import (
     CliError,
     add_backend_arguments,
+    add_calibration_arguments,
     add_image_size_argument,
     add_image_topic_argument,
     add_model_arguments,
     add_network_size_argument,
     add_outputs_argument,
     backend_options_from_args,
+    calibration_from_args,
     deprecated_alias,
     model_config_from_args,
     width_x_height,
 )
+from refinenet_ros.cli.fleet import add_ray_arguments
 
 if TYPE_CHECKING:
     from refinenet_ros.machine import CpuInfo
@@ -84,10 +87,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: best available)")
     g.add_argument("--engine-dir", default=None,
                    help="ONNX/engine cache (default: $ROS_HOME/refinenet_ros)")  # fmt: skip
-    g.add_argument("--calib-images", default=None, metavar="DIR",
-                   help="INT8 calibration images (default: the bundled samples)")  # fmt: skip
-    g.add_argument("--calib-count", type=_positive, default=16,
-                   help="INT8 calibration images used (default: 16, enough for a bench)")  # fmt: skip
+    add_calibration_arguments(m)
+    m.set_defaults(calib_count=16)  # enough for a bench
     _add_common(m)
 
     n = sub.add_parser("node", help="publisher -> segmentation_node -> subscriber latency and overhead",
@@ -145,10 +146,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--storage", default="mcap", choices=("mcap", "sqlite3"), help="generated bag storage")
     g.add_argument("--workers", nargs="+", type=_positive, default=[1, 2], metavar="N",
                    help="fleet widths measured (the goals need 1 and 2)")  # fmt: skip
-    g.add_argument("--threads-per-worker", type=_positive, default=1, metavar="T",
-                   help="CPU threads per fleet worker, and of the bag job it is compared with")  # fmt: skip
-    g.add_argument("--address", default=None,
-                   help="Ray cluster to join (default: an embedded local Ray, start-up timed)")  # fmt: skip
+    add_ray_arguments(f)  # --threads-per-worker also sets the compared bag job's threads
     g.add_argument("--keep", metavar="DIR", default=None, help="keep the generated/output bags in DIR")
     _add_common(f)
 
@@ -193,8 +191,7 @@ def _run_model(args: argparse.Namespace, cpu: CpuInfo) -> int:
         threads=args.threads,
         device=args.device,
         engine_dir=args.engine_dir or default_cache_dir(),
-        calib_images=args.calib_images,
-        calib_count=args.calib_count,
+        calibration=calibration_from_args(args),
     )
     figures = run_model_bench(settings, cpu)
     print()
@@ -268,6 +265,8 @@ def _run_fleet(args: argparse.Namespace, cpu: CpuInfo) -> int:
 
     if args.threads:
         raise CliError("--threads: use --threads-per-worker (the bag job runs with as many)")
+    if args.threads_per_worker < 1:
+        raise CliError(f"--threads-per-worker {args.threads_per_worker}: must be at least 1")
     settings = FleetBenchSettings(
         model_cfg=model_config_from_args(args),
         backend=backend_options_from_args(args),
