@@ -4,7 +4,7 @@ The library part: :func:`discover` finds the bags, :func:`run_fleet` runs them o
 workers that each hold one Segmenter and run the ordinary bag job (so each output is
 byte-identical to ``refinenet-ros bag``), with a manifest in the output folder that
 makes reruns skip what is done. Ray itself is imported only when a run starts
-(``pip install refinenet_ros[fleet]``); the command line lives in :mod:`.cli`.
+(``pip install refinenet_ros[fleet]``); the command line lives in :mod:`refinenet_ros.cli.fleet`.
 """
 
 from refinenet_ros.fleet.inputs import BagInput, FleetError, discover
