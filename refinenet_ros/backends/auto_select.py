@@ -123,7 +123,7 @@ class AutoDecision:
         return f"fastest of {len(self.table)} CPU candidates agreeing with FP32 ({speed}; {source})"
 
     def table_text(self) -> str:
-        from refinenet_ros.bench.report import format_table
+        from refinenet_ros.stats import format_table
 
         rows = [
             [m.label, m.ms, None if m.agreement is None else f"{100 * m.agreement:.2f} %", m.setup_s,

@@ -34,8 +34,8 @@ import numpy.typing as npt
 
 from refinenet_ros.backends.base import BackendOptions
 from refinenet_ros.bench import BenchError
-from refinenet_ros.bench.report import format_table
 from refinenet_ros.config import ModelConfig
+from refinenet_ros.stats import format_table
 
 log = logging.getLogger("refinenet_ros")
 

@@ -34,9 +34,9 @@ from typing import Any
 
 from refinenet_ros.backends.base import BackendOptions
 from refinenet_ros.bench import BenchError
-from refinenet_ros.bench.report import format_table
 from refinenet_ros.config import ModelConfig
 from refinenet_ros.machine import busy_cores, cpu_times
+from refinenet_ros.stats import format_table
 
 log = logging.getLogger("refinenet_ros")
 

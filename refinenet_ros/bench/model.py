@@ -23,10 +23,9 @@ import numpy.typing as npt
 
 from refinenet_ros.backends.base import CalibrationSpec
 from refinenet_ros.backends.engine_cache import default_cache_dir
-from refinenet_ros.bench.report import format_table
 from refinenet_ros.config import ModelConfig
 from refinenet_ros.machine import CpuInfo
-from refinenet_ros.stats import percentiles
+from refinenet_ros.stats import format_table, percentiles
 
 log = logging.getLogger("refinenet_ros")
 

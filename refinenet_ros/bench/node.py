@@ -34,11 +34,10 @@ from typing import Any
 
 from refinenet_ros.backends.engine_cache import default_cache_dir
 from refinenet_ros.bench import BenchError
-from refinenet_ros.bench.report import format_table
 from refinenet_ros.config import ModelConfig
 from refinenet_ros.ros.scheduling import NODE_STAGES
 from refinenet_ros.segmenter import OUTPUT_KINDS
-from refinenet_ros.stats import percentiles
+from refinenet_ros.stats import format_table, percentiles
 
 SHM_ONLY = "SHM?max_msg_size=8MB&sockets_size=64MB"
 NAMESPACE = "/refinenet_bench"

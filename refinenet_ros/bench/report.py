@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,29 +53,3 @@ class Report:
 
     def write(self, path: str) -> None:
         atomic_write_text(path, json.dumps(self.to_json(), indent=2, allow_nan=False) + "\n")
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Plain aligned columns (numbers right-aligned) for a terminal."""
-
-    def cell(v: Any) -> str:
-        if v is None or (isinstance(v, float) and not np.isfinite(v)):
-            return "-"
-        if isinstance(v, float):
-            return f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
-        return str(v)
-
-    text = [[cell(v) for v in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in text)) if text else len(h) for i, h in enumerate(headers)]
-    numeric = [
-        all(isinstance(row[i], int | float) or row[i] is None for row in rows) for i in range(len(headers))
-    ]
-
-    def line(values: Sequence[str]) -> str:
-        return "  ".join(
-            v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True)
-        ).rstrip()
-
-    out = [line(list(headers)), line(["-" * w for w in widths])]
-    out.extend(line(r) for r in text)
-    return "\n".join(out)
