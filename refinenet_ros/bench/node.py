@@ -24,7 +24,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -35,11 +34,17 @@ from typing import Any
 from refinenet_ros.backends.engine_cache import default_cache_dir
 from refinenet_ros.bench import BenchError
 from refinenet_ros.config import ModelConfig
+from refinenet_ros.ros.process import (
+    SHM_ONLY,
+    adopt_environment,
+    local_ros_env,
+    node_module_command,
+    param_args,
+)
 from refinenet_ros.ros.scheduling import NODE_STAGES
 from refinenet_ros.segmenter import OUTPUT_KINDS
 from refinenet_ros.stats import format_table, percentiles
 
-SHM_ONLY = "SHM?max_msg_size=8MB&sockets_size=64MB"
 NAMESPACE = "/refinenet_bench"
 NODE_NAME = "refinenet_segmentation"
 FRAME_TIMEOUT_S = 30.0
@@ -100,28 +105,19 @@ class NodeBenchSettings:
 
 
 def ros_environment(domain_id: int | None) -> dict[str, str]:
-    """DDS on this machine only, lossless for large images, in a domain of our own.
-
-    ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` must not be set: with it, rmw_fastrtps
-    replaces the builtin transports with its own (UDP + a default 512 KB shared-memory
-    segment), and every message above ~0.5 MB (a 640x480 rgb8 frame is 0.9 MB) is lost
-    without an error. Shared memory alone already keeps all traffic on this machine.
-    """
-    domain = domain_id if domain_id is not None else 100 + os.getpid() % 100
-    return {
-        "FASTDDS_BUILTIN_TRANSPORTS": SHM_ONLY,
-        "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp",
-        "ROS_DOMAIN_ID": str(domain),
-        "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET",
-        "PYTHONUNBUFFERED": "1",
-    }
+    """The whole environment of the benchmark and its node: DDS on this machine only and
+    lossless for large images (always the SHM-only transport: the figures are for that
+    path), in ``domain_id`` or a domain of our own (:func:`~refinenet_ros.ros.process.local_ros_env`,
+    which also drops ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``: it swaps SHM for UDP)."""
+    base = {k: v for k, v in os.environ.items() if k != "FASTDDS_BUILTIN_TRANSPORTS"}
+    if domain_id is not None:
+        base["ROS_DOMAIN_ID"] = str(domain_id)
+    return {**local_ros_env(base), "PYTHONUNBUFFERED": "1"}
 
 
 def node_command(settings: NodeBenchSettings, outputs: tuple[str, ...]) -> list[str]:
     """``segmentation_node --ros-args ...`` for this benchmark's settings."""
     cfg = settings.model_cfg.resolved()
-    exe = Path(sys.executable).with_name("segmentation_node")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "refinenet_ros.ros.node"]
     params: dict[str, str] = {
         "model": str(cfg.model),
         "labels": str(cfg.labels),
@@ -139,14 +135,12 @@ def node_command(settings: NodeBenchSettings, outputs: tuple[str, ...]) -> list[
         params["weights"] = str(Path(cfg.weights).resolve())
     if settings.network_size:
         params["network_height"], params["network_width"] = map(str, settings.network_size)
-    cmd += ["--ros-args", "-r", f"__ns:={NAMESPACE}", "-r", f"__node:={NODE_NAME}"]
-    for name, value in params.items():
-        cmd += ["-p", f"{name}:={value}"]
+    ros = ["--ros-args", "-r", f"__ns:={NAMESPACE}", "-r", f"__node:={NODE_NAME}", *param_args(**params)]
     for extra in settings.node_args:
         if ":=" not in extra:
             raise BenchError(f"--node-arg {extra!r}: expected NAME:=VALUE")
-        cmd += ["-p", extra]
-    return cmd
+        ros += ["-p", extra]
+    return node_module_command(*ros)
 
 
 @dataclass
@@ -197,7 +191,7 @@ class _Client:
     """The benchmark's own rclpy node: image publisher, output and diagnostics subscribers."""
 
     def __init__(self, env: dict[str, str], outputs: tuple[str, ...], tracker: _Tracker) -> None:
-        os.environ.update(env)  # read by rcl/Fast DDS when the context starts
+        adopt_environment(env)  # read by rcl/Fast DDS when the context starts
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.executors import SingleThreadedExecutor
@@ -295,7 +289,7 @@ def run_node_bench(settings: NodeBenchSettings) -> dict[str, Any]:
     warmup = 3
     print(f"starting: {' '.join(cmd)}", flush=True)
     with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=log_file, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     client: _Client | None = None
     try:
         client = _Client(env, outputs, tracker)

@@ -18,7 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from refinenet_ros.ros.process import die_with_parent, local_ros_env, node_module_command, param_args
+from refinenet_ros.ros.process import (
+    adopt_environment,
+    die_with_parent,
+    local_ros_env,
+    node_module_command,
+    param_args,
+)
 from refinenet_ros.ros.scheduling import NODE_STAGES
 from refinenet_ros.segmenter import OUTPUT_KINDS
 from refinenet_ros.stats import percentiles
@@ -166,8 +172,7 @@ def _node_command(args: DemoConfig, ns: str) -> list[str]:
 def run_demo(args: DemoConfig) -> int:
     """Start the node, play, record, report; the exit status (0: outputs came back)."""
     env = local_ros_env(os.environ, on_drop=lambda why: print(f"[demo] {why}"))
-    os.environ.pop("ROS_AUTOMATIC_DISCOVERY_RANGE", None)
-    os.environ.update(env)  # this process joins the same SHM-only domain as the node
+    adopt_environment(env)  # this process joins the same SHM-only domain as the node
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     ns = "/demo"

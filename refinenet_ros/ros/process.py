@@ -18,6 +18,7 @@ __all__ = [
     "NODE_MODULE",
     "RMW_IMPLEMENTATION",
     "SHM_ONLY",
+    "adopt_environment",
     "die_with_parent",
     "local_ros_env",
     "node_module_command",
@@ -51,6 +52,15 @@ def local_ros_env(base: Mapping[str, str], *, on_drop: Callable[[str], None] | N
             on_drop("ignoring ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST (it disables the SHM-only transport)")
         del env["ROS_AUTOMATIC_DISCOVERY_RANGE"]
     return env
+
+
+def adopt_environment(env: Mapping[str, str]) -> None:
+    """Make this process's environment exactly ``env`` (from :func:`local_ros_env`) before
+    rclpy starts: rcl and Fast DDS read it once, and a key ``env`` dropped (LOCALHOST) must
+    not survive in ``os.environ``."""
+    for key in set(os.environ) - set(env):
+        del os.environ[key]
+    os.environ.update(env)
 
 
 def param_args(**params: Any) -> list[str]:
