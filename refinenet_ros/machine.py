@@ -29,6 +29,7 @@ import platform
 import re
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -347,15 +348,20 @@ def busy_cores(before: tuple[float, float] | None, after: tuple[float, float] | 
     return round(cpus * (after[0] - before[0]) / (after[1] - before[1]), 2)
 
 
-def versions() -> dict[str, str | None]:
-    """Installed versions of everything that moves the figures (None: not installed)."""
-    found: dict[str, str | None] = {"python": platform.python_version()}
-    for dist in VERSIONED_DISTRIBUTIONS:
+def installed_versions(distributions: Iterable[str]) -> dict[str, str | None]:
+    """``{distribution: version}``, None where it is not installed."""
+    found: dict[str, str | None] = {}
+    for dist in distributions:
         try:
             found[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             found[dist] = None
     return found
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions of everything that moves the figures (None: not installed)."""
+    return {"python": platform.python_version(), **installed_versions(VERSIONED_DISTRIBUTIONS)}
 
 
 def machine_info(cpu: CpuInfo) -> dict[str, Any]:

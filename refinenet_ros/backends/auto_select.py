@@ -29,7 +29,6 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, astuple, dataclass, replace
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +39,7 @@ from refinenet_ros.backends.base import Backend, BackendError
 from refinenet_ros.backends.engine_cache import sha256_file
 from refinenet_ros.backends.prepare import require_build
 from refinenet_ros.io import atomic_write_text
-from refinenet_ros.machine import cpu_info
+from refinenet_ros.machine import cpu_info, installed_versions
 
 if TYPE_CHECKING:
     from refinenet_ros.backends.base import BackendOptions
@@ -155,13 +154,7 @@ class AutoDecision:
 
 def runtime_versions() -> dict[str, str | None]:
     """Versions that change speed or numerics (None: not installed)."""
-    found: dict[str, str | None] = {}
-    for dist in VERSIONED:
-        try:
-            found[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            found[dist] = None
-    return found
+    return installed_versions(VERSIONED)
 
 
 def machine_key() -> dict[str, Any]:

@@ -34,6 +34,7 @@ import numpy.typing as npt
 
 from refinenet_ros.backends.base import BackendOptions
 from refinenet_ros.bench import BenchError
+from refinenet_ros.bench.report import model_json
 from refinenet_ros.config import ModelConfig
 from refinenet_ros.stats import format_table
 
@@ -65,17 +66,9 @@ class BagBenchSettings:
         return max(1, self.backend.max_batch)
 
     def to_json(self) -> dict[str, Any]:
-        cfg, o = self.model_cfg.resolved(), self.backend
         return {
-            "model": cfg.model,
-            "labels": cfg.labels,
-            "weights": cfg.weights,
-            "backend": o.kind,
-            "precision": o.precision,
-            "device": o.device,
-            "threads": o.threads,
-            "network_size": list(o.input_size) if o.input_size else None,
-            "batch": self.batch,
+            **model_json(self.model_cfg, self.backend, self.batch),
+            "threads": self.backend.threads,
             "storage": self.storage,
         }
 

@@ -34,6 +34,7 @@ from typing import Any
 
 from refinenet_ros.backends.base import BackendOptions
 from refinenet_ros.bench import BenchError
+from refinenet_ros.bench.report import model_json
 from refinenet_ros.config import ModelConfig
 from refinenet_ros.machine import busy_cores, cpu_times
 from refinenet_ros.stats import format_table
@@ -87,16 +88,8 @@ class FleetBenchSettings:
         return replace(self.backend, threads=self.threads, device=device)
 
     def to_json(self) -> dict[str, Any]:
-        cfg, o = self.model_cfg.resolved(), self.run_backend()
         return {
-            "model": cfg.model,
-            "labels": cfg.labels,
-            "weights": cfg.weights,
-            "backend": o.kind,
-            "precision": o.precision,
-            "device": o.device,
-            "network_size": list(o.input_size) if o.input_size else None,
-            "batch": self.batch,
+            **model_json(self.model_cfg, self.run_backend(), self.batch),
             "bags": self.bags,
             "frames_per_bag": self.frames,
             "image_size": list(self.image_size),

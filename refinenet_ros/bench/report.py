@@ -10,12 +10,32 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from refinenet_ros.io import atomic_write_text
 from refinenet_ros.machine import CpuInfo, machine_info, versions
+
+if TYPE_CHECKING:
+    from refinenet_ros.backends.base import BackendOptions
+    from refinenet_ros.config import ModelConfig
+
+
+def model_json(model_cfg: ModelConfig, options: BackendOptions, batch: int) -> dict[str, Any]:
+    """The settings every bench that runs a Segmenter reports the same way: which model,
+    weights and label set, on which backend, precision, device, size and batch."""
+    cfg = model_cfg.resolved()
+    return {
+        "model": cfg.model,
+        "labels": cfg.labels,
+        "weights": cfg.weights,
+        "backend": options.kind,
+        "precision": options.precision,
+        "device": options.device,
+        "network_size": list(options.input_size) if options.input_size else None,
+        "batch": batch,
+    }
 
 
 def _jsonable(value: Any) -> Any:
