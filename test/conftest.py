@@ -50,8 +50,12 @@ def torch_backend(small_model_cfg):
 
 ROS_FIXTURES = frozenset({"ros_env", "ros_client"})
 """Every test that starts ROS 2 processes or joins DDS goes through one of these."""
-SLOW_MODULES = frozenset({"test_fleet", "test_ort_quantize", "test_train"})
-"""Whole modules that train a model or start a Ray cluster: tens of seconds each."""
+SLOW_MODULES = frozenset({"test_fleet", "test_ort_quantize", "test_train", "test_prepare"})
+"""Whole modules that train a model, start a Ray cluster or spawn builds: tens of seconds each.
+
+Single tests that take 2 s or more on the 2-core CI machine (an ONNX export, a CLI run in a
+subprocess, INT8 calibration) carry ``@pytest.mark.slow`` themselves, so that
+``make test-fast`` stays a one-minute loop; ``make test`` (the README's and CI's) runs all."""
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

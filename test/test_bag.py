@@ -52,6 +52,7 @@ def image_array(msg: Any) -> np.ndarray:
     return arr.reshape(msg.height, msg.width, channels) if channels == 3 else arr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
 def test_outputs_keep_headers_log_times_and_match_segmenter(
     tmp_path: Path, sample_bag: Path, segmenter: Segmenter, storage: str
@@ -166,6 +167,7 @@ def test_refusals_change_nothing(tmp_path: Path, sample_bag: Path, segmenter: Se
     assert sorted(os.listdir(tmp_path)) == before
 
 
+@pytest.mark.slow
 def test_interrupted_run_leaves_nothing_and_force_replaces(
     tmp_path: Path, sample_bag: Path, segmenter: Segmenter
 ) -> None:
@@ -230,6 +232,7 @@ def _partials_of(out: Path) -> list[str]:
     return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.partial-"))
 
 
+@pytest.mark.slow
 def test_a_running_run_is_not_raced_and_a_loser_says_what_happened(
     tmp_path: Path, sample_bag: Path, segmenter: Segmenter, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -283,6 +286,7 @@ def _wait_for_stage(out: Path, proc: Any, timeout: float = 120.0) -> None:
     raise AssertionError("the run never started writing")
 
 
+@pytest.mark.slow
 def test_sigterm_cleans_up_and_the_next_run_removes_a_killed_runs_debris(tmp_path: Path) -> None:
     """issue 10 (2): SIGTERM exited 143 at once leaving `.out.partial-*` (938 MB); SIGKILL
     left 830 MB forever. SIGTERM now cleans up like Ctrl-C; the next run removes a killed
@@ -446,6 +450,7 @@ def raw_messages(path: Path) -> list[tuple[str, int, bytes]]:
         return [(conn.topic, ts, bytes(raw)) for conn, ts, raw in reader.messages()]
 
 
+@pytest.mark.slow
 def test_overlapped_run_writes_the_same_messages_in_the_same_order(
     tmp_path: Path, sample_bag: Path, segmenter: Segmenter
 ) -> None:
@@ -498,6 +503,7 @@ class FailingBackend:
         return self.inner.infer(images)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["segment", "write"])
 def test_failure_mid_run_fails_cleanly_and_leaves_no_output(
     tmp_path: Path, sample_bag: Path, segmenter: Segmenter, stage: str
@@ -539,6 +545,7 @@ def test_overlap_is_chosen_only_where_inference_leaves_cpu_time() -> None:
     assert not overlap_helps("cpu", 2, cpus=2)
 
 
+@pytest.mark.slow
 def test_cli_overlap_on_matches_off(tmp_path: Path, sample_bag: Path) -> None:
     common = [str(sample_bag), "--image-topic", TOPIC, "--backend", "torch", "--no-progress", "--batch", "4"]
     assert main(["bag", common[0], str(tmp_path / "on"), *common[1:], "--overlap", "on"]) == 0

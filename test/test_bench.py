@@ -63,6 +63,7 @@ def test_this_machine_has_a_peak() -> None:
     assert cpu.peak_gflops > 0, cpu.derivation()
 
 
+@pytest.mark.slow
 def test_bench_model_writes_documented_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "sub" / "model.json"
     rc = main([
@@ -148,6 +149,7 @@ def _plain(value: object) -> object:
     return value
 
 
+@pytest.mark.slow
 def test_bench_bag_writes_documented_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bag.json"
     keep = tmp_path / "bags"
@@ -170,6 +172,7 @@ def test_bench_bag_writes_documented_json(tmp_path: Path, capsys: pytest.Capture
     assert bag["written"] == 4 * 5  # labels, color, overlay, confidence, labels/camera_info per frame
 
 
+@pytest.mark.slow
 def test_bench_fleet_writes_documented_json(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -307,6 +310,7 @@ def test_the_peak_uses_the_measured_all_core_clock(monkeypatch: pytest.MonkeyPat
     assert cpu_info(INTEL_AVX512, clock_ghz=2.5, measure_clock=True).clock_ghz == 2.5  # the override wins
 
 
+@pytest.mark.slow
 def test_bench_model_runs_openvino_and_says_why_bf16_cannot(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -167,6 +167,7 @@ def test_config_resolves_names_paths_and_random() -> None:
     assert ModelConfig(labels="voc").resolved().weights is None
 
 
+@pytest.mark.slow
 def test_default_path_runs_the_bundled_model_without_a_random_weights_warning(tmp_path: Path) -> None:
     from skimage import data
 
@@ -182,6 +183,7 @@ def test_default_path_runs_the_bundled_model_without_a_random_weights_warning(tm
     assert explicit.returncode == 0 and explicit.stderr.count("seeded random weights") == 1
 
 
+@pytest.mark.slow
 def test_unknown_weights_name_is_one_line() -> None:
     proc = run_cli("segment", "--samples", "--weights", "camvdi")
     assert proc.returncode == 2
@@ -223,6 +225,7 @@ def test_bundled_model_segments_real_street_frames() -> None:
     assert confidence.mean() > 0.7, "a trained model is confident on most pixels"
 
 
+@pytest.mark.slow
 @needs_camvid
 def test_onnxruntime_and_torch_agree_on_the_bundled_model(tmp_path: Path) -> None:
     """The exported graph carries the weights' normalisation (x/127.5 - 1), not ImageNet's."""

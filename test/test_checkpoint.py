@@ -90,6 +90,7 @@ WRAPPERS: dict[str, Callable[[OrderedDict[str, Tensor]], Any]] = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("in_memory", [False, True], ids=["file", "memory"])
 @pytest.mark.parametrize("fmt", list(WRAPPERS))
 def test_wrapper_round_trip(

@@ -24,6 +24,7 @@ def one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> Non
         assert needle in lines[0], lines[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "needles"),
     [
@@ -37,12 +38,14 @@ def test_backend_options_are_checked_before_any_model_work(args: list[str], need
     one_line_error(run_cli("segment", "--samples", *args), *needles)
 
 
+@pytest.mark.slow
 def test_engine_dir_under_a_file_is_named(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
     one_line_error(run_cli("segment", "--samples", "--engine-dir", str(blocker / "cache")), "--engine-dir")
 
 
+@pytest.mark.slow
 def test_random_bytes_checkpoint_never_suggests_unsafe_loading(tmp_path: Path) -> None:
     junk = tmp_path / "junk.pt"
     junk.write_bytes(os.urandom(4096))
@@ -54,6 +57,7 @@ def test_random_bytes_checkpoint_never_suggests_unsafe_loading(tmp_path: Path) -
     assert "weights_only" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_export_out_that_is_a_folder(tmp_path: Path) -> None:
     proc = run_cli("export", "--network-size", "64", "64", "--out", str(tmp_path))
     one_line_error(proc, "--out", "folder")
@@ -61,6 +65,7 @@ def test_export_out_that_is_a_folder(tmp_path: Path) -> None:
 
 # Cheap checks come before slow work (issue #12): each fails in one line, before any model
 # export or engine build (the commands would take seconds to minutes to get there).
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "needles"),
     [

@@ -251,6 +251,7 @@ def test_differing_fields_names_nested_fields_and_shortens_hashes() -> None:
     assert differing_fields({"a": 1}, {"a": 1}) == []
 
 
+@pytest.mark.slow
 def test_onnx_graph_lookups_log_hit_or_the_differing_field(
     tmp_path: Path, small_model_cfg: object, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -175,6 +175,7 @@ def test_lw_keys_follow_reference(meta_models: dict[str, nn.Module]) -> None:
 # ---------------------------------------------------------------------------- forward shapes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", ODD_SIZES)
 @pytest.mark.parametrize("name", FORWARD_MODELS)
 def test_output_shape_any_size(small_models: dict[str, nn.Module], name: str, size: tuple[int, int]) -> None:
@@ -378,6 +379,7 @@ def test_predict_probs_restores_mode_and_validates(small_models: dict[str, nn.Mo
 
 
 # ---------------------------------------------------------------------------- BN folding
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [*FORWARD_MODELS, "cascaded"])
 def test_fold_batchnorm_folds_every_bn_and_keeps_the_output(name: str) -> None:
     """Every BatchNorm of every architecture is recognised, and the folded model computes

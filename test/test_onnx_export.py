@@ -47,6 +47,7 @@ def session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["static", "dynamic"])
 def test_graph_passes_full_checker_and_uses_only_tensorrt_ops(exported: dict[str, Path], kind: str) -> None:
     model = onnx.load(str(exported[kind]))
@@ -182,6 +183,7 @@ def test_bad_specs_fail_with_the_fix() -> None:
         ExportSpec(H, W, opset=21)
 
 
+@pytest.mark.slow
 def test_export_cli_writes_verified_graph(tmp_path: Path) -> None:
     from refinenet_ros.cli import main
 

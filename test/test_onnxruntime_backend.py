@@ -40,6 +40,7 @@ def ort_backend(small_model_cfg: ModelConfig, engine_dir: Path) -> OnnxRuntimeBa
     return backend
 
 
+@pytest.mark.slow
 def test_backend_reads_its_contract_from_the_graph(ort_backend: OnnxRuntimeBackend, engine_dir: Path) -> None:
     assert ort_backend.name == "onnxruntime" and ort_backend.device == "cpu"
     assert ort_backend.input_size == (H, W)
@@ -71,6 +72,7 @@ def test_segmenter_labels_agree_with_torch(
         assert np.abs(a.confidence - b.confidence).max() < 1e-3
 
 
+@pytest.mark.slow
 def test_any_size_graph_when_no_network_size(small_model_cfg: ModelConfig, engine_dir: Path) -> None:
     backend = create_backend(small_model_cfg, BackendOptions(kind="onnxruntime", engine_dir=str(engine_dir)))
     assert backend.input_size is None
@@ -79,6 +81,7 @@ def test_any_size_graph_when_no_network_size(small_model_cfg: ModelConfig, engin
         assert labels.shape == shape[:3]
 
 
+@pytest.mark.slow
 def test_static_batch_graph_pads_short_batches(small_model_cfg: ModelConfig, tmp_path: Path) -> None:
     from refinenet_ros.backends.onnx_export import ExportSpec, export_onnx
 
@@ -135,6 +138,7 @@ def test_missing_onnx_file_is_a_clear_error(small_model_cfg: ModelConfig, engine
         )
 
 
+@pytest.mark.slow
 def test_int8_quantised_graph_runs_and_is_cached(small_model_cfg: ModelConfig, tmp_path: Path) -> None:
     import onnx
 
@@ -164,6 +168,7 @@ def test_int8_quantised_graph_runs_and_is_cached(small_model_cfg: ModelConfig, t
         )
 
 
+@pytest.mark.slow
 def test_segment_cli_with_onnxruntime_matches_torch(
     tmp_path: Path, images: list[npt.NDArray[np.uint8]], small_model_cfg: ModelConfig
 ) -> None:

@@ -48,6 +48,7 @@ def _labels(backend: object, frames: npt.NDArray[np.uint8]) -> npt.NDArray[np.in
     return np.concatenate([backend.infer(f[None])[0] for f in frames])  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 def test_openvino_agrees_with_onnxruntime_on_real_frames(
     trained_cfg: ModelConfig, frames: npt.NDArray[np.uint8], tmp_path: Path
 ) -> None:
@@ -61,6 +62,7 @@ def test_openvino_agrees_with_onnxruntime_on_real_frames(
     assert agreement >= 0.999, f"OpenVINO fp32 vs ONNX Runtime fp32: {agreement:.4%}"
 
 
+@pytest.mark.slow
 def test_compiled_model_is_cached_beside_the_graph_and_reused(
     trained_cfg: ModelConfig, frames: npt.NDArray[np.uint8], tmp_path: Path
 ) -> None:
@@ -78,6 +80,7 @@ def test_compiled_model_is_cached_beside_the_graph_and_reused(
     assert "compiled and cached" in healed.cache_state  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 def test_a_compiled_model_miss_names_the_key_field_that_differed(
     trained_cfg: ModelConfig, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -97,6 +100,7 @@ def test_a_compiled_model_miss_names_the_key_field_that_differed(
     )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(cpu_has_native_bf16(), reason="this CPU has AVX512-BF16/AMX: bf16 runs here")
 def test_bf16_is_refused_with_the_reason_without_the_units(trained_cfg: ModelConfig, tmp_path: Path) -> None:
     with pytest.raises(BackendError, match=r"bf16 needs AVX-512-BF16 or AMX-BF16.*--precision fp32"):
@@ -114,6 +118,7 @@ def test_bf16_runs_and_mostly_agrees_where_the_cpu_has_it(
     assert float(np.mean(_labels(bf16, frames) == _labels(fp32, frames))) >= 0.95
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not {"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags(),
     reason="no VNNI/AMX-INT8 on this CPU: int8 would be emulated, not worth a test",
@@ -141,6 +146,7 @@ def test_int8_runs_the_calibrated_qdq_graph(
     # keeps such a graph from being chosen.
 
 
+@pytest.mark.slow
 def test_int8_refuses_an_unquantised_graph_and_cuda(trained_cfg: ModelConfig, tmp_path: Path) -> None:
     from refinenet_ros.backends.openvino_backend import OpenVinoBackend
 
@@ -187,6 +193,7 @@ class _Counting:
 CHEAP = (Candidate("onnxruntime", "fp32"), Candidate("openvino", "fp32"))
 
 
+@pytest.mark.slow
 def test_auto_caches_its_decision_and_reuses_it_without_measuring(
     trained_cfg: ModelConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -212,6 +219,7 @@ def test_auto_caches_its_decision_and_reuses_it_without_measuring(
     assert again.name == backend.name
 
 
+@pytest.mark.slow
 def test_auto_measures_again_when_the_runtime_or_the_graph_changes(
     trained_cfg: ModelConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -236,6 +244,7 @@ def test_auto_measures_again_when_the_runtime_or_the_graph_changes(
     assert not changed.cached
 
 
+@pytest.mark.slow
 def test_auto_builds_only_what_could_be_chosen(trained_cfg: ModelConfig, tmp_path: Path) -> None:
     """issue 13: the first measurement took 24-38 s against a 10 s goal, most of it calibrating
     INT8 candidates that an fp32 configure can never choose."""
@@ -249,6 +258,7 @@ def test_auto_builds_only_what_could_be_chosen(trained_cfg: ModelConfig, tmp_pat
     assert auto_select.choosable(everything, "int8") == (CHEAP[0], *everything[2:])
 
 
+@pytest.mark.slow
 def test_a_path_below_the_agreement_bar_is_never_chosen(trained_cfg: ModelConfig, tmp_path: Path) -> None:
     options = _options(tmp_path, kind="auto")
     graph = onnx_for(trained_cfg, options)
@@ -265,6 +275,7 @@ def test_a_path_below_the_agreement_bar_is_never_chosen(trained_cfg: ModelConfig
     assert (decision.kind, backend.name) == ("onnxruntime", "onnxruntime")
 
 
+@pytest.mark.slow
 def test_a_path_losing_more_than_one_miou_point_is_never_chosen(
     trained_cfg: ModelConfig, tmp_path: Path
 ) -> None:
@@ -280,6 +291,7 @@ def test_a_path_losing_more_than_one_miou_point_is_never_chosen(
     assert decision.kind == "onnxruntime"
 
 
+@pytest.mark.slow
 def test_create_backend_auto_measures_on_a_cpu_and_logs_the_table(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

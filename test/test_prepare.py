@@ -22,7 +22,6 @@ from refinenet_ros.backends.prepare import BuildCancelled
 from refinenet_ros.config import ModelConfig
 from refinenet_ros.segmenter import build_segmenter
 
-pytestmark = pytest.mark.slow
 MODEL = ModelConfig(model="lw_refinenet_mobilenetv2", labels="camvid", weights="random")
 SPAWNED = "building in a child process"
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 from PIL import Image
 
 from refinenet_ros.io import read_label_png
@@ -21,6 +22,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=240, env=dict(os.environ))
 
 
+@pytest.mark.slow
 def test_segment_writes_labels_color_overlay_confidence_per_image(tmp_path):
     images = tmp_path / "in"
     images.mkdir()
@@ -47,6 +49,7 @@ def test_segment_writes_labels_color_overlay_confidence_per_image(tmp_path):
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "temp files left behind"
 
 
+@pytest.mark.slow
 def test_segment_bundled_samples_at_a_network_size(tmp_path):
     proc = run_cli("segment", "--samples", "--out", str(tmp_path), "--network-size", "64", "64", *SMALL)
     assert proc.returncode == 0, proc.stderr
@@ -55,6 +58,7 @@ def test_segment_bundled_samples_at_a_network_size(tmp_path):
     assert len(list(tmp_path.glob("*_labels.png"))) == 4
 
 
+@pytest.mark.slow
 def test_segment_user_errors_exit_2_with_one_clear_line(tmp_path):
     missing = run_cli("segment", str(tmp_path / "nope.png"), "--out", str(tmp_path))
     assert missing.returncode == 2 and "no such file" in missing.stderr
@@ -73,6 +77,7 @@ def test_segment_user_errors_exit_2_with_one_clear_line(tmp_path):
     assert proc.returncode == 2 and "holds no images" in proc.stderr
 
 
+@pytest.mark.slow
 def test_segment_with_weights_loads_them_and_drops_the_random_warning(tmp_path):
     from refinenet_ros.models import IMAGENET_MEAN, IMAGENET_STD, build_model, save_checkpoint
 
@@ -93,6 +98,7 @@ def test_segment_with_weights_loads_them_and_drops_the_random_warning(tmp_path):
     assert read_label_png(Path(tmp_path / "o" / "p_labels.png")).max() < 7
 
 
+@pytest.mark.slow
 def test_random_weights_are_announced_even_when_the_onnx_graph_is_cached(tmp_path):
     """A cached graph skips building the model; the user must still be told, once."""
     img = tmp_path / "p.png"
@@ -106,6 +112,7 @@ def test_random_weights_are_announced_even_when_the_onnx_graph_is_cached(tmp_pat
     assert list((tmp_path / "engines" / "onnx").glob("*.onnx")), "second run should reuse the cache"
 
 
+@pytest.mark.slow
 def test_same_named_inputs_and_bad_out_are_one_line_errors(tmp_path):
     """issue 10 (7, 4): `d1/x.png d2/x.png` silently wrote one result; `--out` a file or under a
     file reached users as a traceback."""

@@ -114,6 +114,7 @@ def test_build_engine_cli_validates_against_onnxruntime(tmp_path: Path) -> None:
     assert list(tmp_path.glob("*.engine"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(REASON is None, reason="TensorRT is available here: the no-GPU message does not apply")
 def test_without_tensorrt_build_engine_fails_with_one_clear_line(tmp_path: Path) -> None:
     exe = str(Path(sys.executable).with_name("refinenet-ros"))
