@@ -207,6 +207,9 @@ def test_bombs_are_malformed_and_diagnostics_reflect_a_recent_window(
         while not any("no input" in m and "/diag/image/compressed" in m for _, _, m in levels):
             assert time.monotonic() < deadline, levels
             time.sleep(0.2)
+        # ... and the log says it too (issue 12, 6), naming the resolved topic
+        assert node.wait_log("no image for", 5), node.log()[-2000:]
+        assert "s on /diag/image/compressed: is the camera publishing there?" in node.log()
         # a bomb: refused from its header, counted malformed, logged with the real topic
         send(png_bomb(16000, 16000))
         _wait_diag(ros_client, "diag", lambda v: v["malformed"] == "1")

@@ -398,7 +398,8 @@ def select_backend(
             return backend, decision
     elif cached is not None:
         changed = sorted(k for k in key if cached.get("key", {}).get(k) != key[k])
-        log.info("auto: %s is for another %s; measuring again", path.name, ", ".join(changed) or "format")
+        what = ", ".join(changed) or "format"
+        log.info("auto: %s no longer matches (%s changed); measuring again", path.name, what)
     require_build(f"auto: measuring the CPU candidates on {graph.name}")
     size = options.input_size or DYNAMIC_MEASURE_SIZE
     frames = agreement_frames(size)

@@ -42,6 +42,13 @@ def _fmt(v: float) -> str:
     return "nan" if v != v else f"{v:.2f}"
 
 
+def input_silence(stats: NodeStats, active_since: float, window_s: float, now: float) -> float | None:
+    """Seconds without a frame when that exceeds ``window_s`` (counted from activation when
+    none ever came), else None: the one rule for the diagnostics WARN and the node's log."""
+    waited = now - max(stats.last_input_t, active_since)
+    return waited if waited > window_s else None
+
+
 def diagnostic_array(
     stamp: object,
     name: str,
@@ -65,7 +72,6 @@ def diagnostic_array(
     """
     now = time.monotonic() if now is None else now
     inputs = inputs or []
-    last_input = max(stats.last_input_t, active_since)
     values: list[tuple[str, str]] = [
         ("state", state),
         ("rate_in_hz", _fmt(stats.rate_in.rate())),
@@ -102,8 +108,7 @@ def diagnostic_array(
         status.level, status.message = DiagnosticStatus.ERROR, f"inference errors: {stats.last_problem}"
     elif recent(stats.last_malformed_t):
         status.level, status.message = DiagnosticStatus.WARN, f"malformed frames: {stats.last_problem}"
-    elif now - last_input > window_s:
-        waited = now - last_input
+    elif (waited := input_silence(stats, active_since, window_s, now)) is not None:
         status.level = DiagnosticStatus.WARN
         status.message = f"no input for {waited:.0f} s on {', '.join(inputs) or 'the image topic'}"
     else:

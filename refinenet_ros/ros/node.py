@@ -38,7 +38,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from refinenet_ros.backends.prepare import BuildCancelled
 from refinenet_ros.camera_info import scale_camera_info
-from refinenet_ros.ros.diagnostics import NodeStats, diagnostic_array
+from refinenet_ros.ros.diagnostics import NodeStats, diagnostic_array, input_silence
 from refinenet_ros.ros.encodings import MalformedImage
 from refinenet_ros.ros.messages import OutgoingImage, image_to_rgb
 from refinenet_ros.ros.params import (
@@ -518,6 +518,16 @@ class SegmentationNode(LifecycleNode):
             active_since=self._active_since,
         )
         self._diag_pub.publish(msg)
+        if self._state == "active":
+            silence = input_silence(
+                self.stats, self._active_since, self.cfg.diagnostics_window_s, time.monotonic()
+            )
+            if silence is not None:
+                self.get_logger().warning(
+                    f"no image for {silence:.0f} s on {', '.join(self._inputs)}: is the camera publishing "
+                    "there? (check the topic name or remapping, -p input_transport, and the QoS)",
+                    throttle_duration_sec=30.0,
+                )
 
 
 def _warn_about_transport(node: SegmentationNode) -> None:
