@@ -84,3 +84,32 @@ def test_export_out_that_is_a_folder(tmp_path: Path) -> None:
 )
 def test_cheap_checks_fail_first_naming_the_flag(args: list[str], needles: list[str]) -> None:
     one_line_error(run_cli(*args), *needles)
+
+
+def _without_root_file_access() -> None:
+    """preexec_fn: drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the bounding set, so a
+    root test run is refused a mode-000 file like any user (the exec'd CLI keeps its uid)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        libc.prctl(24, cap, 0, 0, 0)  # PR_CAPBSET_DROP
+
+
+@pytest.mark.slow
+def test_an_unreadable_image_says_permission_denied(tmp_path: Path) -> None:
+    """issue 10 (8): permission denied read as "not an image OpenCV can read"."""
+    image = tmp_path / "locked.png"
+    image.write_bytes((Path(__file__).parent.parent / "docs" / "demo.png").read_bytes())
+    image.chmod(0)
+    args = ["segment", str(image), "--out", str(tmp_path / "out"), "--weights", "random",
+            "--backend", "torch", "--network-size", "64", "64"]  # fmt: skip
+    proc = subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=240, env=dict(os.environ),
+        preexec_fn=_without_root_file_access if os.geteuid() == 0 else None,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    expected = f"refinenet-ros segment: error: {image}: cannot be read (Permission denied)"
+    assert errors == [expected], proc.stderr
+    assert "Traceback" not in proc.stderr and "OpenCV" not in proc.stderr
