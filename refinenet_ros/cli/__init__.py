@@ -237,6 +237,20 @@ def network_side(text: str) -> int:
     return side
 
 
+def network_size_from_args(args: argparse.Namespace) -> tuple[int, int] | None:
+    """The (H, W) asked for, or None; a lone old ``--height`` or ``--width``, or a side out of
+    range (the old spellings are checked here, ``--network-size`` while parsing), is a user error."""
+    size = args.network_size
+    if size is None:
+        return None
+    if None in size:
+        raise CliError("--height and --width go together; better: --network-size H W")
+    try:
+        return network_side(str(size[0])), network_side(str(size[1]))
+    except argparse.ArgumentTypeError as exc:
+        raise CliError(f"--network-size {size[0]} {size[1]}: {exc}") from None
+
+
 def width_x_height(text: str) -> tuple[int, int]:
     """``640x480`` (the old ``--resolution WxH``) as the ``(H, W)`` every size option now takes."""
     match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
@@ -479,11 +493,7 @@ def backend_options_from_args(args: argparse.Namespace) -> BackendOptions:
     from refinenet_ros.backends.base import BackendOptions
     from refinenet_ros.backends.engine_cache import default_cache_dir
 
-    size = tuple(args.network_size) if args.network_size else None
-    if size is not None and not (min(size) >= 32 and max(size) <= MAX_NETWORK_SIDE):
-        raise CliError(
-            f"--network-size {size[0]} {size[1]}: each side must be within 32..{MAX_NETWORK_SIDE} pixels"
-        )
+    size = network_size_from_args(args)
     if getattr(args, "batch", 1) < 1:
         raise CliError(f"--batch {args.batch}: must be >= 1")
     if args.threads < 0:

@@ -23,8 +23,9 @@ from refinenet_ros.cli import (
     add_model_arguments,
     calibration_from_args,
     model_config_from_args,
+    network_size_from_args,
 )
-from refinenet_ros.cli.export import add_size_arguments, network_size_from_args
+from refinenet_ros.cli.export import add_size_arguments
 
 if TYPE_CHECKING:
     from refinenet_ros.backends.base import Backend, BackendOptions

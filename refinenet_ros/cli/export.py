@@ -17,7 +17,7 @@ from refinenet_ros.cli import (
     add_network_size_argument,
     deprecated_alias,
     model_config_from_args,
-    network_side,
+    network_size_from_args,
 )
 
 
@@ -26,20 +26,6 @@ def add_size_arguments(group: argparse._ActionsContainer) -> None:
     add_network_size_argument(group)
     deprecated_alias(group, "--height", "--network-size", convert=int, component=0, metavar="H")
     deprecated_alias(group, "--width", "--network-size", convert=int, component=1, metavar="W")
-
-
-def network_size_from_args(args: argparse.Namespace) -> tuple[int, int] | None:
-    """The (H, W) asked for, or None; a lone old ``--height`` or ``--width``, or a side out of
-    range (the old spellings are checked here, ``--network-size`` while parsing), is a user error."""
-    size = args.network_size
-    if size is None:
-        return None
-    if None in size:
-        raise CliError("--height and --width go together; better: --network-size H W")
-    try:
-        return network_side(str(size[0])), network_side(str(size[1]))
-    except argparse.ArgumentTypeError as exc:
-        raise CliError(f"--network-size {size[0]} {size[1]}: {exc}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
