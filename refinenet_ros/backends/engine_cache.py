@@ -66,8 +66,6 @@ def default_cache_dir() -> str:
     return os.path.join(ros_home, "refinenet_ros")
 
 
-DEFAULT_ENGINE_DIR = default_cache_dir()
-
 T = TypeVar("T")
 
 ShapeTriple = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
