@@ -422,7 +422,6 @@ def model_config_from_args(
     """
     from refinenet_ros.config import RANDOM_WEIGHTS, ConfigError, ModelConfig
     from refinenet_ros.labels import get_label_set
-    from refinenet_ros.models import MODEL_NAMES
     from refinenet_ros.weights import WEIGHTS, WeightsError
 
     if args.model is not None and args.model not in MODEL_NAMES:
