@@ -43,7 +43,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(exclude=["test", "test.*"]),
     # The bundled trained weights (fp16, < 10 MB) install with the code: pip and colcon alike.
-    package_data={"refinenet_ros.weights": ["*.pt"]},
+    package_data={"refinenet_ros.weights": ["*.pt"], "refinenet_ros": ["label_maps/*.yaml"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

@@ -1,4 +1,7 @@
-"""Class sets and palettes: CamVid (the bundled default) and the seven RefineNet datasets.
+"""Class sets, palettes and mappings between them.
+
+CamVid (the bundled street default), ``indoor`` (the bundled indoor model's 14 robot-relevant
+classes) and the seven RefineNet datasets.
 
 Each :class:`LabelSet` holds class names in network output order and an RGB palette with
 one distinct colour per class. Cityscapes keeps its official palette (users recognise it in
@@ -10,6 +13,7 @@ drawn black (black stays free for the ignore index).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -155,6 +159,26 @@ CAMVID_PALETTE = np.array(
     dtype=np.uint8,
 )  # fmt: skip
 
+INDOOR_CLASSES = (
+    "wall", "floor", "ceiling", "door", "window", "stairs", "person", "chair", "table", "sofa",
+    "bed", "cabinet", "screen", "other",
+)  # fmt: skip
+"""The indoor robot set: the structure a robot moves in (wall, floor, ceiling, door, window,
+stairs), people, the furniture it meets, and ``other`` for every remaining thing.
+``cabinet`` is storage furniture (shelves, wardrobes, dressers, counters, fridges);
+``screen`` is a TV, monitor or computer."""
+#: Floor (walkable), stairs (a fall hazard) and person (never drive into) are the three
+#: classes a robot acts on: an earthy brown, a saturated yellow and a saturated red, far
+#: apart in hue and lightness; the rest are muted so those three stand out in an overlay.
+INDOOR_PALETTE = np.array(
+    [
+        (174, 168, 150), (140, 90, 40), (225, 225, 235), (40, 110, 180), (120, 200, 240),
+        (255, 220, 0), (230, 20, 40), (40, 160, 80), (150, 80, 190), (220, 120, 170),
+        (110, 70, 150), (100, 130, 60), (0, 200, 190), (80, 80, 80),
+    ],
+    dtype=np.uint8,
+)  # fmt: skip
+
 PERSON_PART_CLASSES = (
     "background", "head", "torso", "upper arms", "lower arms", "upper legs", "lower legs",
 )  # fmt: skip
@@ -163,6 +187,7 @@ PERSON_PART_CLASSES = (
 def _make_sets() -> dict[str, LabelSet]:
     sets = [
         LabelSet("camvid", "CamVid (11 classes, SegNet release)", CAMVID_CLASSES, CAMVID_PALETTE),
+        LabelSet("indoor", "indoor robot scenes (14 classes)", INDOOR_CLASSES, INDOOR_PALETTE),
         LabelSet("cityscapes", "Cityscapes (19 train ids)", CITYSCAPES_CLASSES, CITYSCAPES_PALETTE),
         LabelSet("voc", "PASCAL VOC 2012", VOC_CLASSES, _voc_palette(21, skip_black=False)),
         LabelSet("nyud40", "NYUDv2 (40 classes)", NYUD40_CLASSES, _voc_palette(40, skip_black=True)),
@@ -235,3 +260,128 @@ def _channel_luts(ls: LabelSet) -> tuple[npt.NDArray[np.uint8], ...]:
         luts = tuple(np.ascontiguousarray(table[:, c]) for c in range(3))
         _CHANNEL_LUTS[key] = luts
     return luts
+
+
+# --- mappings between label sets ----------------------------------------------------------
+
+BUNDLED_MAPPINGS: tuple[str, ...] = ("ade20k_to_indoor", "nyud40_to_indoor")
+"""Mapping tables shipped as YAML beside this module (``label_maps/NAME.yaml``)."""
+
+
+class MappingError(ValueError):
+    """A mapping file or name that cannot be used: said in one line, naming the fix."""
+
+
+@dataclass(frozen=True)
+class LabelMapping:
+    """How one set's classes become another's: a many-to-one table over class ids.
+
+    ``table[i]`` is the target id of source class ``i`` (or :data:`IGNORE_INDEX`). Hard
+    labels go through :meth:`lut`, probabilities through :meth:`matrix` (a target class's
+    probability is the sum of its members'), which is how a teacher with other classes
+    labels data for a target set.
+    """
+
+    name: str
+    source: tuple[str, ...]
+    target: LabelSet
+    table: tuple[int, ...]
+
+    def matrix(self) -> npt.NDArray[np.float32]:
+        """``[S, T]`` 0/1 membership; source classes mapped to ignore have an all-zero row."""
+        m = np.zeros((len(self.source), self.target.num_classes), dtype=np.float32)
+        for s, t in enumerate(self.table):
+            if t != IGNORE_INDEX:
+                m[s, t] = 1.0
+        return m
+
+    def lut(self, offset: int = 0) -> npt.NDArray[np.uint16]:
+        """Raw label value -> target id for label files storing ``source id + offset``.
+
+        Values below ``offset`` (``0 = unlabelled`` exports) and past the source classes
+        become ignore, as does the ignore value itself.
+        """
+        lut = np.full(65536, IGNORE_INDEX, dtype=np.uint16)
+        lut[offset : offset + len(self.table)] = self.table
+        return lut
+
+    def with_leading_other(self) -> LabelMapping:
+        """The mapping for a model whose output 0 is an extra "other/unlabelled" class in front
+        of the source classes (TensorFlow's ADE20K DeepLab: 151 outputs for 150 classes); that
+        output goes where unlisted classes go."""
+        default = self.target.classes.index("other") if "other" in self.target.classes else IGNORE_INDEX
+        return LabelMapping(self.name, ("other", *self.source), self.target, (default, *self.table))
+
+
+def load_mapping(spec: str | Path) -> LabelMapping:
+    """A bundled mapping by name (:data:`BUNDLED_MAPPINGS`) or a YAML file.
+
+    The file names its ``source`` and ``target`` label sets (or lists ``source_classes``
+    itself, for a teacher whose classes are no bundled set), a ``map`` of
+    ``source name: target name`` (``ignore`` for unlabelled), and a ``default`` target for
+    every source class the map does not list (``ignore`` when omitted).
+    """
+    import yaml
+
+    text = str(spec)
+    path = Path(text)
+    if text in BUNDLED_MAPPINGS:
+        path = Path(__file__).with_name("label_maps") / f"{text}.yaml"
+    elif not path.is_file():
+        hint = "a YAML file or one of: " + ", ".join(BUNDLED_MAPPINGS)
+        raise MappingError(f"label mapping {text!r}: no such file or bundled mapping; give {hint}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise MappingError(f"label mapping {path}: cannot be read ({' '.join(str(exc).split())})") from None
+    return mapping_from_dict(data, name=path.stem, where=str(path))
+
+
+def mapping_from_dict(data: object, *, name: str, where: str) -> LabelMapping:
+    """Check and resolve a parsed mapping document (see :func:`load_mapping`)."""
+    if not isinstance(data, dict):
+        raise MappingError(
+            f"label mapping {where}: expected keys source, target, map (got {type(data).__name__})"
+        )
+    target = LABEL_SETS.get(str(data.get("target")))
+    if target is None:
+        raise MappingError(
+            f"label mapping {where}: target {data.get('target')!r} is no label set; "
+            f"one of {', '.join(LABEL_SET_NAMES)}"
+        )
+    listed = data.get("source_classes")
+    if listed is not None:
+        if not isinstance(listed, list) or not listed or not all(isinstance(c, str) for c in listed):
+            raise MappingError(f"label mapping {where}: source_classes must be a list of class names")
+        source = tuple(listed)
+    elif str(data.get("source")) in LABEL_SETS:
+        source = LABEL_SETS[str(data["source"])].classes
+    else:
+        raise MappingError(
+            f"label mapping {where}: source {data.get('source')!r} is no label set; "
+            f"name one of {', '.join(LABEL_SET_NAMES)} or list source_classes"
+        )
+
+    def target_id(value: object, key: str) -> int:
+        if value == "ignore":
+            return IGNORE_INDEX
+        if value not in target.classes:
+            raise MappingError(
+                f"label mapping {where}: {key} -> {value!r} is no {target.name} class; one of "
+                f"{', '.join(target.classes)} or ignore"
+            )
+        return target.classes.index(str(value))
+
+    default = target_id(data.get("default", "ignore"), "default")
+    table = [default] * len(source)
+    entries = data.get("map") or {}
+    if not isinstance(entries, dict):
+        raise MappingError(f"label mapping {where}: map must be 'source name: target name' pairs")
+    for key, value in entries.items():
+        if key not in source:
+            raise MappingError(
+                f"label mapping {where}: {key!r} is no source class "
+                f"(names as in the source set, e.g. {source[0]!r})"
+            )
+        table[source.index(key)] = target_id(value, repr(key))
+    return LabelMapping(name, source, target, tuple(table))

@@ -52,6 +52,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("refinenet_ros.cli.demo", "node end to end: play samples, record outputs, report latency"),
     "weights": ("refinenet_ros.cli.weights", "list the bundled trained weights (name, model, labels, mIoU)"),
     "fleet": ("refinenet_ros.cli.fleet", "segment many bags exactly once on Ray, resumable"),
+    "label": ("refinenet_ros.cli.label", "a teacher model labels images or a bag topic for training (resumable)"),
 }
 
 MAX_NETWORK_SIDE = 8192
