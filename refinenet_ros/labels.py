@@ -172,7 +172,7 @@ stairs), people, the furniture it meets, and ``other`` for every remaining thing
 #: apart in hue and lightness; the rest are muted so those three stand out in an overlay.
 INDOOR_PALETTE = np.array(
     [
-        (174, 168, 150), (140, 90, 40), (225, 225, 235), (40, 110, 180), (120, 200, 240),
+        (174, 168, 150), (120, 90, 50), (225, 225, 235), (40, 110, 180), (120, 200, 240),
         (255, 220, 0), (230, 20, 40), (40, 160, 80), (150, 80, 190), (220, 120, 170),
         (110, 70, 150), (100, 130, 60), (0, 200, 190), (80, 80, 80),
     ],
