@@ -245,3 +245,30 @@ def test_the_ade20k_teacher_labels_a_real_room(tmp_path: Path, capsys) -> None:
     labels = read_label_png(out / first.with_suffix(".png").name)
     present = {INDOOR.classes[v] for v in np.unique(labels) if v != IGNORE_INDEX}
     assert {"wall", "floor"} <= present and len(present) >= 4
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_adapt_to_your_robot_bag_label_train_evaluate_run(tmp_path: Path, capsys) -> None:
+    """The README's "Adapt to your robot" loop on tiny data: a recorded bag is labelled by our
+    own model as teacher (flip + scales), a student is fine-tuned from it, evaluated, and run."""
+    from refinenet_ros.bag import write_sample_bag
+
+    bag = write_sample_bag(tmp_path / "robot_bag", frames=6, size=(96, 128))
+    data, run = tmp_path / "data", tmp_path / "run"
+    steps = [
+        ["label", str(bag), "--image-topic", "/camera/image_raw", "--teacher", "camvid", "--flip",
+         "--scales", "0.75", "1.0", "--min-confidence", "0.3", "--out", str(data)],
+        ["train", "--root", str(data), "--split", "", "--val-split", "none", "--weights", "camvid",
+         "--steps", "3", "--batch-size", "2", "--crop", "64", "64", "--out", str(run)],
+        ["evaluate", "--root", str(data), "--split", "", "--weights", str(run / "last.pt"),
+         "--backend", "torch", "--report", str(tmp_path / "report.json")],
+        ["segment", str(data / "images"), "--weights", str(run / "last.pt"), "--backend", "torch",
+         "--out", str(tmp_path / "seg")],
+    ]  # fmt: skip
+    for argv in steps:
+        quiet = ["--no-progress"] if argv[0] != "segment" else []
+        assert main([*argv, *quiet]) == 0, (argv[0], capsys.readouterr().err)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["images"] == 6 and report["labels"] == "camvid"
+    assert len(list((tmp_path / "seg").glob("*_labels.png"))) == 6
