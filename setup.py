@@ -75,6 +75,8 @@ setup(
         "openvino": ["openvino==2026.4.1"],
         # `refinenet-ros fleet`: many bags on a Ray cluster (or an embedded local Ray).
         "fleet": ["ray==2.60.0"],
+        # `refinenet-ros label --teacher model.tflite`: Google's LiteRT interpreter.
+        "teacher": ["ai-edge-litert==2.3.0"],
     },
     zip_safe=False,  # the bundled weights are opened as files
     entry_points={

@@ -73,6 +73,9 @@ class ModelConfig:
     weights_name: str | None = None
     #: False: no bundled default when ``weights`` is None (train: random or backbone init)
     default_weights: bool = True
+    #: False: no weights that fit (and no explicit ``random``) is an error, not a random model
+    #: (the node: a robot never publishes meaningless labels by accident)
+    allow_random: bool = True
     is_resolved: bool = False
 
     def resolved(self) -> ModelConfig:
@@ -119,6 +122,12 @@ def _resolve(cfg: ModelConfig) -> ModelConfig:
     elif weights is not None and weights in WEIGHTS and not Path(weights).is_file():
         bundled = get_weights(weights)
         weights, name = str(bundled.path), bundled.name
+    if weights is None and cfg.weights != RANDOM_WEIGHTS and not cfg.allow_random:
+        asked = ", ".join(f"{k} {v}" for k, v in (("model", cfg.model), ("labels", cfg.labels)) if v)
+        raise ConfigError(
+            f"no trained weights fit {asked or 'the asked model'}: give weights (bundled: {', '.join(WEIGHTS)}, "
+            f"or a checkpoint file), or weights 'random' for seeded random weights (meaningless labels)"
+        )
     model, labels, cascaded = cfg.model, cfg.labels, cfg.cascaded
     mean, std, size = cfg.mean, cfg.std, cfg.network_size
     if weights is not None:

@@ -338,8 +338,9 @@ class SegmentationNode(LifecycleNode):
         from refinenet_ros.segmenter import build_segmenter
 
         model_cfg = ModelConfig(
-            model=cfg.model or None, labels=cfg.labels or None, weights=cfg.weights or None, seed=cfg.seed
-        )
+            model=cfg.model or None, labels=cfg.labels or None, weights=cfg.weights or None, seed=cfg.seed,
+            allow_random=False,
+        )  # fmt: skip
         options = BackendOptions(
             kind=cfg.backend,
             device=cfg.device,

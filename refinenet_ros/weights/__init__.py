@@ -120,8 +120,10 @@ def get_weights(name: str) -> Weights:
 
 
 def weights_for(model: str | None, labels: str | None) -> Weights | None:
-    """The default bundled weights when they fit the asked model/labels (None = any), else None."""
-    w = WEIGHTS[DEFAULT_WEIGHTS]
-    if (model is None or model == w.model) and (labels is None or labels == w.labels):
-        return w
+    """The bundled weights that fit the asked model/labels (None = any), the default first;
+    None when no bundled weights fit (``--labels indoor`` finds ``indoor``, ``voc`` nothing)."""
+    ordered = [WEIGHTS[DEFAULT_WEIGHTS], *(w for n, w in WEIGHTS.items() if n != DEFAULT_WEIGHTS)]
+    for w in ordered:
+        if (model is None or model == w.model) and (labels is None or labels == w.labels):
+            return w
     return None
