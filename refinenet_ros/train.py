@@ -268,6 +268,11 @@ def train(
     start = 0
     if resume is not None:
         start = result.start_step = _resume(Path(resume), model, optimizer, result)
+        if start >= config.steps:
+            raise TrainError(
+                f"--resume {resume} is already at step {start}; --steps is the total to reach, "
+                f"give more than {start} to train further"
+            )
         log.info("resumed from %s at step %d", resume, start)
     out = Path(out_dir) if out_dir is not None else None
     normalise = Normalise(config.mean, config.std).to(device)
@@ -331,10 +336,13 @@ def train(
         if done == config.steps or (config.val_every > 0 and done % config.val_every == 0):
             validate(done)
         if out is not None and (done % max(1, config.checkpoint_every) == 0 or done == config.steps):
-            result.last_checkpoint = _save(
-                out / "last.pt", model, model_name, label_set, config, done, result
-            )
-            _save_optimizer(out / "last.optim.pt", optimizer, done)
+            from refinenet_ros.io import signals_deferred
+
+            with signals_deferred():  # weights and momentum of one step, or neither
+                result.last_checkpoint = _save(
+                    out / "last.pt", model, model_name, label_set, config, done, result
+                )
+                _save_optimizer(out / "last.optim.pt", optimizer, done)
     bar.close()
     result.seconds = time.perf_counter() - t0
     model.eval()
@@ -363,39 +371,82 @@ def _save_optimizer(path: Path, optimizer: torch.optim.Optimizer, step: int) -> 
     """Momentum buffers live beside the weights (tensors are not checkpoint metadata)."""
     import torch
 
-    from refinenet_ros.io import atomic_write
+    from refinenet_ros.io import atomic_write, signals_deferred
 
-    with atomic_write(path) as f:
+    with signals_deferred(), atomic_write(path) as f:
         torch.save({"step": step, "optimizer": optimizer.state_dict()}, f)
 
 
 def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, result: TrainResult) -> int:
-    import torch
+    """Weights, step and history from ``path``, momentum from the ``.optim.pt`` beside it;
+    anything that train did not write is refused in one line (:class:`TrainError`)."""
+    from refinenet_ros.models import CheckpointError, load_checkpoint, read_checkpoint_metadata
 
-    from refinenet_ros.models import load_checkpoint, read_checkpoint_metadata
-
-    meta = read_checkpoint_metadata(path)
-    if not meta or "step" not in (meta.get("extra") or {}):
-        raise TrainError(
-            f"--resume {path}: not a checkpoint written by refinenet-ros train (no step recorded)"
-        )
-    extra = meta["extra"]
-    load_checkpoint(model, path)
-    step = int(extra["step"])
-    result.history = [
-        (int(s), float("nan") if m is None else float(m)) for s, m in extra.get("val_history", [])
-    ]
-    if extra.get("best_miou") is not None:
-        result.best_miou, result.best_step = float(extra["best_miou"]), int(extra.get("best_step", 0))
+    not_ours = f"--resume {path}: not a checkpoint written by refinenet-ros train"
+    try:
+        meta = read_checkpoint_metadata(path)
+    except CheckpointError as exc:
+        raise TrainError(f"{not_ours} ({exc})") from None
+    extra = (meta or {}).get("extra")
+    if not isinstance(extra, dict) or "step" not in extra:
+        raise TrainError(f"{not_ours} (no step recorded)")
+    try:
+        step = int(extra["step"])
+        if step < 0 or step != extra["step"]:
+            raise ValueError(step)
+        history = [
+            (int(s), float("nan") if m is None else float(m)) for s, m in extra.get("val_history") or []
+        ]
+        best = extra.get("best_miou")
+        best_pair = (float(best), int(extra.get("best_step", 0))) if best is not None else None
+    except (TypeError, ValueError):
+        raise TrainError(f"{not_ours} (its step or validation history is not numbers)") from None
+    try:
+        load_checkpoint(model, path)
+    except CheckpointError as exc:
+        raise TrainError(f"--resume: {exc}") from None
+    result.history = history
+    if best_pair is not None:
+        result.best_miou, result.best_step = best_pair
     optim_path = path.with_name(path.name.replace(".pt", "") + ".optim.pt")
     if optim_path.is_file():
-        state = torch.load(optim_path, map_location="cpu", weights_only=True)
-        if int(state.get("step", -1)) == step:
-            optimizer.load_state_dict(state["optimizer"])
-            for g in optimizer.param_groups:  # base_lr comes from this run's settings
-                g.setdefault("base_lr", g["lr"])
-        else:
-            log.warning("%s is from step %s, not %d: momentum restarts", optim_path, state.get("step"), step)
+        _resume_optimizer(optim_path, optimizer, step)
     else:
         log.warning("no %s beside %s: optimiser momentum restarts from zero", optim_path.name, path.name)
     return step
+
+
+def _resume_optimizer(optim_path: Path, optimizer: torch.optim.Optimizer, step: int) -> None:
+    """Momentum buffers of ``step`` from ``optim_path``; another step's restart from zero with a
+    warning, a file that is not this run's optimiser state is refused naming the way out."""
+    import copy
+
+    from refinenet_ros.models import CheckpointError
+    from refinenet_ros.models.checkpoint import _torch_load
+
+    fix = f"delete {optim_path} to resume with the optimiser momentum restarting from zero"
+    try:
+        state = _torch_load(optim_path, "cpu")
+    except CheckpointError:
+        raise TrainError(f"{optim_path}: not optimiser state written by refinenet-ros train; {fix}") from None
+    saved = state.get("optimizer") if isinstance(state, dict) else None
+    if not isinstance(saved, dict):
+        raise TrainError(f"{optim_path}: holds no optimiser state; {fix}")
+    try:
+        saved_step = int(state.get("step", -1))
+    except (TypeError, ValueError):
+        raise TrainError(f"{optim_path}: its step is not a number; {fix}") from None
+    if saved_step != step:
+        log.warning("%s is from step %s, not %d: momentum restarts", optim_path, state.get("step"), step)
+        return
+    before = copy.deepcopy(optimizer.state_dict())
+    try:
+        optimizer.load_state_dict(saved)
+        for g in optimizer.param_groups:  # base_lr comes from this run's settings
+            g.setdefault("base_lr", g["lr"])
+    except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as exc:
+        optimizer.load_state_dict(before)
+        raise TrainError(
+            f"{optim_path}: optimiser state of another optimiser or model ({type(exc).__name__}); "
+            f"resume with the --optimizer of that run, or {fix}"
+        ) from None

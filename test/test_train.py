@@ -192,3 +192,165 @@ def test_cli_train_refuses_ground_truth_beyond_the_label_set(tmp_path: Path, cap
     assert rc == 2
     err = capsys.readouterr().err
     assert "[200]" in err and "--labels" in err and "Traceback" not in err
+
+
+# --- nothing lost, nothing silent ------------------------------------------------------------
+
+TINY = ["--model", MODEL, "--labels", "person_part", "--batch-size", "2", "--crop", "48", "48",
+        "--val-split", "none", "--no-progress", "--lr", "1e-3"]  # fmt: skip
+
+
+def _train(shapes: Path, out: Path, *extra: str) -> int:
+    return main(["train", "--root", str(shapes), *TINY, "--out", str(out), *extra])
+
+
+def _step(path: Path) -> int:
+    meta = read_checkpoint_metadata(path)
+    assert meta is not None
+    return int(meta["extra"]["step"])
+
+
+def test_a_new_run_never_replaces_an_earlier_one_without_force(shapes: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert _train(shapes, out, "--steps", "3") == 0
+    capsys.readouterr()
+    assert _train(shapes, out, "--steps", "1") == 2
+    err = capsys.readouterr().err
+    assert "earlier run" in err and "--resume" in err and "--force" in err and "Traceback" not in err
+    assert _step(out / "last.pt") == 3  # the earlier result is intact
+    # --resume with --steps at or below the checkpoint's step: refused, not "trained -N steps"
+    assert _train(shapes, out, "--steps", "2", "--resume", str(out / "last.pt")) == 2
+    assert "already at step 3" in capsys.readouterr().err
+    assert _train(shapes, out, "--steps", "1", "--force") == 0
+    assert _step(out / "last.pt") == 1
+    printed = capsys.readouterr().out
+    assert "best.pt" not in printed  # no validation: no best.pt is named
+
+
+def test_resume_refuses_what_train_did_not_write_in_one_line(shapes: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert _train(shapes, out, "--steps", "2", "--checkpoint-every", "1") == 0
+    good = (out / "last.optim.pt").read_bytes()
+    sgd_state = torch.load(out / "last.optim.pt", weights_only=True)
+    adam = torch.optim.AdamW(build_model(MODEL, LABELS.num_classes).parameters())
+    bad_optim = {
+        "random bytes": np.random.default_rng(0).bytes(4096),
+        "truncated": good[: len(good) // 2],
+        "list": None,
+        "no optimizer": None,
+        "step not a number": None,
+        "other optimizer": None,
+    }
+    for name, data in bad_optim.items():
+        target = out / "last.optim.pt"
+        if name == "list":
+            torch.save([1, 2, 3], target)
+        elif name == "no optimizer":
+            torch.save({"step": 2}, target)
+        elif name == "step not a number":
+            torch.save({"step": "two", "optimizer": sgd_state["optimizer"]}, target)
+        elif name == "other optimizer":
+            torch.save({"step": 2, "optimizer": adam.state_dict()}, target)
+        else:
+            assert data is not None
+            target.write_bytes(data)
+        assert _train(shapes, out, "--steps", "3", "--resume", str(out / "last.pt")) == 2, name
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and "weights_only=False" not in err, (name, err)
+        assert "last.optim.pt" in err and len(err.strip().splitlines()) == 1, (name, err)
+    (out / "last.optim.pt").write_bytes(good)
+    # a weights-only checkpoint (no step, no optimiser) and a non-numeric step
+    from refinenet_ros.models import save_checkpoint
+
+    model = build_model(MODEL, LABELS.num_classes)
+    for extra in ({}, {"step": "ten"}):
+        save_checkpoint(tmp_path / "w.pt", model, model_name=MODEL, label_set="person_part",
+                        num_classes=LABELS.num_classes, mean=(0.5,) * 3, std=(0.5,) * 3, network_size=None,
+                        extra=extra)  # fmt: skip
+        assert _train(shapes, tmp_path / "other", "--steps", "3", "--resume", str(tmp_path / "w.pt")) == 2
+        err = capsys.readouterr().err
+        assert "not a checkpoint written by refinenet-ros train" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        (["--momentum", "-1"], "--momentum"),
+        (["--crop", "100000", "100000"], "--crop"),
+        (["--batch-size", "1", "--crop", "48", "48"], "--batch-size 1"),
+        (["--weight-decay", "-1"], "--weight-decay"),
+    ],
+)
+def test_bad_optimisation_options_are_one_line(
+    shapes: Path, tmp_path: Path, capsys, options: list[str], named: str
+) -> None:
+    argv = ["train", "--root", str(shapes), "--model", MODEL, "--labels", "person_part", "--steps", "1",
+            "--out", str(tmp_path / "run"), "--no-progress", *options]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("line", "named"),
+    [('steps: "ten"', "steps"), ("crop: 48", "crop"), ("no_flip: maybe", "no_flip"), ("optimizer: lbfgs", "lbfgs")],
+)
+def test_recipe_values_are_checked_like_flags(shapes: Path, tmp_path: Path, capsys, line: str, named: str) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"root: {shapes}\nmodel: {MODEL}\n{line}\n")
+    assert main(["train", "--config", str(recipe), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "--config" in err and "Traceback" not in err
+
+
+def test_val_images_are_used_with_root_and_help_says_train_starts_random(
+    shapes: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "run"
+    rc = main(["train", "--root", str(shapes), *TINY[:-5], "--lr", "1e-3", "--no-progress", "--steps", "1",
+               "--val-images", str(shapes / "images" / "val"), "--val-labels-dir", str(shapes / "labels" / "val"),
+               "--val-split", "val", "--val-limit", "2", "--out", str(out)])  # fmt: skip
+    assert rc == 0
+    assert "validation mIoU" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "default: random initialisation" in text and "default: the bundled camvid" not in text
+
+
+@pytest.mark.timeout(300)
+def test_sigterm_while_writing_a_checkpoint_says_terminated_and_leaves_no_torn_file(
+    shapes: Path, tmp_path: Path
+) -> None:
+    """SIGTERM as soon as a checkpoint's temporary file appears: "terminated", exit 143, and
+    whatever last.pt holds is a whole checkpoint that --resume reads."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    out.mkdir()
+    cmd = [sys.executable, "-m", "refinenet_ros", "train", "--root", str(shapes), *TINY, "--steps", "400",
+           "--checkpoint-every", "1", "--out", str(out)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    caught = False
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline:
+        if any(name.endswith(".tmp") for name in os.listdir(out)):
+            proc.send_signal(signal.SIGTERM)
+            caught = True
+            break
+        time.sleep(0.0005)
+    if not caught:
+        proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "terminated" in err and "Traceback" not in err, err
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    if (out / "last.pt").exists():
+        step = _step(out / "last.pt")
+        optim = torch.load(out / "last.optim.pt", weights_only=True)
+        assert optim["step"] == step  # weights and momentum of the same step

@@ -62,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-limit", type=int, default=0, help="validate on the first N images (0: all)")
     parser.add_argument("--out", default="train_out", help="folder for last.pt / best.pt")
     parser.add_argument("--resume", default=None, metavar="CKPT", help="continue from OUT/last.pt")
+    parser.add_argument("--force", action="store_true",
+                        help="start a new run in an --out that holds an earlier run's last.pt/best.pt, "
+                             "replacing them (without it such a folder is refused)")  # fmt: skip
     parser.add_argument("--reset-classifier", action="store_true",
                         help="--weights from another label set: load all but the classifier")  # fmt: skip
     g = parser.add_argument_group("optimisation")
@@ -107,7 +110,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint-every", type=int, default=500, help="write OUT/last.pt every N steps")
     g.add_argument("--device", default="auto", help=DEVICE_HELP)
     g.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
-    add_model_arguments(parser)
+    add_model_arguments(parser, weights_help=TRAIN_WEIGHTS_HELP)
+
+
+TRAIN_WEIGHTS_HELP = (
+    "initial weights: a bundled name (camvid; see `refinenet-ros weights`) or a checkpoint file "
+    "(default: random initialisation, or the --backbone-init encoder)"
+)
 
 
 def _folders_split(args: argparse.Namespace, name: str) -> str | None:
@@ -129,7 +138,7 @@ def _val_set(args: argparse.Namespace) -> SegmentationDataset | None:
     if args.val_split == "none":
         return None
     try:
-        if args.images is not None:  # generic layout: validation folders given separately
+        if args.val_images is not None or args.images is not None:  # validation folders given separately
             if args.val_images is None and args.val_labels_dir is None:
                 return None
             if args.val_images is None or args.val_labels_dir is None:
@@ -163,12 +172,39 @@ def apply_config_file(args: argparse.Namespace) -> None:
     if not isinstance(recipe, dict):
         raise CliError(f"--config {path}: expected a mapping of option: value")
     parser: argparse.ArgumentParser = args._parser
+    actions = {a.dest: a for a in parser._actions}
     for key, value in recipe.items():
         dest = str(key).replace("-", "_")
-        if dest.startswith("_") or dest == "config" or not hasattr(args, dest):
+        if dest.startswith("_") or dest == "config" or not hasattr(args, dest) or dest not in actions:
             raise CliError(f"--config {path}: unknown option {key!r} (see refinenet-ros train --help)")
         if getattr(args, dest) == parser.get_default(dest):
-            setattr(args, dest, tuple(value) if isinstance(value, list) else value)
+            setattr(args, dest, _recipe_value(path, str(key), value, actions[dest]))
+
+
+def _recipe_value(path: Path, key: str, value: object, action: argparse.Action) -> object:
+    """A recipe value converted and checked as the command line would (``steps: "ten"`` is
+    refused here in one line, not in the middle of training)."""
+    where = f"--config {path}: {key}: {value!r}"
+    if action.nargs == 0:  # a flag: true or false
+        if not isinstance(value, bool):
+            raise CliError(f"{where} must be true or false")
+        return value
+    if value is None:
+        return None
+    count = action.nargs if isinstance(action.nargs, int) else None
+    items = value if isinstance(value, list) else [value]
+    if count is not None and len(items) != count:
+        raise CliError(f"{where} needs {count} values, as a list (e.g. [320, 320])")
+    if count is None and isinstance(value, list):
+        raise CliError(f"{where} takes one value, not a list")
+    convert = action.type if callable(action.type) else str
+    try:
+        converted = [convert(item if isinstance(item, str) else str(item)) for item in items]
+    except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
+        raise CliError(f"{where} is not valid ({exc})") from None
+    if action.choices is not None and any(c not in action.choices for c in converted):
+        raise CliError(f"{where}: choose from {', '.join(map(str, action.choices))}")
+    return tuple(converted) if count is not None else converted[0]
 
 
 def _normalisation(args: argparse.Namespace, cfg: ModelConfig) -> tuple[Triple, Triple]:
@@ -196,24 +232,43 @@ def run(args: argparse.Namespace) -> int:
 
     if args.config is not None:
         apply_config_file(args)
+    from refinenet_ros.cli import MAX_NETWORK_SIDE
+    from refinenet_ros.machine import bounded_threads
+
     if args.threads < 0:
         raise CliError(f"--threads {args.threads}: must be >= 0")
     if args.threads:
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(bounded_threads(args.threads, "--threads"))
     if args.jitter < 0 or args.jitter >= 1:
         raise CliError(f"--jitter {args.jitter}: must be within [0, 1)")
     if args.lr <= 0:
         raise CliError(f"--lr {args.lr}: must be > 0")
     if args.steps < 1 or args.batch_size < 1:
         raise CliError("--steps and --batch-size must be >= 1")
-    if min(args.crop) < 32:
-        raise CliError(f"--crop {args.crop[0]} {args.crop[1]}: both sides must be >= 32 pixels")
+    if min(args.crop) < 32 or max(args.crop) > MAX_NETWORK_SIDE:
+        raise CliError(
+            f"--crop {args.crop[0]} {args.crop[1]}: each side must be within 32..{MAX_NETWORK_SIDE} pixels"
+        )
+    if args.batch_size == 1 and min(args.crop) < 64 and not args.freeze_bn:
+        raise CliError(
+            f"--batch-size 1 with --crop {args.crop[0]} {args.crop[1]}: BatchNorm then sees one value per "
+            "channel in the deepest layer; use --crop 64 64 or more, --batch-size 2 or more, or --freeze-bn"
+        )
+    if not 0.0 <= args.momentum < 1.0:
+        raise CliError(f"--momentum {args.momentum}: must be within [0, 1)")
+    if not args.weight_decay >= 0.0:
+        raise CliError(f"--weight-decay {args.weight_decay}: must be >= 0")
+    if args.decoder_lr_mult is not None and not args.decoder_lr_mult > 0:
+        raise CliError(f"--decoder-lr-mult {args.decoder_lr_mult}: must be > 0")
+    if args.warmup_steps < 0 or args.val_every < 0 or args.checkpoint_every < 0:
+        raise CliError("--warmup-steps, --val-every and --checkpoint-every must be >= 0")
     if not 0 < args.scale_range[0] <= args.scale_range[1]:
         raise CliError(f"--scale-range {args.scale_range}: need 0 < MIN <= MAX")
     if args.resume is not None and not Path(args.resume).is_file():
         raise CliError(f"--resume {args.resume}: no such file")
     if (args.val_images is None) != (args.val_labels_dir is None):
         raise CliError("--val-images and --val-labels-dir go together: give both folders")
+    _refuse_overwrite(args)
     train_set = _train_set(args)
     val_set = _val_set(args)
     cfg = model_config_from_args(args, default_weights=False, check_labels=not args.reset_classifier)
@@ -261,9 +316,26 @@ def run(args: argparse.Namespace) -> int:
         print(f"step {step:>6d}: validation mIoU {100 * miou:.2f} %")
     ran = config.steps - result.start_step
     span = f" (steps {result.start_step}..{config.steps})" if result.start_step else ""
-    if result.history:
-        best = f"best mIoU {100 * result.best_miou:.2f} % at step {result.best_step} ({args.out}/best.pt)"
+    best_file = Path(args.out) / "best.pt"
+    if result.history and best_file.is_file():
+        best = f"best mIoU {100 * result.best_miou:.2f} % at step {result.best_step} ({best_file})"
+    elif result.history:
+        best = f"no validation mIoU above NaN: the result is {args.out}/last.pt"
     else:
         best = f"no validation (--val-split none): the result is {args.out}/last.pt"
     print(f"trained {ran} steps{span} in {result.seconds:.1f} s; {best}; checkpoints in {args.out}/")
     return 0
+
+
+def _refuse_overwrite(args: argparse.Namespace) -> None:
+    """A new run never replaces an earlier run's checkpoints unless asked (``--force``):
+    ``--resume`` continues that run, another ``--out`` keeps both."""
+    out = Path(args.out)
+    if args.force or (args.resume is not None and Path(args.resume).resolve().parent == out.resolve()):
+        return
+    earlier = [name for name in ("last.pt", "best.pt") if (out / name).exists()]
+    if earlier:
+        raise CliError(
+            f"--out {out} holds an earlier run ({' and '.join(earlier)}); continue it with --resume "
+            f"{out / 'last.pt'}, choose another --out, or pass --force to replace it"
+        )

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from refinenet_ros.io import atomic_write
+from refinenet_ros.io import atomic_write, signals_deferred
 
 from .refinenet import MODEL_NAMES
 
@@ -513,7 +513,9 @@ def save_checkpoint(
 
 
 def _atomic_torch_save(path: Path, payload: Any) -> None:
-    with atomic_write(path) as handle:
+    """Ctrl-C or SIGTERM during the write is held until it ends: ``torch.save`` stopped
+    half way raises its own error in place of the interrupt (the temporary file is gone either way)."""
+    with signals_deferred(), atomic_write(path) as handle:
         torch.save(payload, handle)
 
 
