@@ -87,6 +87,8 @@ class SegmentationDataset:
         self.samples = list(samples)
         self.description = description
         self.lut = lut
+        #: the label set a mapping brought the labels to (None: the files' own classes)
+        self.mapped_to: str | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -107,7 +109,9 @@ class SegmentationDataset:
 
     def subset(self, count: int) -> SegmentationDataset:
         """The first ``count`` samples (quick checks on a big split)."""
-        return SegmentationDataset(self.samples[:count], description=self.description, lut=self.lut)
+        subset = SegmentationDataset(self.samples[:count], description=self.description, lut=self.lut)
+        subset.mapped_to = self.mapped_to
+        return subset
 
 
 def _files(folder: Path, suffixes: Sequence[str]) -> list[Path]:

@@ -272,3 +272,31 @@ def test_adapt_to_your_robot_bag_label_train_evaluate_run(tmp_path: Path, capsys
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["images"] == 6 and report["labels"] == "camvid"
     assert len(list((tmp_path / "seg").glob("*_labels.png"))) == 6
+
+
+def test_evaluate_scores_nyu_style_labels_through_a_mapping(tmp_path: Path, capsys) -> None:
+    """NYUv2-40 label files (0 = unlabelled) are scored as indoor classes with --label-map."""
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    cv2.imwrite(str(images / "f.png"), np.full((8, 8, 3), 90, np.uint8))
+    nyu = np.zeros((8, 8), np.uint8)  # rows 0-1 unlabelled
+    nyu[2:4], nyu[4:6], nyu[6:8] = 2, 20, 25  # floor, floor mat, television (ids + 1)
+    cv2.imwrite(str(labels / "f.png"), nyu)
+    report = tmp_path / "r.json"
+
+    def evaluate(labels_name: str) -> int:
+        return main(["evaluate", "--images", str(images), "--labels-dir", str(labels), "--label-offset", "1",
+                     "--label-map", "nyud40_to_indoor", "--weights", "random", "--labels", labels_name,
+                     "--backend", "torch", "--network-size", "32", "32", "--report", str(report),
+                     "--no-progress"])  # fmt: skip
+
+    assert evaluate("indoor") == 0, capsys.readouterr().err
+    per_class = json.loads(report.read_text())["metrics"]["per_class"]
+    assert per_class["floor"]["pixels"] == 32 and per_class["screen"]["pixels"] == 16
+    assert sum(c["pixels"] for c in per_class.values()) == 48  # unlabelled rows are not scored
+    # a mapping into another label set than the model's is one line
+    capsys.readouterr()
+    assert evaluate("camvid") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "maps to indoor but the model predicts camvid" in err

@@ -58,6 +58,10 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--label-offset", type=int, default=None,
                    help="subtract from label values; values below it become ignore (1 for exports "
                         "where 0 = unlabelled: ADE20K, NYUDv2-40, SUN-RGBD)")  # fmt: skip
+    g.add_argument("--label-map", default=None, metavar="MAPPING",
+                   help="ground-truth classes -> the model's label set: a bundled mapping (e.g. "
+                        "nyud40_to_indoor, with --label-offset 1 for NYU exports) or a YAML "
+                        "file")  # fmt: skip
     g.add_argument("--limit", type=int, default=0, help="use only the first N images (0: all)")
 
 
@@ -84,7 +88,39 @@ def dataset_from_args(args: argparse.Namespace, split: str | None = None) -> Seg
         )
     except DatasetError as exc:
         raise CliError(str(exc)) from None
+    if getattr(args, "label_map", None):
+        ds = _mapped(ds, args.label_map)
     return ds.subset(args.limit) if args.limit > 0 else ds
+
+
+def _mapped(ds: SegmentationDataset, spec: str) -> SegmentationDataset:
+    """The data set with its labels (after any offset or id table) sent through a mapping."""
+    import numpy as np
+
+    from refinenet_ros.labels import IGNORE_INDEX, MappingError, load_mapping
+
+    try:
+        mapping = load_mapping(spec)
+    except MappingError as exc:
+        raise CliError(f"--label-map: {exc}") from None
+    table = np.full(65536, IGNORE_INDEX, dtype=np.uint16)
+    table[: len(mapping.table)] = mapping.table
+    table[IGNORE_INDEX] = IGNORE_INDEX
+    base = ds.lut if ds.lut is not None else np.arange(65536, dtype=np.uint16)
+    ds.lut = table[base]
+    ds.mapped_to = mapping.target.name
+    ds.description += f" through {mapping.name}"
+    return ds
+
+
+def check_mapped_labels(ds: SegmentationDataset, labels: str) -> None:
+    """A --label-map must land in the label set the model predicts."""
+    target = ds.mapped_to
+    if target is not None and target != labels:
+        raise CliError(
+            f"--label-map maps to {target} but the model predicts {labels}; give weights/--labels "
+            f"for {target}, or a mapping to {labels}"
+        )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -116,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
     dataset = dataset_from_args(args)
     model_cfg = model_config_from_args(args)
     label_set = model_cfg.label_set
+    check_mapped_labels(dataset, label_set.name)
     options = with_weights_size(model_cfg, backend_options_from_args(args))
     if multiscale:
         from refinenet_ros.config import load_model, warn_if_random_weights
