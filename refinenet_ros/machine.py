@@ -382,3 +382,35 @@ def machine_info(cpu: CpuInfo) -> dict[str, Any]:
         "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "cpu": cpu.to_json(),
     }
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask: a container's or taskset's share)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+_THREAD_WARNINGS: set[tuple[str, int]] = set()
+
+
+def bounded_threads(threads: int, setting: str = "--threads") -> int:
+    """A requested thread count capped to the cores present, with one warning naming ``setting``.
+
+    More threads than cores never run faster, and absurd counts crash or hang the runtimes
+    (a million threads: a segfault in torch, an ONNX Runtime that ignores SIGTERM). 0 (the
+    library's default) and counts within the cores pass unchanged; negative counts are the
+    caller's to refuse.
+    """
+    cores = usable_cores()
+    if threads <= cores:
+        return threads
+    if (setting, threads) not in _THREAD_WARNINGS:
+        _THREAD_WARNINGS.add((setting, threads))
+        import logging
+
+        logging.getLogger("refinenet_ros").warning(
+            "%s %d: this process runs on %d cores; using %d threads", setting, threads, cores, cores
+        )
+    return cores

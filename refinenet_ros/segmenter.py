@@ -10,6 +10,7 @@ for network resolution (then CameraInfo must be rescaled — the node does that)
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
@@ -137,7 +138,15 @@ class RenderSink(Protocol):
 
 
 class Segmenter:
-    """Turns RGB uint8 images into :class:`SegmentationResult` through any backend."""
+    """Turns RGB uint8 images into :class:`SegmentationResult` through any backend.
+
+    Safe to call from several threads: calls take turns (one lock around preprocess,
+    inference and postprocess), because the reused batch buffer and the backends' single
+    request (OpenVINO's is "busy" while running, TensorRT's stream and buffers) serve one
+    call at a time. A backend already uses every core it is given, so turns cost no
+    throughput; for parallel inference build one Segmenter per thread, each with
+    ``threads`` set to its share of the cores.
+    """
 
     def __init__(
         self,
@@ -166,6 +175,7 @@ class Segmenter:
         self.network_size = (int(network_size[0]), int(network_size[1])) if network_size else None
         self.output_resolution: OutputResolution = output_resolution
         self._batch: npt.NDArray[np.uint8] | None = None
+        self._lock = threading.Lock()
 
     def __call__(self, image: npt.NDArray[np.uint8]) -> SegmentationResult:
         return self.segment_batch([image])[0]
@@ -208,6 +218,10 @@ class Segmenter:
         return self._batch
 
     def _run(self, images: list[npt.NDArray[np.uint8]]) -> list[SegmentationResult]:
+        with self._lock:
+            return self._run_locked(images)
+
+    def _run_locked(self, images: list[npt.NDArray[np.uint8]]) -> list[SegmentationResult]:
         t0 = time.perf_counter()
         net = self.network_size_for(images[0].shape[:2])
         if len(images) == 1 and images[0].shape[:2] == net:

@@ -140,3 +140,47 @@ def test_a_threads_setting_applies_to_its_own_calls_only(small_model_cfg):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(saved)
+
+
+def test_one_segmenter_called_from_four_threads_gives_each_caller_its_own_result(torch_backend):
+    from concurrent.futures import ThreadPoolExecutor
+
+    seg = Segmenter(torch_backend, get_label_set("voc"), network_size=(64, 96))
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (50 + i, 70 + i, 3), dtype=np.uint8) for i in range(12)]
+    expected = [seg(image) for image in images]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(seg, images * 10))
+    for i, result in enumerate(got):
+        want = expected[i % len(images)]
+        assert np.array_equal(result.labels, want.labels), i
+        assert np.allclose(result.confidence, want.confidence, atol=1e-5), i
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"network_size": (0, 0)}, "network size"),
+        ({"network_size": (-64, 64)}, "network size"),
+        ({"network_size": (64, 100000)}, "32..8192"),
+        ({"threads": -1}, "threads"),
+    ],
+)
+def test_load_refuses_bad_sizes_and_threads_at_once(kwargs, named):
+    import refinenet_ros
+
+    with pytest.raises(BackendError, match=named):
+        refinenet_ros.load("random", backend="torch", **kwargs)
+
+
+def test_load_caps_threads_to_the_cores_present(caplog):
+    import os
+
+    import refinenet_ros
+
+    with caplog.at_level("WARNING", logger="refinenet_ros"):
+        seg = refinenet_ros.load("random", backend="torch", network_size=(64, 64), threads=1_000_000)
+    cores = len(os.sched_getaffinity(0))
+    assert f"using {cores} threads" in caplog.text
+    result = seg(np.zeros((40, 40, 3), np.uint8))
+    assert result.labels.shape == (40, 40)

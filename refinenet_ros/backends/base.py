@@ -27,6 +27,25 @@ class BackendError(RuntimeError):
     """A backend could not be created or run; the message says what to change."""
 
 
+MIN_NETWORK_SIDE = 32
+"""Smallest network side: the encoder's output stride; below it the deepest features are empty."""
+MAX_NETWORK_SIDE = 8192
+"""Largest network side accepted (the node's network_height/width bound): beyond it a
+typo like 100000 would try to allocate tens of GB before failing."""
+
+
+def network_size_problem(size: object) -> str | None:
+    """Why ``size`` is not a network size (H, W) within the bounds every entry point uses, else None."""
+    if not isinstance(size, (tuple, list)) or len(size) != 2:
+        return f"{size!r} is not a (height, width) pair"
+    for side in size:
+        if isinstance(side, bool) or not isinstance(side, (int, np.integer)):
+            return f"{side!r} is not a whole number of pixels"
+        if not MIN_NETWORK_SIDE <= int(side) <= MAX_NETWORK_SIDE:
+            return f"each side must be within {MIN_NETWORK_SIDE}..{MAX_NETWORK_SIDE} pixels, got {int(side)}"
+    return None
+
+
 @dataclass(frozen=True)
 class CalibrationSpec:
     """The frames INT8 calibration reads: an image folder, or a bag and its image topic;
@@ -71,6 +90,25 @@ class BackendOptions:
     onnx: str | None = None
     calibration: CalibrationSpec = CalibrationSpec()
     workspace_mb: int = 2048
+
+    def __post_init__(self) -> None:
+        """Checked once, wherever the options are made (CLI, node, :func:`refinenet_ros.load`), so
+        a bad size or thread count fails here in one line, not at the first frame; a thread
+        count above the cores present is capped to them with a warning."""
+        from refinenet_ros.machine import bounded_threads
+
+        if self.input_size is not None:
+            problem = network_size_problem(self.input_size)
+            if problem is not None:
+                raise BackendError(f"network size {self.input_size!r}: {problem}")
+            object.__setattr__(self, "input_size", (int(self.input_size[0]), int(self.input_size[1])))
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
+            raise BackendError(
+                f"threads {self.threads!r}: must be a whole number >= 0 (0: the library's default)"
+            )
+        if not isinstance(self.max_batch, int) or self.max_batch < 1:
+            raise BackendError(f"max_batch {self.max_batch!r}: must be >= 1")
+        object.__setattr__(self, "threads", bounded_threads(self.threads, "threads"))
 
 
 @runtime_checkable

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from refinenet_ros import __version__
-from refinenet_ros.backends.base import BACKEND_KINDS, PRECISIONS
+from refinenet_ros.backends.base import BACKEND_KINDS, MAX_NETWORK_SIDE, MIN_NETWORK_SIDE, PRECISIONS
 from refinenet_ros.config import DEFAULT_MODEL, MODEL_NAMES
 from refinenet_ros.errors import one_line
 from refinenet_ros.errors import user_error_text as library_error_text
@@ -55,9 +55,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "label": ("refinenet_ros.cli.label", "a teacher model labels images or a bag topic for training (resumable)"),
 }
 
-MAX_NETWORK_SIDE = 8192
-"""Largest network side accepted (the node's network_height/width bound): beyond it a
-typo like 100000 would try to allocate tens of GB before failing."""
 
 MODEL_CHOICES_HELP = ", ".join(MODEL_NAMES)
 
@@ -231,9 +228,9 @@ def network_side(text: str) -> int:
         side = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of pixels") from None
-    if not 32 <= side <= MAX_NETWORK_SIDE:
+    if not MIN_NETWORK_SIDE <= side <= MAX_NETWORK_SIDE:
         raise argparse.ArgumentTypeError(
-            f"each side must be within 32..{MAX_NETWORK_SIDE} pixels, got {side}"
+            f"each side must be within {MIN_NETWORK_SIDE}..{MAX_NETWORK_SIDE} pixels, got {side}"
         )
     return side
 
@@ -380,7 +377,7 @@ def add_outputs_argument(
 
 BACKEND_HELP = "inference backend (auto: TensorRT with CUDA, else ONNX Runtime, else torch)"
 DEVICE_HELP = "cpu, cuda, cuda:N, or auto (the best available)"
-THREADS_HELP = "CPU threads (0: the library's default)"
+THREADS_HELP = "CPU threads (0: the library's default; above the cores present: capped to them)"
 ENGINE_DIR_HELP = (
     "cache of ONNX graphs, INT8 graphs and TensorRT engines (default: $REFINENET_ROS_CACHE, "
     "else $ROS_HOME/refinenet_ros, else ~/.ros/refinenet_ros)"
@@ -388,8 +385,17 @@ ENGINE_DIR_HELP = (
 NO_PROGRESS_HELP = "no progress bar (logs, CI)"
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, *, seed: bool = True) -> None:
-    """--model, --labels, --weights (and --seed of the random init, where a command can use it)."""
+WEIGHTS_HELP = (
+    "bundled weights name (camvid; see `refinenet-ros weights`) or a checkpoint file "
+    "(default: the bundled camvid street model; 'random' = seeded random weights, meaningless labels)"
+)
+
+
+def add_model_arguments(
+    parser: argparse.ArgumentParser, *, seed: bool = True, weights_help: str = WEIGHTS_HELP
+) -> None:
+    """--model, --labels, --weights (and --seed of the random init, where a command can use it);
+    ``weights_help`` for a command whose default is not the bundled model (train)."""
     g = parser.add_argument_group("model")
     g.add_argument(
         "--model",
@@ -404,8 +410,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, seed: bool = True) -
     g.add_argument(
         "--weights",
         default=None,
-        help="bundled weights name (camvid; see `refinenet-ros weights`) or a checkpoint file "
-        "(default: the bundled camvid street model; 'random' = seeded random weights, meaningless labels)",
+        help=weights_help,
     )
     if seed:
         g.add_argument("--seed", type=int, default=0, help="seed of the random init without --weights")

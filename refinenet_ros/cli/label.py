@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
 
 from refinenet_ros.cli import NO_PROGRESS_HELP, THREADS_HELP, CliError, add_image_topic_argument
@@ -107,7 +106,9 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--mapping: {exc}" if isinstance(exc, MappingError) else str(exc)) from None
     except ValueError as exc:
         raise CliError(f"--labels: {exc}") from None
-    threads = args.threads or len(os.sched_getaffinity(0))
+    from refinenet_ros.machine import bounded_threads, usable_cores
+
+    threads = bounded_threads(args.threads, "--threads") or usable_cores()
     convention = InputConvention(scaling=args.input_scaling, fit=args.input_fit, output=args.teacher_output)
     try:
         teacher = open_teacher(args.teacher, convention, threads=threads)
