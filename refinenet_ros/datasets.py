@@ -59,10 +59,12 @@ def _offset_lut(offset: int, size: int = 65536) -> npt.NDArray[np.uint16]:
 
 def read_label(path: Path) -> npt.NDArray[np.uint16]:
     """Label image -> HxW class values without colour mapping (palette or greyscale)."""
-    from refinenet_ros.io import read_label_png
+    from refinenet_ros.io import UnreadableImage, read_label_png
 
     try:
         arr = read_label_png(path)
+    except UnreadableImage:
+        raise
     except ValueError as exc:
         raise DatasetError(
             f"{exc}; colour-coded (RGB) label images must first be converted to class ids"

@@ -115,18 +115,52 @@ class UnreadableImage(ValueError):
     """An input file that is not an image OpenCV can decode (a user error, not a bug)."""
 
 
-def read_rgb(path: str | os.PathLike[str]) -> npt.NDArray[np.uint8]:
-    """Any image file -> HxWx3 uint8 RGB (greyscale and alpha are converted)."""
+MAX_IMAGE_PIXELS = 8192 * 8192
+"""Largest image file any command decodes (= the node's and the bag tool's default frame
+limit): a 2.6 MB PNG can claim 30000x30000 pixels, 2.7 GB decoded and 12 GB at peak."""
+
+
+def check_image_file_size(
+    path: str | os.PathLike[str], data: bytes, max_pixels: int = MAX_IMAGE_PIXELS
+) -> None:
+    """Refuse an image file whose header claims more than ``max_pixels``, before decoding it."""
+    from refinenet_ros.ros.encodings import image_header_size
+
+    size = image_header_size(data)
+    if size is not None and max_pixels > 0 and size[0] * size[1] > max_pixels:
+        raise UnreadableImage(
+            f"{path}: {size[0]}x{size[1]} = {size[0] * size[1]} pixels, above the limit of {max_pixels} "
+            "(a decompression bomb, or a picture to downscale first); refused before decoding"
+        )
+
+
+def read_rgb(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS) -> npt.NDArray[np.uint8]:
+    """Any image file -> HxWx3 uint8 RGB (greyscale and alpha are converted).
+
+    The one image reader of ``segment``, ``evaluate``, ``train``, ``label`` and calibration:
+    unreadable files and files above ``max_pixels`` (0: no limit) raise
+    :class:`UnreadableImage` naming the file, before anything large is allocated.
+    """
     import cv2
 
     try:
         data = Path(path).read_bytes()  # OSError (permission, folder, missing) says what it is
     except OSError as exc:
         raise UnreadableImage(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    check_image_file_size(path, data, max_pixels)
+    try:
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    except cv2.error as exc:  # OpenCV's own limits (CV_IO_MAX_IMAGE_PIXELS) on formats we cannot size
+        raise UnreadableImage(f"{path}: OpenCV refuses to decode it ({one_line_cv(exc)})") from None
     if bgr is None:
         raise UnreadableImage(f"{path}: not an image OpenCV can read")
     return np.ascontiguousarray(bgr[..., ::-1])
+
+
+def one_line_cv(exc: Exception) -> str:
+    """The reason of a ``cv2.error`` without its multi-line source location."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(exc).__name__)[:200]
 
 
 def write_rgb_png(path: str | os.PathLike[str], rgb: npt.NDArray[np.uint8]) -> None:
@@ -170,6 +204,11 @@ def read_label_png(path: str | os.PathLike[str]) -> npt.NDArray[np.unsignedinteg
     """Class ids from a label PNG (palette, 8-bit or 16-bit greyscale) without colour mapping."""
     from PIL import Image
 
+    try:
+        with open(path, "rb") as f:
+            check_image_file_size(path, f.read(64 * 1024))
+    except OSError as exc:
+        raise UnreadableImage(f"{path}: cannot be read ({exc.strerror or exc})") from None
     with Image.open(path) as img:
         if img.mode not in ("P", "L", "I;16", "I;16B", "I"):
             raise ValueError(f"{path}: label PNG must be palette or greyscale, not mode {img.mode}")

@@ -156,3 +156,39 @@ def test_train_augment_shapes_padding_and_label_integrity() -> None:
         assert img.shape == (64, 80, 3) and img.dtype == np.uint8
         assert lab.shape == (64, 80) and lab.dtype == np.int64
         assert set(np.unique(lab).tolist()) <= {0, 1, 2, 3, 4, IGNORE_INDEX}  # nearest: no new values
+
+
+def test_metrics_are_printed_even_when_the_report_cannot_be_written(
+    folder_dataset: Path, tmp_path: Path, capsys
+) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    rc = main(["evaluate", "--root", str(folder_dataset), "--backend", "torch", "--model",
+               "lw_refinenet_mobilenetv2", "--labels", "voc", "--report", str(blocker / "report.json"),
+               "--no-progress"])  # fmt: skip
+    assert rc == 2
+    captured = capsys.readouterr()
+    assert "mIoU" in captured.out and "3 images" in captured.out  # the evaluation is not lost
+    assert "--report" in captured.err and "Traceback" not in captured.err
+
+
+@pytest.mark.parametrize("command", ["evaluate", "train", "segment"])
+def test_a_decompression_bomb_is_one_line_in_every_command(
+    folder_dataset: Path, tmp_path: Path, capsys, command: str
+) -> None:
+    from hostile_images import png_bomb
+
+    bomb = folder_dataset / "images" / "img1.png"
+    bomb.write_bytes(png_bomb(60000, 60000))
+    common = ["--backend", "torch"] if command != "train" else ["--steps", "1", "--batch-size", "3",
+                                                               "--crop", "48", "48", "--val-split", "none"]  # fmt: skip
+    argv = {
+        "evaluate": ["evaluate", "--root", str(folder_dataset), "--report", str(tmp_path / "r.json")],
+        "train": ["train", "--root", str(folder_dataset), "--out", str(tmp_path / "run")],
+        "segment": ["segment", str(bomb), "--out", str(tmp_path / "seg")],
+    }[command]
+    rc = main([*argv, *common, "--model", "lw_refinenet_mobilenetv2", "--labels", "voc",
+               *([] if command == "segment" else ["--no-progress"])])  # fmt: skip
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "60000x60000" in err and "img1.png" in err and "Traceback" not in err, err

@@ -77,12 +77,13 @@ class FolderSource:
         return [files[i] for i in _evenly_spaced(len(files), self.count)]
 
     def images(self) -> Iterator[npt.NDArray[np.uint8]]:
+        from refinenet_ros.io import UnreadableImage, read_rgb
+
         for path in self.files():
-            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if bgr is None:
-                log.warning("calibration: skipping %s (not an image OpenCV can read)", path)
-                continue
-            yield np.ascontiguousarray(bgr[..., ::-1])
+            try:
+                yield read_rgb(path)
+            except UnreadableImage as exc:
+                log.warning("calibration: skipping %s", exc)
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()

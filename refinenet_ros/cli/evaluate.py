@@ -196,16 +196,28 @@ def run(args: argparse.Namespace) -> int:
         "images_per_second": round(result.images_per_second, 3),
         "metrics": result.metrics.to_dict(label_set.classes),
     }
-    atomic_write_text(args.report, json.dumps(report, indent=2) + "\n")
-    miou = result.metrics.miou
-    if not multiscale and backend_name in ("onnxruntime", "openvino") and miou == miou:  # not NaN
-        _record_for_auto(model_cfg, options, backend_name, 100 * miou, dataset.description)
+    # The metrics are printed first: a report or record that cannot be written (read-only
+    # folder, full disk) must not lose an evaluation that took minutes.
     print(result.metrics.table(label_set.classes))
     m = result.metrics
     print(
         f"{result.images} images, {result.seconds:.1f} s ({result.images_per_second:.2f} img/s): "
-        f"mIoU {100 * _safe(m.miou):.2f} %, pixel acc {100 * _safe(m.pixel_accuracy):.2f} % -> {args.report}"
+        f"mIoU {100 * _safe(m.miou):.2f} %, pixel acc {100 * _safe(m.pixel_accuracy):.2f} %"
     )
+    miou = result.metrics.miou
+    if not multiscale and backend_name in ("onnxruntime", "openvino") and miou == miou:  # not NaN
+        try:
+            _record_for_auto(model_cfg, options, backend_name, 100 * miou, dataset.description)
+        except OSError as exc:
+            log.warning("mIoU not recorded for auto beside the cached graph (%s)", exc.strerror or exc)
+    try:
+        atomic_write_text(args.report, json.dumps(report, indent=2) + "\n")
+    except OSError as exc:
+        raise CliError(
+            f"--report {args.report}: cannot be written ({exc.strerror or exc}); the metrics are printed "
+            "above; give a writable --report path"
+        ) from None
+    print(f"report -> {args.report}")
     return 0
 
 
