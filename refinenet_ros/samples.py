@@ -105,3 +105,50 @@ def sample_sequence(
         x = int(t * (big.shape[1] - w))
         frames.append(np.ascontiguousarray(big[y : y + h, x : x + w]))
     return frames
+
+
+def street_scenes(count: int, size: tuple[int, int] = (480, 640)) -> list[npt.NDArray[np.uint8]]:
+    """``count`` drawn street scenes (H, W = ``size``): sky, façades with windows, road with
+    lane marks, cars, trees, sensor noise, each seeded by its index.
+
+    The last resort where neither street photographs nor scikit-image are installed (a
+    robot installed by colcon alone): unlike random noise they have the flat regions and
+    edges that real frames have, so comparing two backends' labels on them means something.
+    """
+    import cv2
+
+    h, w = size
+    scenes = []
+    for i in range(count):
+        rng = np.random.default_rng(1000 + i)
+        img = np.empty((h, w, 3), np.uint8)
+        horizon = int(h * rng.uniform(0.35, 0.5))
+        sky = np.linspace(rng.uniform(150, 200), rng.uniform(210, 250), horizon)
+        img[:horizon] = np.stack([sky * 0.75, sky * 0.85, sky], axis=-1).astype(np.uint8)[:, None, :]
+        img[horizon:] = rng.integers(80, 110)  # road
+        x = 0
+        while x < w:  # façades
+            bw = int(rng.integers(w // 8, w // 3))
+            top = int(rng.integers(h // 10, horizon))
+            colour = tuple(int(c) for c in rng.integers(60, 200, 3))
+            cv2.rectangle(img, (x, top), (x + bw, int(horizon + h * 0.08)), colour, -1)
+            for wy in range(top + 8, horizon - 8, 22):
+                for wx in range(x + 6, x + bw - 12, 18):
+                    cv2.rectangle(img, (wx, wy), (wx + 9, wy + 12), (40, 50, 60), -1)
+            x += bw
+        for lx in range(int(rng.integers(0, 40)), w, 90):  # lane marks
+            cv2.rectangle(img, (lx, int(h * 0.8)), (lx + 45, int(h * 0.8) + 6), (230, 230, 230), -1)
+        for _ in range(int(rng.integers(1, 4))):  # cars
+            cx, cw = int(rng.integers(0, w)), int(rng.integers(w // 10, w // 5))
+            cy = int(rng.integers(horizon + h // 10, h - h // 8))
+            colour = tuple(int(c) for c in rng.integers(20, 220, 3))
+            cv2.rectangle(img, (cx, cy - cw // 2), (cx + cw, cy), colour, -1)
+            for wheel in (cx + cw // 5, cx + 4 * cw // 5):
+                cv2.circle(img, (wheel, cy), max(3, cw // 10), (20, 20, 20), -1)
+        for _ in range(int(rng.integers(0, 3))):  # trees
+            tx = int(rng.integers(0, w))
+            cv2.rectangle(img, (tx - 4, horizon - 10), (tx + 4, horizon + h // 10), (60, 45, 30), -1)
+            cv2.circle(img, (tx, horizon - 20), int(rng.integers(h // 20, h // 8)), (50, 110, 40), -1)
+        noise = rng.normal(0, 4, img.shape)
+        scenes.append(np.clip(cv2.GaussianBlur(img, (3, 3), 0) + noise, 0, 255).astype(np.uint8))
+    return scenes

@@ -232,13 +232,14 @@ def decision_key(
 
 
 def agreement_frames(size: tuple[int, int], count: int = CALLS_PER_CANDIDATE) -> list[npt.NDArray[np.uint8]]:
-    """``count`` real pictures at network ``size`` (H, W): street photos, then scikit-image's.
+    """``count`` pictures at network ``size`` (H, W): street photos, then scikit-image's,
+    else drawn street scenes (a robot installed by colcon alone has neither).
 
     Agreement on random noise says little (every path is unsure there); real frames have
-    the edges and flat regions where precision loss shows.
+    the edges and flat regions where precision loss shows, and the drawn scenes imitate them.
     """
     from refinenet_ros.backends.calibration import preprocess
-    from refinenet_ros.samples import sample_images, street_images
+    from refinenet_ros.samples import sample_images, street_images, street_scenes
 
     pictures = [image for _, image in street_images()]
     if len(pictures) < count:
@@ -247,10 +248,8 @@ def agreement_frames(size: tuple[int, int], count: int = CALLS_PER_CANDIDATE) ->
         except RuntimeError as exc:  # scikit-image not installed
             log.warning("auto: %s", exc)
     if not pictures:
-        raise BackendError(
-            "auto: no real frames to check agreement on; install the samples extra "
-            "(pip install 'refinenet_ros[samples]') or pin --backend (-p backend:=onnxruntime)"
-        )
+        log.warning("auto: no sample pictures installed: checking agreement on drawn street scenes")
+        pictures = street_scenes(count)
     return [preprocess(pictures[i % len(pictures)], size) for i in range(count)]
 
 
