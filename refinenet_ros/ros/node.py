@@ -24,14 +24,14 @@ import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.impl.implementation_singleton import rclpy_implementation
 from rclpy.lifecycle import LifecycleNode, LifecyclePublisher, LifecycleState, TransitionCallbackReturn
 from rclpy.subscription import Subscription
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
@@ -53,6 +53,10 @@ from refinenet_ros.ros.params import (
 from refinenet_ros.ros.qos import publisher_callbacks, qos_profile, subscription_callbacks
 from refinenet_ros.ros.scheduling import Frame, LatestFrameSlots, Throttle
 from refinenet_ros.segmenter import OUTPUT_KINDS
+
+# rclpy's error for calls on a context that is gone; rclpy reaches it the same way on every
+# distro (no public name for it on Humble).
+RCLError: type[Exception] = rclpy_implementation.RCLError
 
 NODE_NAME = "refinenet_segmentation"
 OUTPUTS = OUTPUT_KINDS
@@ -84,8 +88,8 @@ class CameraIO:
     """One camera's topics, publishers and reusable outgoing messages."""
 
     name: str  # "" for the single-camera case
-    publishers: dict[str, LifecyclePublisher[Any]] = field(default_factory=dict)
-    info_pub: LifecyclePublisher[CameraInfo] | None = None
+    publishers: dict[str, LifecyclePublisher] = field(default_factory=dict)
+    info_pub: LifecyclePublisher | None = None
     buffers: dict[str, OutgoingImage] = field(default_factory=lambda: {k: OutgoingImage() for k in OUTPUTS})
     info_out: CameraInfo = field(default_factory=CameraInfo)
     camera_info: CameraInfo | None = None
@@ -152,8 +156,12 @@ class SegmentationNode(LifecycleNode):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
         declare_parameters(self)
-        self.add_on_set_parameters_callback(validate_change)
-        self.add_post_set_parameters_callback(self._on_params_set)
+        post_set = getattr(self, "add_post_set_parameters_callback", None)  # Iron and later
+        if post_set is not None:
+            self.add_on_set_parameters_callback(validate_change)
+            post_set(self._on_params_set)
+        else:  # Humble: apply live values from the (only) on-set callback once they pass
+            self.add_on_set_parameters_callback(self._validate_and_apply)
         self._log_handler = _RosLogHandler(self)
         pkg_log = logging.getLogger("refinenet_ros")
         pkg_log.addHandler(self._log_handler)
@@ -163,7 +171,7 @@ class SegmentationNode(LifecycleNode):
         self.autostart = bool(self.get_parameter("autostart").value)
         self.segmenter: Any = None
         self.cameras: list[CameraIO] = []
-        self._subs: list[Subscription[Any]] = []
+        self._subs: list[Subscription] = []
         self._slots = LatestFrameSlots(1)
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
@@ -374,10 +382,11 @@ class SegmentationNode(LifecycleNode):
         )
         return segmenter
 
-    def _lifecycle_publisher(self, msg_type: Any, topic: str, qos: Any) -> LifecyclePublisher[Any]:
+    def _lifecycle_publisher(self, msg_type: Any, topic: str, qos: Any) -> LifecyclePublisher:
         """A lifecycle publisher whose incompatible-QoS events are logged with the fix."""
         events = publisher_callbacks(self._resolved(topic), self.cfg.qos, self.get_logger().warning)
-        return self.create_lifecycle_publisher(msg_type, topic, qos, event_callbacks=events)
+        publisher = self.create_lifecycle_publisher(msg_type, topic, qos, event_callbacks=events)
+        return cast(LifecyclePublisher, publisher)  # Humble annotates it as a plain Publisher
 
     def _resolved(self, topic: str) -> str:
         """Fully qualified topic name (after namespace and remapping), for log messages."""
@@ -386,13 +395,19 @@ class SegmentationNode(LifecycleNode):
         except Exception:  # invalid names fail later with rclpy's own message
             return topic
 
+    def _validate_and_apply(self, params: list[Any]) -> Any:
+        result = validate_change(params)
+        if result.successful:
+            self._on_params_set(params)
+        return result
+
     def _on_params_set(self, params: list[Any]) -> None:
         for p in params:
             if p.name in LIVE:
                 setattr(self.cfg, p.name, p.value)
 
     # ---- callbacks (never block) ---------------------------------------------------------
-    def _on_image(self, camera: int, msg: Image | CompressedImage) -> None:
+    def _on_image(self, camera: int, msg: Any) -> None:  # Image or CompressedImage
         self.stats.rate_in.tick()
         self.stats.last_input_t = time.monotonic()
         self._slots.put(Frame(camera, msg, time.monotonic()))

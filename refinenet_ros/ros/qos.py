@@ -8,12 +8,20 @@ gets event callbacks that log the offending policy and the parameter or setting 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-from rclpy.event_handler import (
-    PublisherEventCallbacks,
-    QoSRequestedIncompatibleQoSInfo,
-    SubscriptionEventCallbacks,
-)
+try:
+    from rclpy.event_handler import (
+        PublisherEventCallbacks,
+        QoSRequestedIncompatibleQoSInfo,
+        SubscriptionEventCallbacks,
+    )
+except ImportError:  # Humble (rclpy 3.x): the same classes, before their move to event_handler
+    from rclpy.qos_event import (  # type: ignore[no-redef,attr-defined,unused-ignore]
+        PublisherEventCallbacks,
+        QoSRequestedIncompatibleQoSInfo,
+        SubscriptionEventCallbacks,
+    )
 from rclpy.qos import (
     HistoryPolicy,
     QoSProfile,
@@ -76,15 +84,17 @@ def _incompatible_qos_logger(
     return on_incompatible
 
 
-def subscription_callbacks(
-    topic: str, qos_name: str, log: Callable[[str], object]
-) -> SubscriptionEventCallbacks:
+# The two factories return Any: the callbacks' class lives in rclpy.event_handler from Iron
+# on and in rclpy.qos_event on Humble, and create_subscription/create_publisher take it.
+def subscription_callbacks(topic: str, qos_name: str, log: Callable[[str], object]) -> Any:
+    """Event callbacks for a subscription on ``topic``: incompatible QoS logged with the fix."""
     return SubscriptionEventCallbacks(
         incompatible_qos=_incompatible_qos_logger("subscription", topic, qos_name, log)
     )
 
 
-def publisher_callbacks(topic: str, qos_name: str, log: Callable[[str], object]) -> PublisherEventCallbacks:
+def publisher_callbacks(topic: str, qos_name: str, log: Callable[[str], object]) -> Any:
+    """Event callbacks for a publisher on ``topic``: incompatible QoS logged with the fix."""
     return PublisherEventCallbacks(
         incompatible_qos=_incompatible_qos_logger("publisher", topic, qos_name, log)
     )
