@@ -267,3 +267,68 @@ def test_onnx_graph_lookups_log_hit_or_the_differing_field(
     assert hit == f"ONNX graph cache: hit {again.path}" and again.cached
     assert "miss: rebuilt because network_size differed (64x64 -> 64x96)" in changed
     assert "label_set" not in changed
+
+
+def test_a_sidecar_without_the_engine_hash_is_not_trusted(tmp_path: Path) -> None:
+    cache = EngineCache(tmp_path)
+    cache.store("m", make_key(), b"0123456789")
+    meta = json.loads(cache.meta_path("m").read_text())
+    del meta["engine_sha256"]
+    cache.meta_path("m").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="no engine sha256"):
+        cache.read_engine("m")
+
+
+def _flip_weight_bytes(path: Path) -> None:
+    """Bit rot inside the largest initialiser: the protobuf still parses, the numbers differ."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    for i in range(middle, middle + 4096, 4):
+        data[i] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("backend", "precision"), [("onnxruntime", "fp32"), ("onnxruntime", "int8"),
+                                                   ("openvino", "fp32")])  # fmt: skip
+def test_a_damaged_or_replaced_cache_entry_is_rebuilt_not_used(
+    tmp_path: Path, caplog, backend: str, precision: str
+) -> None:
+    import hashlib
+
+    import numpy as np
+
+    import refinenet_ros
+
+    if backend == "openvino":
+        pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+
+    def run() -> tuple[np.ndarray, np.ndarray]:
+        seg = refinenet_ros.load("random", backend=backend, device="cpu", network_size=(64, 64),
+                                 cache_dir=str(tmp_path), precision=precision)  # fmt: skip
+        result = seg(image)
+        return result.labels, result.confidence
+
+    good = run()
+    folder = tmp_path / "onnx"
+    graphs = sorted(folder.glob("*.onnx"), key=lambda p: "_int8_" not in p.name)  # INT8 first
+    assert len(graphs) == (2 if precision == "int8" else 1)
+    assert all((folder / (g.name + ".sha256")).is_file() for g in graphs)
+    entry = graphs[0] if backend == "onnxruntime" else next(folder.glob("*.ovblob"))
+    intact = entry.read_bytes()
+    damages = {
+        "bit rot": lambda: _flip_weight_bytes(entry),
+        "another file under this name": lambda: entry.write_bytes(intact[:-1] + bytes([intact[-1] ^ 1])),
+    }
+    for name, damage in damages.items():
+        damage()
+        caplog.clear()
+        with caplog.at_level("INFO", logger="refinenet_ros"):
+            labels, confidence = run()
+        assert "content changed since it was written" in caplog.text, name
+        assert np.array_equal(labels, good[0]) and np.allclose(confidence, good[1], atol=1e-5), name
+        # rebuilt in place, with the hash of what is there now (OpenVINO's export is not byte-stable)
+        recorded = (folder / (entry.name + ".sha256")).read_text().strip()
+        assert recorded == hashlib.sha256(entry.read_bytes()).hexdigest(), name
+        intact = entry.read_bytes()

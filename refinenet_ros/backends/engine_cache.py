@@ -256,6 +256,39 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def digest_path(path: str | os.PathLike[str]) -> Path:
+    """Where a cache entry's content hash lives: ``<file>.sha256`` beside it."""
+    p = Path(path)
+    return p.with_name(p.name + ".sha256")
+
+
+def record_digest(path: str | os.PathLike[str], sha256: str | None = None) -> None:
+    """Record a freshly written cache entry's content hash (checked by :func:`digest_problem`).
+
+    Best effort: a cache that cannot take the record (read-only, full) only means the
+    entry is rebuilt next time instead of trusted unverified."""
+    from refinenet_ros.io import atomic_write_text
+
+    try:
+        atomic_write_text(digest_path(path), (sha256 or sha256_file(path)) + "\n")
+    except OSError as exc:
+        log.warning("cache: content hash of %s not recorded (%s); it will be rebuilt next time", path, exc)
+
+
+def digest_problem(path: str | os.PathLike[str], sha256: str | None = None) -> str | None:
+    """None when a cache entry's content matches the hash recorded when it was written, else
+    why not: bit rot inside a graph's weights, or another model's file under this name, still
+    parse and would run with other labels, so only the content hash can tell."""
+    try:
+        expected = digest_path(path).read_text().strip()
+    except OSError:
+        return "no content hash was recorded with it"
+    actual = sha256 or sha256_file(path)
+    if actual != expected:
+        return f"its content changed since it was written (sha256 {_short(expected)} -> {_short(actual)})"
+    return None
+
+
 def slug(text: str) -> str:
     """File-name-safe lowercase form of a GPU or model name."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "x"
@@ -323,7 +356,9 @@ class EngineCache:
         data = self.engine_path(stem).read_bytes()
         meta = json.loads(self.meta_path(stem).read_text())
         expected = meta.get("engine_sha256")
-        if expected and sha256_bytes(data) != expected:
+        if not isinstance(expected, str) or not expected:
+            raise ValueError("the sidecar records no engine sha256: damaged or written by another tool")
+        if sha256_bytes(data) != expected:
             raise ValueError(
                 f"engine file checksum mismatch (sidecar {_short(expected)}, file "
                 f"{_short(sha256_bytes(data))}): truncated or corrupted"

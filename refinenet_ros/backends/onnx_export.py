@@ -463,19 +463,25 @@ def cached_path(cfg: ModelConfig, spec: ExportSpec, cache_dir: str | Path, key: 
 
 def export_cached(cfg: ModelConfig, spec: ExportSpec, cache_dir: str | Path) -> ExportResult:
     """The cached graph for (model, weights, spec, opset, versions), exporting it if needed."""
-    from refinenet_ros.backends.engine_cache import cache_decision, nearest_differences
+    from refinenet_ros.backends.engine_cache import cache_decision, digest_problem, nearest_differences
 
     weights = weights_fingerprint(cfg)
     key = cache_key(cfg, spec, weights)
     path = cached_path(cfg, spec, cache_dir, key)
     if path.is_file():
+        sha = _sha256_file(path)
+        problem = digest_problem(path, sha)
+        if problem is not None:  # damaged or replaced: never run it
+            log.warning("ONNX graph cache: miss: rebuilt because %s -> %s", problem, path)
+            require_build(f"ONNX export of {path.name}")
+            return _export_and_record(cfg, spec, path)
         try:
             meta = read_metadata(path)
         except Exception as exc:  # unreadable: fall through and re-export over it
             log.warning("cached ONNX %s is unreadable (%s); exporting again", path, exc)
         else:
             log.info(cache_decision("ONNX graph", path, hit=True))
-            return ExportResult(path, _sha256_file(path), meta, cached=True)
+            return ExportResult(path, sha, meta, cached=True)
     # Why no cached graph serves: the newest graph of this model, by its recorded metadata.
     resolved = cfg.resolved()
     others = [p for p in Path(cache_dir).glob(f"{resolved.model}_*.onnx") if "_int8_" not in p.name]
@@ -484,7 +490,16 @@ def export_cached(cfg: ModelConfig, spec: ExportSpec, cache_dir: str | Path) -> 
         diffs = ["a key field outside the graph's metadata differed (torch, package, opset or export format)"]
     log.info(cache_decision("ONNX graph", path, hit=False, differences=diffs))
     require_build(f"ONNX export of {path.name}")
-    return export_onnx(cfg, spec, path)
+    return _export_and_record(cfg, spec, path)
+
+
+def _export_and_record(cfg: ModelConfig, spec: ExportSpec, path: Path) -> ExportResult:
+    """Export into the cache and record the graph's content hash beside it."""
+    from refinenet_ros.backends.engine_cache import record_digest
+
+    result = export_onnx(cfg, spec, path)
+    record_digest(path, result.sha256)
+    return result
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

@@ -37,7 +37,15 @@ import numpy as np
 import numpy.typing as npt
 
 from refinenet_ros.backends.base import BackendError, check_batch, classes_from_metadata, pad_to_batch
-from refinenet_ros.backends.engine_cache import cache_decision, nearest_differences, sha256_file, slug
+from refinenet_ros.backends.engine_cache import (
+    cache_decision,
+    digest_problem,
+    nearest_differences,
+    record_digest,
+    sha256_bytes,
+    sha256_file,
+    slug,
+)
 from refinenet_ros.backends.onnx_export import INPUT_NAME, OUTPUT_NAMES, read_metadata
 from refinenet_ros.backends.prepare import require_build
 from refinenet_ros.io import atomic_write_bytes, atomic_write_text
@@ -209,11 +217,16 @@ class OpenVinoBackend:
         key = self.cache_key(config) if cache else {}
         blob = self.blob_path(key) if cache else None
         if blob is not None and blob.is_file():
-            try:
-                compiled = core.import_model(blob.read_bytes(), self.ov_device, config)
-                return compiled, f"compiled model from cache {blob.name}"
-            except Exception as exc:  # stale or truncated blob: compile over it
-                log.warning("openvino: cached %s does not import (%s); compiling again", blob.name, exc)
+            data = blob.read_bytes()
+            problem = digest_problem(blob, sha256_bytes(data))
+            if problem is not None:  # bit rot imports fine and runs with other labels
+                log.warning("openvino: cached %s is not used: %s; compiling again", blob.name, problem)
+            else:
+                try:
+                    compiled = core.import_model(data, self.ov_device, config)
+                    return compiled, f"compiled model from cache {blob.name}"
+                except Exception as exc:  # stale or truncated blob: compile over it
+                    log.warning("openvino: cached %s does not import (%s); compiling again", blob.name, exc)
         if blob is not None:  # uncached compiles stay here: a child's result could not be reused
             neighbours = blob.parent.glob(f"{self.path.stem}.{slug(self.ov_device)}.{self.precision}.*.json")
             why = nearest_differences(neighbours, key, lambda p: json.loads(p.read_text()))
@@ -227,8 +240,10 @@ class OpenVinoBackend:
         if blob is None:
             return compiled, "compiled, cache off"
         try:
-            data = compiled.export_model()
-            atomic_write_bytes(blob, data.getvalue() if hasattr(data, "getvalue") else bytes(data))
+            exported = compiled.export_model()
+            blob_bytes = exported.getvalue() if hasattr(exported, "getvalue") else bytes(exported)
+            atomic_write_bytes(blob, blob_bytes)
+            record_digest(blob, sha256_bytes(blob_bytes))
             atomic_write_text(blob.with_suffix(".json"), json.dumps(key, indent=2, sort_keys=True) + "\n")
         except Exception as exc:  # read-only cache, device without export: run uncached
             log.warning("openvino: compiled model not cached (%s)", exc)

@@ -32,7 +32,13 @@ import numpy.typing as npt
 
 from refinenet_ros.backends.base import BackendError
 from refinenet_ros.backends.calibration import ImageSource, calibration_batches
-from refinenet_ros.backends.engine_cache import cache_decision, nearest_differences, sha256_file
+from refinenet_ros.backends.engine_cache import (
+    cache_decision,
+    digest_problem,
+    nearest_differences,
+    record_digest,
+    sha256_file,
+)
 from refinenet_ros.backends.onnx_export import INPUT_NAME
 from refinenet_ros.backends.prepare import require_build
 from refinenet_ros.io import atomic_write_bytes, atomic_write_text
@@ -242,8 +248,11 @@ def quantized_cached(fp32_path: Path, options: BackendOptions, quant: QuantOptio
     key = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
     out = fp32_path.with_name(f"{fp32_path.stem}_int8_{key[:12]}.onnx")
     if out.is_file():
-        log.info("%s", cache_decision("INT8 graph", out, hit=True))
-        return out
+        problem = digest_problem(out)  # bit rot in the weights still parses and runs: check the content
+        if problem is None:
+            log.info("%s", cache_decision("INT8 graph", out, hit=True))
+            return out
+        log.warning("INT8 graph cache: %s is not used: %s; building it again", out, problem)
     # Why not a neighbour: each INT8 graph keeps its key record beside it (<graph>.json).
     neighbours = fp32_path.parent.glob(f"{fp32_path.stem}_int8_*.json")
     why = nearest_differences(neighbours, record, lambda p: json.loads(p.read_text()))
@@ -255,4 +264,5 @@ def quantized_cached(fp32_path: Path, options: BackendOptions, quant: QuantOptio
         atomic_write_text(out.with_suffix(".json"), json.dumps(record, indent=2, sort_keys=True) + "\n")
     except OSError as exc:  # the graph is cached; only the next miss's explanation is lost
         log.warning("INT8 graph key record not written (%s)", exc)
+    record_digest(path)
     return path
