@@ -134,6 +134,7 @@ def _resolve(cfg: ModelConfig) -> ModelConfig:
         if not Path(weights).is_file():
             raise ConfigError(f"weights {weights!r}: no such file and no bundled weights of that name")
         meta = checkpoint_metadata(weights)
+        check_metadata(weights, meta, size_given=size is not None)
         model = model or meta.get("model_name")
         recorded = meta.get("label_set")
         labels = labels or (recorded if isinstance(recorded, str) else None)
@@ -159,6 +160,55 @@ def _resolve(cfg: ModelConfig) -> ModelConfig:
         network_size=size,
         is_resolved=True,
     )
+
+
+def check_metadata(weights: str | Path, meta: dict[str, Any], *, size_given: bool = False) -> None:
+    """Refuse a checkpoint whose metadata would configure a wrong model, in one line each:
+    an unknown label set or model, a mean or std that is not 3 finite numbers (std > 0: a
+    zero divides every pixel by zero), a network size outside the bounds every entry point
+    accepts (a 1x1 size runs and gives one label; not checked when ``size_given``). Without it
+    the node reported "active" and then failed or mislabelled every frame."""
+    import math
+
+    from refinenet_ros.backends.base import network_size_problem
+    from refinenet_ros.labels import LABEL_SET_NAMES
+
+    where = f"weights {weights}: metadata records"
+    label_set = meta.get("label_set")
+    if isinstance(label_set, str) and label_set not in LABEL_SET_NAMES:
+        raise ConfigError(
+            f"{where} label set {label_set!r}, unknown here (known: {', '.join(LABEL_SET_NAMES)}); "
+            "pass the label set it was trained for (--labels / labels:=)"
+        )
+    model = meta.get("model_name")
+    if model is not None and model not in MODEL_NAMES:
+        raise ConfigError(
+            f"{where} model {model!r}, unknown here; pass --model (one of {', '.join(MODEL_NAMES)})"
+        )
+    classes = meta.get("num_classes")
+    if classes is not None and (isinstance(classes, bool) or not isinstance(classes, int) or classes < 1):
+        raise ConfigError(f"{where} num_classes {classes!r}; expected a whole number >= 1")
+    for key in ("mean", "std"):
+        value = meta.get(key)
+        if value is None:
+            continue
+        numbers = value if isinstance(value, list | tuple) else []
+        ok = len(numbers) == 3 and all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in numbers
+        )
+        if not ok or (key == "std" and any(v <= 0 for v in numbers)):
+            need = "3 finite numbers" + (" above 0" if key == "std" else "")
+            raise ConfigError(
+                f"{where} {key} {value!r}; expected {need} (re-save it with the values it was trained with)"
+            )
+    size = meta.get("network_size")
+    if size is not None and not size_given:
+        problem = network_size_problem(size)
+        if problem is not None:
+            raise ConfigError(
+                f"{where} network size {size!r}: {problem}; pass --network-size H W "
+                "(node: network_height/width)"
+            )
 
 
 def _triple(value: Any) -> tuple[float, float, float] | None:

@@ -429,3 +429,89 @@ def test_cascaded_round_trip_and_backbone_prefixes(tmp_path: Path) -> None:
     del sd["refine2.out_rcu.1_conv.bias"]
     with pytest.raises(CheckpointError, match=r"decoder key.*refine2.out_rcu.1_conv.bias"):
         load_checkpoint(model, sd, strict=False)
+
+
+# --- checkpoints that would load without a word and give wrong labels -------------------------
+
+
+@pytest.fixture(scope="module")
+def good_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from refinenet_ros.models import build_model, save_checkpoint
+
+    path = tmp_path_factory.mktemp("ckpt") / "good.pt"
+    model = build_model(NAME, 11, seed=0)
+    save_checkpoint(path, model, model_name=NAME, label_set="camvid", num_classes=11, mean=(0.5,) * 3,
+                    std=(0.5,) * 3, network_size=(64, 64))  # fmt: skip
+    return path
+
+
+def _lying(good: Path, out: Path, *, metadata: dict[str, Any] | None = None,
+           tensors: Callable[[dict[str, Tensor]], None] | None = None, rehash: bool = False) -> Path:  # fmt: skip
+    from refinenet_ros.models.checkpoint import state_digest
+
+    obj = torch.load(good, weights_only=True)
+    obj["metadata"].update(metadata or {})
+    if tensors is not None:
+        tensors(obj["state_dict"])
+        if rehash:
+            obj["metadata"]["state_sha256"] = state_digest(obj["state_dict"])
+    torch.save(obj, out)
+    return out
+
+
+def _flip_bits(sd: dict[str, Tensor]) -> None:
+    w = sd["segm.weight"]
+    w.view(torch.int32).reshape(-1)[:8] ^= 1 << 22
+
+
+def _all_nan(sd: dict[str, Tensor]) -> None:
+    for v in sd.values():
+        if v.is_floating_point():
+            v.fill_(float("nan"))
+
+
+LIES: dict[str, tuple[dict[str, Any], Any, bool, str]] = {
+    "unknown label set": ({"label_set": "no_such_labels"}, None, False, "no_such_labels"),
+    "size a string": ({"network_size": "big"}, None, False, "network size"),
+    "size negative": ({"network_size": [-64, 64]}, None, False, "network size"),
+    "size zero": ({"network_size": [0, 0]}, None, False, "network size"),
+    "size 1x1": ({"network_size": [1, 1]}, None, False, "32..8192"),
+    "mean of strings": ({"mean": ["a", "b", "c"]}, None, False, "mean"),
+    "mean NaN": ({"mean": [float("nan"), 0.5, 0.5]}, None, False, "mean"),
+    "std zero": ({"std": [0.0, 0.5, 0.5]}, None, False, "std"),
+    "bit flips in tensor data": ({}, _flip_bits, False, "damaged"),
+    "all-NaN weights": ({}, _all_nan, True, "NaN"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LIES))
+def test_lying_or_damaged_checkpoints_are_refused_in_one_line(
+    good_checkpoint: Path, tmp_path: Path, capsys, case: str
+) -> None:
+    from refinenet_ros.cli import main
+
+    metadata, tensors, rehash, named = LIES[case]
+    bad = _lying(good_checkpoint, tmp_path / "bad.pt", metadata=metadata, tensors=tensors, rehash=rehash)
+    image = tmp_path / "x.png"
+    from refinenet_ros.io import write_rgb_png
+
+    write_rgb_png(image, np.zeros((40, 40, 3), np.uint8))
+    rc = main(["segment", str(image), "--weights", str(bad), "--backend", "torch", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1 and named in lines[0] and "Traceback" not in err, err
+    # the good file runs
+    assert main(["segment", str(image), "--weights", str(good_checkpoint), "--backend", "torch",
+                 "--out", str(tmp_path / "o")]) == 0  # fmt: skip
+
+
+def test_bundled_weights_are_checked_against_their_hash() -> None:
+    import dataclasses
+
+    from refinenet_ros.weights import WEIGHTS, WeightsError
+
+    for weights in WEIGHTS.values():
+        assert len(weights.sha256) == 64 and weights.path.is_file()  # the shipped file is intact
+        with pytest.raises(WeightsError, match="damaged"):
+            _ = dataclasses.replace(weights, sha256="0" * 64).path

@@ -26,6 +26,7 @@ allow-listing only NumPy scalar types, which training scripts often store as
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import importlib
 import os
 import pickle
@@ -361,6 +362,7 @@ def load_checkpoint(
 
     sd, fmt, metadata, ignored = _unwrap(obj, source)
     sd, stripped = _strip_prefix(sd)
+    _check_integrity(sd, metadata, source)
 
     model_sd = model.state_dict()
     model_keys = [k for k in model_sd if not k.endswith(_IGNORED_SUFFIX)]
@@ -431,6 +433,35 @@ def load_checkpoint(
     )
 
 
+def state_digest(state_dict: Mapping[str, Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order: what
+    :func:`save_checkpoint` records so a flipped bit in the tensor data is found at load."""
+    h = hashlib.sha256()
+    for key in sorted(state_dict):
+        t = state_dict[key].detach().to("cpu").contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _check_integrity(sd: Mapping[str, Tensor], metadata: Mapping[str, Any], source: str) -> None:
+    """Refuse tensors that differ from what was saved (a recorded digest) and weights that are
+    NaN or infinite: either would run and give other labels, with NaN confidence."""
+    recorded = metadata.get("state_sha256")
+    if isinstance(recorded, str) and recorded and state_digest(sd) != recorded:
+        raise CheckpointError(
+            f"{source}: its tensors differ from the ones saved (content hash mismatch): the file is "
+            "damaged; copy or download it again"
+        )
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(
+            f"{source}: {len(bad)} tensor(s) hold NaN or infinite values ({_first(bad)}); the weights are "
+            "damaged or training diverged: use an earlier checkpoint"
+        )
+
+
 def _mismatch_message(
     source: str,
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]],
@@ -493,6 +524,7 @@ def save_checkpoint(
 
     package_version = getattr(importlib.import_module("refinenet_ros"), "__version__", "unknown")
 
+    state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
     metadata: dict[str, Any] = {
         "format_version": _FORMAT_VERSION,
         "model_name": model_name,
@@ -506,8 +538,8 @@ def save_checkpoint(
         "torch_version": str(torch.__version__),
         "refinenet_ros_version": str(package_version),
         "extra": extra_plain,
+        "state_sha256": state_digest(state),
     }
-    state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
     payload = {CHECKPOINT_MARKER: _FORMAT_VERSION, "metadata": metadata, "state_dict": state}
     _atomic_torch_save(Path(path), payload)
 

@@ -14,6 +14,7 @@ docs/accuracy.md) and loaded into fp32 models.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -45,16 +46,27 @@ class Weights:
     dataset: str
     backbone: str
     metrics: dict[str, Any] = field(default_factory=dict, compare=False)
+    #: sha256 of the shipped file, checked whenever it is used (empty: not checked)
+    sha256: str = ""
 
     @property
     def path(self) -> Path:
-        """The checkpoint file inside the installed package (pip and colcon alike)."""
+        """The checkpoint file inside the installed package (pip and colcon alike), checked
+        against its recorded sha256: a damaged copy would load and give other labels."""
         path = Path(str(resources.files(__package__).joinpath(self.file)))
         if not path.is_file():
             raise WeightsError(
                 f"bundled weights {self.name!r}: {path} is missing from this installation; "
                 "reinstall refinenet_ros (pip install . / colcon build)"
             )
+        if self.sha256:
+            st = path.stat()
+            actual = _file_sha256(str(path), st.st_size, st.st_mtime_ns)
+            if actual != self.sha256:
+                raise WeightsError(
+                    f"bundled weights {self.name!r}: {path} is damaged (sha256 {actual[:12]}..., expected "
+                    f"{self.sha256[:12]}...); reinstall refinenet_ros (pip install . / colcon build)"
+                )
         return path
 
     @property
@@ -101,9 +113,22 @@ WEIGHTS: dict[str, Weights] = {
             backbone="ImageNet MobileNetV2 1.0/224 from TensorFlow's quantised TFLite model "
             "(google-coral/test_data, Apache-2.0), dequantised",
             metrics=_CAMVID_METRICS,
+            sha256="179d9de89a7b40f1baa2ba208c2e2e88d716f71d26296b479d6de1358f7e3f91",
         ),
     )
 }
+
+@functools.lru_cache(maxsize=16)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """A bundled file's sha256, computed once per file version."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
 
 DEFAULT_WEIGHTS = "camvid"
 """What every inference entry point runs when no weights are given."""
