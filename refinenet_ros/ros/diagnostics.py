@@ -6,12 +6,65 @@ make that safe enough under the GIL (a sample more or less in a percentile is ha
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 from refinenet_ros.ros.scheduling import NODE_STAGES, RateMeter, Rolling
+
+LOSS_WARN_FRACTION = 0.1
+"""WARN when the transport lost more than this fraction of a window's frames."""
+
+
+class TransportLoss:
+    """Frames the transport lost before the node saw them, estimated two ways per camera.
+
+    - Stamp gaps: a camera publishes at a steady period, so a gap of k periods between two
+      received stamps means k - 1 frames lost (the period is the shortest recent gap; only
+      when nearly every gap is a whole number of periods, i.e. the source is a steady camera).
+    - CameraInfo without its image: drivers publish one CameraInfo per image with the same
+      stamp; the small CameraInfo gets through where large best-effort images are dropped
+      (the publisher's rate is above the node's input rate).
+
+    The larger estimate counts. Fed from the subscription callbacks (executor thread), read
+    by the diagnostics timer on the same thread. Unstamped frames are not counted.
+    """
+
+    def __init__(self, keep: int = 600) -> None:
+        self._images: dict[int, deque[tuple[float, int]]] = {}
+        self._infos: dict[int, deque[tuple[float, int]]] = {}
+        self._keep = keep
+
+    def image(self, camera: int, stamp_ns: int, now: float) -> None:
+        if stamp_ns > 0:
+            self._images.setdefault(camera, deque(maxlen=self._keep)).append((now, stamp_ns))
+
+    def info(self, camera: int, stamp_ns: int, now: float) -> None:
+        if stamp_ns > 0:
+            self._infos.setdefault(camera, deque(maxlen=self._keep)).append((now, stamp_ns))
+
+    def lost(self, window_s: float, now: float) -> tuple[int, int]:
+        """(frames lost, frames the cameras sent) over the last ``window_s`` seconds."""
+        lost = sent = 0
+        for camera, images in self._images.items():
+            stamps = sorted({s for t, s in images if now - t <= window_s})
+            gaps = [b - a for a, b in itertools.pairwise(stamps)]
+            by_gaps = 0
+            if len(gaps) >= 8 and (period := min(gaps)) > 0:
+                ratios = [g / period for g in gaps]
+                # a steady camera: (nearly) every gap a whole number of periods; else unknown
+                if sum(abs(r - round(r)) < 0.2 for r in ratios) >= 0.9 * len(ratios):
+                    by_gaps = sum(max(0, round(r) - 1) for r in ratios)
+            seen = set(stamps)
+            # infos from the last half second may still have their image on the way
+            infos = {s for t, s in self._infos.get(camera, ()) if 0.5 <= now - t <= window_s}
+            by_info = len(infos - seen) if infos & seen else 0  # stamped alike, else not comparable
+            lost += max(by_gaps, by_info)
+            sent += len(stamps) + max(by_gaps, by_info)
+        return lost, sent
 
 
 @dataclass
@@ -36,6 +89,7 @@ class NodeStats:
     last_input_t: float = 0.0
     last_malformed_t: float = 0.0
     last_error_t: float = 0.0
+    transport: TransportLoss = field(default_factory=TransportLoss)
 
 
 def _fmt(v: float) -> str:
@@ -88,6 +142,8 @@ def diagnostic_array(
         ("inputs", ", ".join(inputs)),
         ("seconds_since_input", _fmt(now - stats.last_input_t) if stats.last_input_t else "never"),
     ]
+    lost, sent = stats.transport.lost(window_s, now)
+    values.append(("transport_lost_recent", f"{lost} of {sent}"))
     for stage, rolling in stats.stages.items():
         for q, v in zip((50, 95, 99), rolling.percentiles(), strict=True):
             values.append((f"{stage}_ms_p{q}", _fmt(v)))
@@ -108,6 +164,13 @@ def diagnostic_array(
         status.level, status.message = DiagnosticStatus.ERROR, f"inference errors: {stats.last_problem}"
     elif recent(stats.last_malformed_t):
         status.level, status.message = DiagnosticStatus.WARN, f"malformed frames: {stats.last_problem}"
+    elif sent and lost / sent > LOSS_WARN_FRACTION:
+        status.level = DiagnosticStatus.WARN
+        status.message = (
+            f"transport lost {lost} of {sent} frames in {window_s:.0f} s (stamp gaps, CameraInfo without "
+            "image): on one machine use shared memory (shm_only:=true or FASTDDS_BUILTIN_TRANSPORTS=SHM), "
+            "across machines a reliable camera QoS or a compressed image topic"
+        )
     elif (waited := input_silence(stats, active_since, window_s, now)) is not None:
         status.level = DiagnosticStatus.WARN
         status.message = f"no input for {waited:.0f} s on {', '.join(inputs) or 'the image topic'}"

@@ -277,7 +277,7 @@ class SegmentationNode(LifecycleNode):
                 self.create_subscription(
                     CameraInfo,
                     cam.topic("camera_info"),
-                    lambda msg, c=cam: setattr(c, "camera_info", msg),
+                    lambda msg, i=index, c=cam: self._on_camera_info(i, c, msg),
                     qos,
                     event_callbacks=subscription_callbacks(
                         self._resolved(cam.topic("camera_info")), self.cfg.qos, warn
@@ -410,7 +410,12 @@ class SegmentationNode(LifecycleNode):
     def _on_image(self, camera: int, msg: Any) -> None:  # Image or CompressedImage
         self.stats.rate_in.tick()
         self.stats.last_input_t = time.monotonic()
+        self.stats.transport.image(camera, _stamp_ns(msg), self.stats.last_input_t)
         self._slots.put(Frame(camera, msg, time.monotonic()))
+
+    def _on_camera_info(self, camera: int, cam: CameraIO, msg: Any) -> None:
+        cam.camera_info = msg
+        self.stats.transport.info(camera, _stamp_ns(msg), time.monotonic())
 
     # ---- worker --------------------------------------------------------------------------
     def _work(self, stop: threading.Event) -> None:
@@ -544,6 +549,11 @@ class SegmentationNode(LifecycleNode):
                     "there? (check the topic name or remapping, -p input_transport, and the QoS)",
                     throttle_duration_sec=30.0,
                 )
+
+
+def _stamp_ns(msg: Any) -> int:
+    stamp = msg.header.stamp
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 def _warn_about_transport(node: SegmentationNode) -> None:
