@@ -3,93 +3,50 @@
 
 Each camera namespace ``C`` is subscribed as ``C/image`` (+ ``C/camera_info``) relative to
 the node's namespace, and its outputs are ``refinenet_segmentation/C/{labels,color,...}``.
-Mirrors ``segmentation_node --ros-args --params-file F -p cameras:=[front,left,right]``.
+``cameras`` and ``batch_timeout_ms`` override the params file only when given (cameras
+default to front,left,right when the file names none); the other arguments are those of
+segmentation.launch.py. Mirrors ``segmentation_node --ros-args --params-file F -p cameras:=[...]``.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
+from typing import Any
 
-from ament_index_python.packages import get_package_share_directory
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
-from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+from launch.actions import OpaqueFunction
 
 from launch import LaunchContext, LaunchDescription
-from refinenet_ros.ros.process import SHM_ONLY
+from refinenet_ros.ros.launching import (
+    COMMON_ARGUMENTS,
+    declare_arguments,
+    file_parameters,
+    launch_argument,
+    params_file,
+    segmentation_node,
+)
 
-# Launch arguments that override the preset's parameter of the same name when not empty,
-# so `build-engine` and the launch line can name the same model, weights and size.
-OVERRIDES: dict[str, type] = {
-    "model": str, "weights": str, "labels": str, "backend": str, "precision": str,
-    "network_height": int, "network_width": int, "engine_dir": str,
-}  # fmt: skip
-
-
-def _overrides(arg: Callable[[str], str]) -> dict[str, object]:
-    return {name: cast(arg(name)) for name, cast in OVERRIDES.items() if arg(name) != ""}
-
-
-def _transport_env(arg: Callable[[str], str]) -> dict[str, str]:
-    """Shared-memory-only Fast DDS only when asked (shm_only:=true): forced, it hides the
-    outputs from rviz on another computer and from drivers in other containers."""
-    if arg("shm_only").lower() not in ("true", "1", "yes"):
-        return {}
-    return {"FASTDDS_BUILTIN_TRANSPORTS": os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", SHM_ONLY)}
+DEFAULT_CAMERAS = ["front", "left", "right"]
+ARGUMENTS = [
+    *COMMON_ARGUMENTS,
+    ("cameras", "", "camera namespaces, comma-separated (default: the params file's, else front,left,right)"),
+    ("batch_timeout_ms", "", "how long to wait for the other cameras (default: the params file's)"),
+]
 
 
-def _override_arguments() -> list[DeclareLaunchArgument]:
-    return [
-        DeclareLaunchArgument(name, default_value="", description=f"overrides the preset's {name}")
-        for name in OVERRIDES
-    ] + [
-        DeclareLaunchArgument(
-            "shm_only", default_value="false",
-            description="Fast DDS over shared memory only (one machine; rviz elsewhere sees nothing)",
-        )
-    ]  # fmt: skip
+def _node(context: LaunchContext) -> list[Any]:
+    arg = launch_argument(context)
+    given: dict[str, object] = {}
+    if arg("cameras"):
+        given["cameras"] = [c.strip() for c in arg("cameras").split(",") if c.strip()]
+    else:
+        from ament_index_python.packages import get_package_share_directory
 
-
-def _node(context: LaunchContext) -> list[Node]:
-    def arg(name: str) -> str:
-        return LaunchConfiguration(name).perform(context)
-
-    config = os.path.join(get_package_share_directory("refinenet_ros"), "config")
-    params_file = arg("params_file") or os.path.join(config, f"{arg('preset')}.yaml")
-    cameras = [c.strip() for c in arg("cameras").split(",") if c.strip()]
-    return [
-        Node(
-            package="refinenet_ros",
-            executable="segmentation_node",
-            name="refinenet_segmentation",
-            namespace=arg("namespace"),
-            parameters=[
-                params_file,
-                {"cameras": cameras, "batch_timeout_ms": float(arg("batch_timeout_ms")), **_overrides(arg)},
-            ],
-            additional_env=_transport_env(arg),
-            output="screen",
-            emulate_tty=True,
-        )
-    ]
+        config = f"{get_package_share_directory('refinenet_ros')}/config"
+        if not file_parameters(params_file(arg, config)).get("cameras"):
+            given["cameras"] = DEFAULT_CAMERAS
+    if arg("batch_timeout_ms"):
+        given["batch_timeout_ms"] = float(arg("batch_timeout_ms"))
+    return segmentation_node(arg, parameters=given)
 
 
 def generate_launch_description() -> LaunchDescription:
-    return LaunchDescription(
-        [
-            DeclareLaunchArgument(
-                "cameras", default_value="front,left,right", description="camera namespaces"
-            ),
-            DeclareLaunchArgument("preset", default_value="street", description="street | indoor"),
-            DeclareLaunchArgument(
-                "params_file", default_value="", description="parameters YAML (overrides preset)"
-            ),
-            DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
-            DeclareLaunchArgument(
-                "batch_timeout_ms", default_value="15.0", description="wait for other cameras"
-            ),
-            *_override_arguments(),
-            OpaqueFunction(function=_node),
-        ]
-    )
+    return LaunchDescription([*declare_arguments(ARGUMENTS), OpaqueFunction(function=_node)])

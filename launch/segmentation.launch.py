@@ -1,103 +1,46 @@
 """One camera: ``ros2 launch refinenet_ros segmentation.launch.py preset:=street image:=/camera/image_raw``.
 
-Arguments: ``preset`` (street|indoor: config/<preset>.yaml), ``params_file`` (overrides the
-preset), ``namespace``, ``image`` (the camera's image topic; its ``camera_info`` sibling is
-used), ``compressed`` (subscribe ``<image>/compressed``). Mirrors the tested command line:
-``segmentation_node --ros-args --params-file F -p input_transport:=... -r image:=...``.
-Overrides of the preset: ``model weights labels backend precision network_height
-network_width engine_dir``; ``shm_only:=true`` for shared-memory-only Fast DDS (one machine).
+Arguments: ``preset`` (street|indoor: config/<preset>.yaml), ``params_file`` (your YAML,
+used instead of the preset), ``namespace``, ``image`` (the camera's image topic; its
+``camera_info`` sibling is used), ``compressed`` (true: subscribe ``<image>/compressed``;
+false: raw; not given: as the params file says). Overrides of the params file, sent only
+when given: ``model weights labels backend precision network_height network_width
+engine_dir``; ``shm_only:=true`` for shared-memory-only Fast DDS (one machine).
+Mirrors ``segmentation_node --ros-args --params-file F -p input_transport:=... -r image:=...``.
 Outputs: ``<namespace>/refinenet_segmentation/{labels,labels/camera_info,color,overlay,confidence}``.
+A node that exits with an error (a failed configure) makes the launch exit non-zero.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
+from typing import Any
 
-from ament_index_python.packages import get_package_share_directory
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
-from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+from launch.actions import OpaqueFunction
 
 from launch import LaunchContext, LaunchDescription
-from refinenet_ros.ros.process import SHM_ONLY
+from refinenet_ros.ros.launching import (
+    COMMON_ARGUMENTS,
+    declare_arguments,
+    is_true,
+    launch_argument,
+    segmentation_node,
+)
 
-# Launch arguments that override the preset's parameter of the same name when not empty,
-# so `build-engine` and the launch line can name the same model, weights and size.
-OVERRIDES: dict[str, type] = {
-    "model": str, "weights": str, "labels": str, "backend": str, "precision": str,
-    "network_height": int, "network_width": int, "engine_dir": str,
-}  # fmt: skip
-
-
-def _overrides(arg: Callable[[str], str]) -> dict[str, object]:
-    return {name: cast(arg(name)) for name, cast in OVERRIDES.items() if arg(name) != ""}
-
-
-def _transport_env(arg: Callable[[str], str]) -> dict[str, str]:
-    """Shared-memory-only Fast DDS only when asked (shm_only:=true): forced, it hides the
-    outputs from rviz on another computer and from drivers in other containers."""
-    if arg("shm_only").lower() not in ("true", "1", "yes"):
-        return {}
-    return {"FASTDDS_BUILTIN_TRANSPORTS": os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", SHM_ONLY)}
+ARGUMENTS = [
+    *COMMON_ARGUMENTS,
+    ("image", "/camera/image_raw", "input image topic"),
+    ("compressed", "", "true: subscribe <image>/compressed; false: raw (default: the params file's)"),
+]
 
 
-def _override_arguments() -> list[DeclareLaunchArgument]:
-    return [
-        DeclareLaunchArgument(name, default_value="", description=f"overrides the preset's {name}")
-        for name in OVERRIDES
-    ] + [
-        DeclareLaunchArgument(
-            "shm_only", default_value="false",
-            description="Fast DDS over shared memory only (one machine; rviz elsewhere sees nothing)",
-        )
-    ]  # fmt: skip
-
-
-def _node(context: LaunchContext) -> list[Node]:
-    def arg(name: str) -> str:
-        return LaunchConfiguration(name).perform(context)
-
-    config = os.path.join(get_package_share_directory("refinenet_ros"), "config")
-    params_file = arg("params_file") or os.path.join(config, f"{arg('preset')}.yaml")
-    compressed = arg("compressed").lower() in ("true", "1", "yes")
+def _node(context: LaunchContext) -> list[Any]:
+    arg = launch_argument(context)
     image = arg("image").rstrip("/")
     camera_info = image.rsplit("/", 1)[0] + "/camera_info" if "/" in image else "camera_info"
-    remappings = [("image/compressed", f"{image}/compressed")] if compressed else [("image", image)]
-    remappings.append(("camera_info", camera_info))
-    return [
-        Node(
-            package="refinenet_ros",
-            executable="segmentation_node",
-            name="refinenet_segmentation",
-            namespace=arg("namespace"),
-            parameters=[
-                params_file,
-                {"input_transport": "compressed" if compressed else "raw", **_overrides(arg)},
-            ],
-            remappings=remappings,
-            additional_env=_transport_env(arg),
-            output="screen",
-            emulate_tty=True,
-        )
-    ]
+    remappings = [("image", image), ("image/compressed", f"{image}/compressed"), ("camera_info", camera_info)]
+    given = {"input_transport": "compressed" if is_true(arg("compressed")) else "raw"}
+    return segmentation_node(arg, parameters=given if arg("compressed") else {}, remappings=remappings)
 
 
 def generate_launch_description() -> LaunchDescription:
-    return LaunchDescription(
-        [
-            DeclareLaunchArgument("preset", default_value="street", description="street | indoor"),
-            DeclareLaunchArgument(
-                "params_file", default_value="", description="parameters YAML (overrides preset)"
-            ),
-            DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
-            DeclareLaunchArgument(
-                "image", default_value="/camera/image_raw", description="input image topic"
-            ),
-            DeclareLaunchArgument(
-                "compressed", default_value="false", description="subscribe <image>/compressed"
-            ),
-            *_override_arguments(),
-            OpaqueFunction(function=_node),
-        ]
-    )
+    return LaunchDescription([*declare_arguments(ARGUMENTS), OpaqueFunction(function=_node)])
