@@ -248,3 +248,69 @@ def test_a_worker_killed_mid_bag_loses_and_duplicates_nothing(tmp_path: Path, ra
     lines = manifest_lines(out)
     assert sorted(r["output"] for r in lines) == ["d0", "d1", "d2"]
     assert all(r["status"] == "done" for r in lines)
+
+
+def test_damaged_outputs_are_redone_not_counted_done(
+    tmp_path: Path, ray_local: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After a complete run: a truncated output .mcap, a deleted one and one overwritten with
+    garbage are segmented again (metadata.yaml's message counts alone still matched)."""
+    src = tmp_path / "in"
+    bags = [write_sample_bag(src / f"d{i}", frames=2, size=SIZE, topic=TOPIC) for i in range(4)]
+    refs = {b.name: reference(b, tmp_path / "ref" / b.name) for b in bags}
+    out = tmp_path / "out"
+    fleet = ["fleet", str(src), "--out", str(out), *BAG_ARGS, "--workers", "1"]
+    assert main(fleet) == 0
+    (out / "d0" / "d0.mcap").write_bytes((out / "d0" / "d0.mcap").read_bytes()[:-100])  # truncated
+    (out / "d1" / "d1.mcap").unlink()  # deleted
+    size = (out / "d2" / "d2.mcap").stat().st_size
+    (out / "d2" / "d2.mcap").write_bytes(b"\x00garbage" * (size // 8))  # overwritten
+    capsys.readouterr()
+    assert main(fleet) == 0
+    summary = json.loads((out / SUMMARY_NAME).read_text())
+    assert (summary["done"], summary["skipped"]) == (3, 1)
+    for name, ref in refs.items():
+        same_files(ref, out / name)
+
+
+def test_out_equal_to_an_input_folder_and_an_unreachable_address_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import time
+
+    src = tmp_path / "in"
+    write_sample_bag(src / "d0", frames=1, size=SIZE, topic=TOPIC)
+    assert main(["fleet", str(src), "--out", str(src), *BAG_ARGS]) == 2
+    assert "is the input folder" in capsys.readouterr().err
+    t0 = time.monotonic()
+    assert main(["fleet", str(src), "--out", str(tmp_path / "o"), *BAG_ARGS, "--address", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert "--address 127.0.0.1:1" in err and "ray start --head" in err
+    assert len([line for line in err.splitlines() if line.strip()]) == 1, err
+    assert time.monotonic() - t0 < 60  # seconds, not Ray's minutes of retries
+
+
+def test_sigterm_to_the_fleet_driver_is_terminated_143(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    src = tmp_path / "in"
+    write_sample_bag(src / "d0", frames=30, size=SIZE, topic=TOPIC)
+    out = tmp_path / "out"
+    env = {**os.environ, "RAY_agent_register_timeout_ms": "120000"}
+    proc = subprocess.Popen([sys.executable, "-m", "refinenet_ros", "fleet", str(src), "--out", str(out),
+                             *BAG_ARGS, "--workers", "1"], stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / ".fleet.lock").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(3)  # Ray starting or running: both must end as "terminated"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # its own session: Ray daemons it may have left
+    assert proc.returncode == 143, err[-2000:]
+    assert "terminated" in err and "Traceback" not in err, err[-2000:]

@@ -50,6 +50,11 @@ def discover(inputs: Iterable[str | os.PathLike[str]], out_dir: Path) -> list[Ba
     out_abs = out_dir.resolve()
     found: list[BagInput] = []
     for item in inputs:
+        if Path(item).resolve() == out_abs:
+            raise FleetError(
+                f"--out {out_dir} is the input folder {item}: outputs would land among the inputs; "
+                "choose another --out"
+            )
         found.extend(_expand(Path(item), out_abs, from_list=False))
     by_rel: dict[str, BagInput] = {}
     for bag in found:

@@ -8,9 +8,11 @@ line per output wins and the file is compacted at the start of each run.
 A bag counts as done only when its newest line says ``done`` for the same input
 fingerprint (size + mtime of every file of the bag) and the same job fingerprint (model,
 weights content, backend, bag options), and the output bag on disk still holds the
-recorded message counts. Everything else is redone. Outputs appear only by the bag job's
-atomic rename, so an output with no ``done`` line is at worst a finished bag whose line
-was lost, replaced by the rerun; a half-written bag never has the output's name.
+recorded message counts and the size and mtime of every output file recorded when it was
+done (a truncated, deleted or overwritten output is redone). Everything else is redone.
+Outputs appear only by the bag job's atomic rename, so an output with no ``done`` line is
+at worst a finished bag whose line was lost, replaced by the rerun; a half-written bag
+never has the output's name.
 """
 
 from __future__ import annotations
@@ -44,6 +46,16 @@ def input_fingerprint(path: Path) -> dict[str, list[int]]:
         st = f.stat()
         out[f.name] = [st.st_size, st.st_mtime_ns]
     return out
+
+
+def output_fingerprint(output: Path) -> dict[str, list[int]] | None:
+    """Size and mtime (ns) of each file of a finished output bag, recorded when it is done and
+    compared before it counts as done again: a truncated, deleted or overwritten output file
+    differs (its message counts in ``metadata.yaml`` alone do not). None: nothing there."""
+    try:
+        return input_fingerprint(output) if output.exists() else None
+    except OSError:
+        return None
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -122,6 +134,9 @@ class Manifest:
             return False
         if rec.get("input_fingerprint") != fingerprint or rec.get("job") != job:
             return False
+        recorded = rec.get("output_files")
+        if not recorded or output_fingerprint(output) != recorded:
+            return False  # damaged, deleted or replaced since it was recorded (or never verified)
         return output_counts(output) == rec.get("messages")
 
     def record(self, rec: dict[str, Any]) -> None:

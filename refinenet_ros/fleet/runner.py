@@ -8,24 +8,35 @@ so a fast worker takes more bags and a lost worker holds back one bag, which Ray
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from refinenet_ros.fleet.inputs import BagInput, FleetError, is_bag_folder
-from refinenet_ros.fleet.manifest import SUMMARY_NAME, Manifest, input_fingerprint, job_fingerprint, locked
+from refinenet_ros.fleet.manifest import (
+    SUMMARY_NAME,
+    Manifest,
+    input_fingerprint,
+    job_fingerprint,
+    locked,
+    output_fingerprint,
+)
 from refinenet_ros.fleet.worker import BagWorker, FleetJob, ProgressBoard
 
 log = logging.getLogger("refinenet_ros")
 
 LOCAL_OBJECT_STORE_BYTES = 256 << 20
+CONNECT_TIMEOUT_S = 10.0
+"""How long ``--address HOST:PORT`` may take to answer before the run gives up (Ray itself
+retries for many minutes behind pages of warnings)."""
 """Embedded Ray's object store: workers return a small dict per bag, never images, so
 the default (30 % of RAM) would only take memory from the model."""
 
@@ -109,6 +120,8 @@ class FleetSummary:
                 f"  worker {name} ({w['host']}, {w['device']}): {w['bags']} bags, {w['frames']} frames, "
                 f"{w['fps']:.2f} frames/s while busy, model loaded in {w['load_s']:.1f} s"
             )
+        if self.malformed:
+            lines.append(f"  {self.malformed} malformed frames skipped (each logged by its bag)")
         for path, attempts in sorted(self.retried.items()):
             lines.append(f"  retried after its worker died: {path} ({attempts} attempts)")
         for f in self.failed:
@@ -131,6 +144,8 @@ def run_fleet(
     """
     out = Path(out_dir)
     t0 = time.perf_counter()
+    if settings.address is not None:
+        check_address(settings.address)
     with locked(out):
         manifest = Manifest(out)
         manifest.compact()
@@ -213,7 +228,12 @@ class _Run:
 
         started = False
         if not ray.is_initialized():
-            init_ray(self.settings)
+            try:
+                init_ray(self.settings)
+            except BaseException:  # Ctrl-C/SIGTERM while Ray starts: stop what it started
+                with contextlib.suppress(Exception):
+                    ray.shutdown()
+                raise
             started = True
         workers: list[Any] = []
         board: Any = None
@@ -309,6 +329,8 @@ class _Run:
             "job": self.jobfp,
             **value,
         }
+        if value["status"] == "done":  # what is on disk now: a later change means redo
+            rec["output_files"] = output_fingerprint(bag.output(self.out))
         self.manifest.record(rec)
         if value["status"] == "done":
             self.summary.done.append(str(bag.path))
@@ -404,17 +426,73 @@ def init_ray(settings: FleetSettings) -> None:
                 want,
                 cpus,
             )
-        ray.init(
-            num_cpus=max(cpus, want), include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES
-        )
+        with _keep_sigterm_handler():
+            ray.init(
+                num_cpus=max(cpus, want),
+                include_dashboard=False,
+                object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+            )
     else:
+        check_address(settings.address)
         try:
-            ray.init(address=settings.address)
+            with _keep_sigterm_handler():
+                ray.init(address=settings.address)
         except ConnectionError as exc:
-            raise FleetError(
-                f"--address {settings.address}: no Ray cluster there ({exc}); start one "
-                "with `ray start --head` or leave out --address for a local run"
-            ) from None
+            raise FleetError(_no_cluster(settings.address, f" ({exc})")) from None
+
+
+def _no_cluster(address: str, why: str) -> str:
+    return (
+        f"--address {address}: no Ray cluster answers there{why}; start one with "
+        "`ray start --head` or leave out --address for a local run"
+    )
+
+
+def check_address(address: str) -> None:
+    """Fail in seconds when a ``HOST:PORT`` Ray address does not accept a connection."""
+    problem = _unreachable(address)
+    if problem is not None:
+        raise FleetError(_no_cluster(address, f" within {CONNECT_TIMEOUT_S:.0f} s ({problem})"))
+
+
+def _unreachable(address: str) -> str | None:
+    """Why a ``HOST:PORT`` Ray address does not accept a connection within
+    :data:`CONNECT_TIMEOUT_S`, else None (other forms, ``auto`` and ``ray://``, are Ray's to try)."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or "://" in address or not port.isdigit():
+        return None
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S):
+            return None
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+
+
+@contextlib.contextmanager
+def _keep_sigterm_handler() -> Iterator[None]:
+    """``ray.init`` replaces the driver's SIGTERM handler with ``sys.exit(15)``: keep this
+    process's own (the CLI's "terminated", exit 143, after cleanup), also for a SIGTERM that
+    arrives while Ray starts."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    except SystemExit as exc:
+        if exc.code != signal.SIGTERM or previous is None:
+            raise
+        signal.signal(signal.SIGTERM, previous)
+        signal.raise_signal(signal.SIGTERM)  # delivered to the handler this process had
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _worker_count(settings: FleetSettings, bags: int) -> int:
