@@ -235,3 +235,15 @@ def test_bombs_are_malformed_and_diagnostics_reflect_a_recent_window(
         assert levels[-1][1] == 1 and levels[-1][2].startswith("unconfigured"), levels[-1]
     finally:
         node.stop()
+
+
+def test_cli_advice_reads_as_node_parameters_once() -> None:
+    """The library's hints name CLI flags, often with the node's words in brackets: a node
+    user reads each once ("pin -p backend:=(-p backend:=onnxruntime)" was garbled)."""
+    from refinenet_ros.ros.node import in_node_words
+
+    assert in_node_words("or pin --backend (-p backend:=onnxruntime)") == "or pin -p backend:=onnxruntime"
+    assert in_node_words("pin one with --backend/--precision (-p backend:=... -p precision:=...)") == (
+        "pin one with -p backend:=... -p precision:=..."
+    )
+    assert in_node_words("use --device cpu") == "use -p device:=cpu"

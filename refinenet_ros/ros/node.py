@@ -60,7 +60,10 @@ RCLError: type[Exception] = rclpy_implementation.RCLError
 
 NODE_NAME = "refinenet_segmentation"
 OUTPUTS = OUTPUT_KINDS
-_FLAG = re.compile(r"--([a-z][a-z0-9-]*)(?:[ =]([^\s;,'\"]+))?")
+_FLAG = re.compile(r"--([a-z][a-z0-9-]*)(?:[ =]([^\s;,'\"(]+))?")
+_FLAG_WITH_NODE_WORDS = re.compile(
+    r"(--[a-z][a-z0-9/-]*(?:[ =][^\s;,'\"(]+)?) \(((?:-p [a-z_]+:=\S+?\s?)+)\)"
+)
 
 
 class ConfigureInterrupted(Exception):
@@ -80,6 +83,8 @@ def in_node_words(text: str) -> str:
             return m.group(0)
         return f"-p {name}:={value}" if value and not value.startswith("-") else f"-p {name}:=..."
 
+    # advice that already gives the node's words in brackets: keep those, drop the flags' copy
+    text = _FLAG_WITH_NODE_WORDS.sub(lambda m: m.group(2), text)
     return _FLAG.sub(swap, text)
 
 
