@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from refinenet_ros.errors import RefineNetRosError
 from refinenet_ros.labels import LabelSet, get_label_set
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ RANDOM_WEIGHTS = "random"
 """The ``weights`` value that asks for seeded random weights (tests, benchmarks)."""
 
 
-class ConfigError(ValueError):
+class ConfigError(RefineNetRosError, ValueError):
     """The asked model/labels/weights do not make a model; the message says which and why."""
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from refinenet_ros.errors import RefineNetRosError
 from refinenet_ros.io import read_rgb
 from refinenet_ros.labels import CITYSCAPES_ID_TO_TRAINID, IGNORE_INDEX
 
@@ -32,7 +33,7 @@ DEFAULT_SPLITS = {"camvid": "val", "cityscapes": "val", "voc": "val", "ade20k": 
 CAMVID_UNLABELLED = 11
 
 
-class DatasetError(ValueError):
+class DatasetError(RefineNetRosError, ValueError):
     """The data set layout is not what the reader expects; the message says where and why."""
 
 

@@ -1,52 +1,47 @@
-"""Which exceptions are the user's or the machine's, and their one-line text.
+"""One root for the errors a user can fix, and their one-line text.
 
-Shared by the command line (``cli.main``) and the library parts that report per-item
-failures without stopping (``fleet`` reports a corrupt bag by path and goes on): both must
-tell a user's mistake, said in one line, from a bug in this package, which keeps its
-traceback. No import of the CLI: the library never depends on it.
+Every error this package raises for the user's input or machine (a bad flag value, a missing
+file, a checkpoint that does not fit, a corrupt bag) derives from :class:`RefineNetRosError`,
+whose message says the problem and the fix in one line. Anything else is a bug in this
+package and keeps its traceback. The command line (``cli.main``) and the library parts that
+report per-item failures without stopping (``fleet`` reports a corrupt bag by path and goes
+on) both tell the two apart with :func:`user_error_text`.
+
+This module imports nothing from the package, so every module can import the root.
 """
 
 from __future__ import annotations
 
 import errno
+import sqlite3
 import sys
 
-from refinenet_ros.io import UnreadableImage
 
-USER_ERRORS: tuple[tuple[str, str], ...] = (
-    ("refinenet_ros.bag", "BagError"),
-    ("refinenet_ros.bench", "BenchError"),
-    ("refinenet_ros.config", "ConfigError"),
-    ("refinenet_ros.datasets", "DatasetError"),
-    ("refinenet_ros.train", "TrainError"),
-    ("refinenet_ros.labels", "MappingError"),
-    ("refinenet_ros.training.labelling", "LabellingError"),
-    ("refinenet_ros.training.teacher", "TeacherError"),
-    ("refinenet_ros.weights", "WeightsError"),
-    ("refinenet_ros.models.checkpoint", "CheckpointError"),
-    ("refinenet_ros.models.tflite_import", "TFLiteImportError"),
-    ("refinenet_ros.backends.base", "BackendError"),
-    ("refinenet_ros.backends.calibration", "CalibrationError"),
-    ("refinenet_ros.ros.encodings", "MalformedImage"),
+class RefineNetRosError(Exception):
+    """The user's input or machine cannot do what was asked; the message names the fix.
+
+    ``except RefineNetRosError`` catches every error of this package that a user can act
+    on; the subclasses say which part refused (``ConfigError``, ``BagError``, ...)."""
+
+
+_ROSBAGS_ERRORS: tuple[tuple[str, str], ...] = (
     ("rosbags.rosbag2", "ReaderError"),
     ("rosbags.rosbag2", "WriterError"),
     ("rosbags.highlevel", "AnyReaderError"),
 )
-"""Exception types that always mean "the user's input or machine", never our bug. Looked up
-in ``sys.modules`` only: a module that was never imported cannot have raised its error, and
-``--help`` stays free of torch."""
+"""rosbags' own errors (a corrupt or unreadable bag): the user's input, never our bug. Looked
+up in ``sys.modules`` only: a library that was never imported cannot have raised its error,
+and ``--help`` stays free of the import."""
 
 
 def user_error_text(exc: BaseException) -> str | None:
     """One line for a user or environment error, or None for a bug (which keeps its traceback)."""
-    import sqlite3
-
-    for module_name, name in USER_ERRORS:
+    if isinstance(exc, RefineNetRosError):
+        return one_line(str(exc) or type(exc).__name__)
+    for module_name, name in _ROSBAGS_ERRORS:
         error_type = getattr(sys.modules.get(module_name), name, None)
         if isinstance(error_type, type) and isinstance(exc, error_type):
             return one_line(str(exc) or type(exc).__name__)
-    if isinstance(exc, UnreadableImage):
-        return one_line(str(exc))
     if isinstance(exc, OSError):
         return _os_error_text(exc)
     if isinstance(exc, sqlite3.Error):  # the output bag's database: disk full, read-only, locked
@@ -82,4 +77,5 @@ def _os_error_text(exc: OSError) -> str:
 
 
 def one_line(text: str) -> str:
+    """``text`` with every run of whitespace (newlines too) as one space."""
     return " ".join(text.split())

@@ -18,6 +18,7 @@ from typing import IO, Any
 import numpy as np
 import numpy.typing as npt
 
+from refinenet_ros.errors import RefineNetRosError
 from refinenet_ros.labels import LabelSet
 
 
@@ -111,7 +112,7 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-class UnreadableImage(ValueError):
+class UnreadableImage(RefineNetRosError, ValueError):
     """An input file that is not an image OpenCV can decode (a user error, not a bug)."""
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from refinenet_ros.errors import RefineNetRosError
+
 IGNORE_INDEX = 255
 """Label value meaning "not annotated" in ground truth; never predicted."""
 
@@ -268,7 +270,7 @@ BUNDLED_MAPPINGS: tuple[str, ...] = ("ade20k_to_indoor", "nyud40_to_indoor")
 """Mapping tables shipped as YAML beside this module (``label_maps/NAME.yaml``)."""
 
 
-class MappingError(ValueError):
+class MappingError(RefineNetRosError, ValueError):
     """A mapping file or name that cannot be used: said in one line, naming the fix."""
 
 

@@ -10,6 +10,7 @@ import math
 import random
 import time
 from collections.abc import Iterator
+from refinenet_ros.errors import RefineNetRosError
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,7 @@ log = logging.getLogger("refinenet_ros")
 Triple = tuple[float, float, float]
 
 
-class TrainError(ValueError):
+class TrainError(RefineNetRosError, ValueError):
     """The run cannot go on with the inputs given (e.g. a --resume file that train did not write)."""
 
 

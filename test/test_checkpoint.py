@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from refinenet_ros.errors import RefineNetRosError
 from refinenet_ros.models import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -307,8 +308,11 @@ def _load_saved(model: nn.Module, obj: Any) -> LoadReport:
         return load_checkpoint(model, path)
 
 
-def test_checkpoint_error_is_a_value_error() -> None:
-    assert issubclass(CheckpointError, ValueError)
+def test_a_refused_checkpoint_is_caught_by_the_package_error_root(target: nn.Module, tmp_path: Path) -> None:
+    path = tmp_path / "notes.pth"
+    path.write_text("this is not a checkpoint\n")
+    with pytest.raises(RefineNetRosError, match=r"notes\.pth"):
+        load_checkpoint(target, path)
 
 
 @pytest.mark.parametrize("kind", ["text", "empty", "missing", "directory", "truncated"])

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from refinenet_ros.errors import RefineNetRosError
+
 if TYPE_CHECKING:
     from refinenet_ros.backends.calibration import ImageSource
 
@@ -23,7 +25,7 @@ PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
 """bf16: OpenVINO on CPUs with AVX-512-BF16/AMX; the other backends refuse it with the reason."""
 
 
-class BackendError(RuntimeError):
+class BackendError(RefineNetRosError, RuntimeError):
     """A backend could not be created or run; the message says what to change."""
 
 

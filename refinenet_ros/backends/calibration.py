@@ -21,13 +21,15 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from refinenet_ros.errors import RefineNetRosError
+
 log = logging.getLogger("refinenet_ros")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 
 
-class CalibrationError(ValueError):
+class CalibrationError(RefineNetRosError, ValueError):
     """The calibration source is unusable; the message says what to change."""
 
 

@@ -7,13 +7,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from refinenet_ros.bag.topics import OUTPUT_KINDS
+from refinenet_ros.errors import RefineNetRosError
 
 STORAGES: tuple[str, ...] = ("mcap", "sqlite3")
 DEFAULT_MAX_PIXELS = 8192 * 8192
 """= ``encodings.DEFAULT_MAX_PIXELS`` (kept here so ``--help`` needs no OpenCV; a test pins them)."""
 
 
-class BagError(ValueError):
+class BagError(RefineNetRosError, ValueError):
     """A user error about the bags (missing topic, existing output); the text says the fix."""
 
 

@@ -20,8 +20,10 @@ failures raise :class:`BenchError`, one line, like every other layer's error.
 
 from __future__ import annotations
 
+from refinenet_ros.errors import RefineNetRosError
 
-class BenchError(Exception):
+
+class BenchError(RefineNetRosError):
     """A benchmark cannot run as asked (missing topic, node never came up, ...): the user's
     input or machine, said in one line, never a bug in this package."""
 

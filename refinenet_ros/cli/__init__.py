@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from refinenet_ros import __version__
 from refinenet_ros.backends.base import BACKEND_KINDS, MAX_NETWORK_SIDE, MIN_NETWORK_SIDE, PRECISIONS
 from refinenet_ros.config import DEFAULT_MODEL, MODEL_NAMES
-from refinenet_ros.errors import one_line
+from refinenet_ros.errors import RefineNetRosError, one_line
 from refinenet_ros.errors import user_error_text as library_error_text
 from refinenet_ros.labels import LABEL_SET_NAMES
 from refinenet_ros.segmenter import OUTPUT_KINDS
@@ -59,7 +59,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 MODEL_CHOICES_HELP = ", ".join(MODEL_NAMES)
 
 
-class CliError(Exception):
+class CliError(RefineNetRosError):
     """A user error: printed as one line without a traceback, exit status 2."""
 
 

@@ -14,10 +14,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from refinenet_ros.errors import RefineNetRosError
+
 BAG_SUFFIXES: tuple[str, ...] = (".mcap", ".db3")
 
 
-class FleetError(ValueError):
+class FleetError(RefineNetRosError, ValueError):
     """A user error about the fleet run (inputs, DIR, flags); the text names the fix."""
 
 

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from refinenet_ros.errors import RefineNetRosError
 from refinenet_ros.io import atomic_write, signals_deferred
 
 from .refinenet import MODEL_NAMES
@@ -83,7 +84,7 @@ _DEFAULT_BACKBONE_PREFIXES = ("conv1.", "bn1.", "layer", "encoders.", "backbone.
 _CLASSIFIER_NAMES = ("clf_conv", "segm")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(RefineNetRosError, ValueError):
     """A checkpoint could not be read, or does not fit the model. The message says why."""
 
 

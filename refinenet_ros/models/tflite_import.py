@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from refinenet_ros.errors import RefineNetRosError
+
 from .blocks import ConvBNAct
 from .mobilenetv2 import MobileNetV2Base
 
@@ -60,7 +62,7 @@ _FLOAT32, _INT32, _UINT8, _INT8 = 0, 2, 3, 9
 _NUMPY = {_FLOAT32: np.float32, _INT32: np.int32, _UINT8: np.uint8, _INT8: np.int8}
 
 
-class TFLiteImportError(ValueError):
+class TFLiteImportError(RefineNetRosError, ValueError):
     """The file is not a MobileNetV2 TFLite model we can map; the message says why."""
 
 

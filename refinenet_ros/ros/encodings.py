@@ -23,6 +23,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from refinenet_ros.errors import RefineNetRosError
+
 BufferLike = Union[bytes, bytearray, memoryview, "array.array[int]", npt.NDArray[np.uint8]]
 """What a message's ``data`` field may be (rclpy gives ``array.array('B')``)."""
 
@@ -44,7 +46,7 @@ DEFAULT_MAX_PIXELS = 8192 * 8192
 while a 775 KB PNG claiming 16000x16000 (256 MP, 3 GB decoded) is a decompression bomb."""
 
 
-class MalformedImage(ValueError):
+class MalformedImage(RefineNetRosError, ValueError):
     """A message that cannot be turned into an image; the text says what is wrong."""
 
 

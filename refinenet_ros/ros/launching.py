@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from refinenet_ros.errors import RefineNetRosError
 from refinenet_ros.ros.process import SHM_ONLY
 
 NODE_NAME = "refinenet_segmentation"
@@ -122,7 +123,7 @@ def segmentation_node(
     return [node, RegisterEventHandler(OnProcessExit(target_action=node, on_exit=_fail_on_error))]
 
 
-class NodeFailed(RuntimeError):
+class NodeFailed(RefineNetRosError, RuntimeError):
     """The node stopped by itself with a non-zero status: ``ros2 launch`` exits 1 with this."""
 
 

@@ -30,6 +30,7 @@ from rclpy.parameter import Parameter
 from refinenet_ros.backends.base import BACKEND_KINDS, PRECISIONS
 from refinenet_ros.backends.engine_cache import default_cache_dir
 from refinenet_ros.config import DEFAULT_MODEL
+from refinenet_ros.errors import RefineNetRosError
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "backend": BACKEND_KINDS,
@@ -152,7 +153,7 @@ PARAMETERS: dict[str, tuple[int, str, dict[str, Any]]] = {
 _READ_ONLY = ("autostart",)
 
 
-class ParameterError(ValueError):
+class ParameterError(RefineNetRosError, ValueError):
     """Bad ``-p`` values at startup: one line per parameter naming its type and range."""
 
 

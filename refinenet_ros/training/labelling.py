@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from refinenet_ros.errors import RefineNetRosError
 from refinenet_ros.labels import IGNORE_INDEX, LabelMapping, LabelSet
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ RECORD_NAME = "labelling.json"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
-class LabellingError(ValueError):
+class LabellingError(RefineNetRosError, ValueError):
     """The labelling job cannot run as asked; the message names the option to change."""
 
 

@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import numpy.typing as npt
 
+from refinenet_ros.errors import RefineNetRosError
+
 if TYPE_CHECKING:
     import torch
 
@@ -53,7 +55,7 @@ _IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 _IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
-class TeacherError(ValueError):
+class TeacherError(RefineNetRosError, ValueError):
     """A teacher that cannot be used (missing file, wrong kind, unusable input or output)."""
 
 

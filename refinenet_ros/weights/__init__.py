@@ -20,12 +20,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from refinenet_ros.errors import RefineNetRosError
 from refinenet_ros.labels import LabelSet, get_label_set
 
 __all__ = ["DEFAULT_WEIGHTS", "WEIGHTS", "Weights", "WeightsError", "get_weights", "weights_for"]
 
 
-class WeightsError(ValueError):
+class WeightsError(RefineNetRosError, ValueError):
     """A weights name that is not in the registry, or a bundled file that is missing."""
 
 
