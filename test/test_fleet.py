@@ -288,6 +288,22 @@ def test_out_equal_to_an_input_folder_and_an_unreachable_address_are_one_line(
     assert "--address 127.0.0.1:1" in err and "ray start --head" in err
     assert len([line for line in err.splitlines() if line.strip()]) == 1, err
     assert time.monotonic() - t0 < 60  # seconds, not Ray's minutes of retries
+    # weights whose metadata lies: one line from the driver, before any worker starts
+    import torch
+
+    from refinenet_ros.models import build_model, save_checkpoint
+
+    lying = tmp_path / "lying.pt"
+    save_checkpoint(lying, build_model("lw_refinenet_mobilenetv2", 11), model_name="lw_refinenet_mobilenetv2",
+                    label_set="camvid", num_classes=11, mean=(0.5,) * 3, std=(0.5,) * 3,
+                    network_size=None)  # fmt: skip
+    obj = torch.load(lying, weights_only=True)
+    obj["metadata"]["network_size"] = "big"
+    torch.save(obj, lying)
+    flags = ["--image-topic", TOPIC, "--no-progress", "--backend", "torch", "--weights", str(lying)]
+    assert main(["fleet", str(src), "--out", str(tmp_path / "o2"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert "network size" in err and "Traceback" not in err, err
 
 
 def test_sigterm_to_the_fleet_driver_is_terminated_143(tmp_path: Path) -> None:

@@ -184,3 +184,20 @@ def test_load_caps_threads_to_the_cores_present(caplog):
     assert f"using {cores} threads" in caplog.text
     result = seg(np.zeros((40, 40, 3), np.uint8))
     assert result.labels.shape == (40, 40)
+
+
+@pytest.mark.slow
+def test_one_openvino_segmenter_from_four_threads_is_not_busy_and_right():
+    from concurrent.futures import ThreadPoolExecutor
+
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    import refinenet_ros
+
+    seg = refinenet_ros.load("random", backend="openvino", device="cpu", network_size=(64, 64))
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(8)]
+    expected = [seg(image) for image in images]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(seg, images * 5))
+    for i, result in enumerate(got):
+        assert np.array_equal(result.labels, expected[i % len(images)].labels), i
