@@ -63,7 +63,7 @@ def test_export_out_that_is_a_folder(tmp_path: Path) -> None:
     one_line_error(proc, "--out", "folder")
 
 
-# Cheap checks come before slow work (issue #12): each fails in one line, before any model
+# Cheap checks come before slow work: each fails in one line, before any model
 # export or engine build (the commands would take seconds to minutes to get there).
 @pytest.mark.slow
 @pytest.mark.parametrize(
@@ -98,7 +98,7 @@ def _without_root_file_access() -> None:
 
 @pytest.mark.slow
 def test_an_unreadable_image_says_permission_denied(tmp_path: Path) -> None:
-    """issue 10 (8): permission denied read as "not an image OpenCV can read"."""
+    """An image the user may not read says "Permission denied", not "not an image OpenCV can read"."""
     image = tmp_path / "locked.png"
     image.write_bytes((Path(__file__).parent.parent / "docs" / "demo.png").read_bytes())
     image.chmod(0)
@@ -113,3 +113,14 @@ def test_an_unreadable_image_says_permission_denied(tmp_path: Path) -> None:
     expected = f"refinenet-ros segment: error: {image}: cannot be read (Permission denied)"
     assert errors == [expected], proc.stderr
     assert "Traceback" not in proc.stderr and "OpenCV" not in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_absurd_threads_are_capped_to_the_cores_with_a_warning(tmp_path: Path, backend: str) -> None:
+    """--threads 1000000 segfaulted torch and hung ONNX Runtime (SIGKILL needed)."""
+    proc = run_cli("segment", "--samples", "--weights", "random", "--network-size", "64", "64",
+                   "--backend", backend, "--threads", "1000000", "--out", str(tmp_path / "o"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cores = len(os.sched_getaffinity(0))
+    assert f"threads 1000000: this process runs on {cores} cores; using {cores} threads" in proc.stderr
