@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+import re
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -50,3 +52,48 @@ def test_one_except_clause_catches_a_refusal_from_any_layer() -> None:
 
     with pytest.raises(RefineNetRosError, match="no-such-weights"):
         ModelConfig(weights="no-such-weights").resolved()
+
+
+REPO = Path(__file__).resolve().parent.parent
+TRACKER_REFERENCE = re.compile(
+    r"(?<![\w&/])(?<!message )#\d{1,5}(?!\w)|\bissues? #?\d+|\bPR #?\d+", re.IGNORECASE
+)
+"""A hash sign and a number, or "issue" and a number: a tracker a user cannot see. Hex
+colours, ``# noqa`` and the bag tool's own "message #<n>" warnings do not match."""
+NOT_SHIPPED = {".git", ".venv", "build", "install", "log", "engines", "demo_out"}
+
+
+def shipped_text_files() -> list[Path]:
+    files = []
+    for path in sorted(REPO.rglob("*")):
+        rel = path.relative_to(REPO)
+        if rel.parts[0] in NOT_SHIPPED or any(p.startswith(".") and p != ".ci" for p in rel.parts):
+            continue
+        if not path.is_file() or "__pycache__" in rel.parts or ".egg-info" in str(rel):
+            continue
+        if rel == Path("CHANGELOG.md") or path.suffix in (".pt", ".pth", ".onnx", ".png", ".jpg", ".mcap"):
+            continue
+        files.append(path)
+    return files
+
+
+def test_code_docs_and_tests_name_no_tracker_issue_only_the_changelog_does() -> None:
+    """Code and docs say what and why; which issue asked for it is history, kept in commit
+    messages and CHANGELOG.md."""
+    hits = []
+    for path in shipped_text_files():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue  # binary data: no prose in it
+        for number, line in enumerate(text.splitlines(), 1):
+            if TRACKER_REFERENCE.search(line):
+                hits.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
+    assert hits == [], "reword to what and why (history goes in CHANGELOG.md):\n" + "\n".join(hits)
+
+
+def test_the_tracker_pattern_catches_references_and_spares_colours_and_noqa() -> None:
+    number = "12"  # split so that this file does not trip its own check
+    assert TRACKER_REFERENCE.search(f"fixed in issue {number}")
+    assert TRACKER_REFERENCE.search(f"(see #{number})")
+    assert not TRACKER_REFERENCE.search("color: #1a2b3c; x = 1  # noqa: E501; topic message #3")

@@ -194,8 +194,8 @@ def _tree(root: Path) -> dict[str, bytes]:
 def test_force_never_deletes_what_this_tool_did_not_write(
     tmp_path: Path, sample_bag: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """issue 10 (1): `bag victim/data/in_bag victim/data --force` deleted the input bag and
-    an unrelated file beside it. Every such OUTPUT is refused with one line; nothing changes."""
+    """An OUTPUT that holds or is inside an input (`bag victim/data/in_bag victim/data --force`)
+    is refused with one line; the input bag and the files beside it stay as they were."""
     import shutil
 
     victim = tmp_path / "victim"
@@ -236,7 +236,7 @@ def _partials_of(out: Path) -> list[str]:
 def test_a_running_run_is_not_raced_and_a_loser_says_what_happened(
     tmp_path: Path, sample_bag: Path, segmenter: Segmenter, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """issue 10 (2): a second run for an output being written is refused up front; a run whose
+    """A second run for an output being written is refused up front; a run whose
     output appears meanwhile says truthfully that its result was discarded."""
     import fcntl
 
@@ -288,9 +288,8 @@ def _wait_for_stage(out: Path, proc: Any, timeout: float = 120.0) -> None:
 
 @pytest.mark.slow
 def test_sigterm_cleans_up_and_the_next_run_removes_a_killed_runs_debris(tmp_path: Path) -> None:
-    """issue 10 (2): SIGTERM exited 143 at once leaving `.out.partial-*` (938 MB); SIGKILL
-    left 830 MB forever. SIGTERM now cleans up like Ctrl-C; the next run removes a killed
-    run's folder and says so."""
+    """SIGTERM cleans up like Ctrl-C (no `.out.partial-*` stage folder is left behind); the
+    next run removes the folder of a killed run and says so."""
     import signal
     import subprocess
 
@@ -321,7 +320,7 @@ def test_sigterm_cleans_up_and_the_next_run_removes_a_killed_runs_debris(tmp_pat
 def test_input_checked_before_the_model_and_corrupt_bags_are_one_line(
     tmp_path: Path, sample_bag: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """issue 10 (11, 4): an empty topic is an error, found before any model is loaded; a
+    """An empty topic is an error, found before any model is loaded; a
     corrupt MCAP (OverflowError inside the reader) is one line and exit 2, not a traceback."""
     import shutil
 
@@ -350,7 +349,7 @@ def test_input_checked_before_the_model_and_corrupt_bags_are_one_line(
 def test_decompression_bombs_and_broken_camera_info_are_skipped_and_capped(
     tmp_path: Path, segmenter: Segmenter, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """issue 10 (6, 11): a 16000x16000 PNG is refused from its header (counted malformed,
+    """A 16000x16000 PNG is refused from its header (counted malformed,
     never decoded); undecodable camera_info warnings are capped like image ones."""
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore

@@ -121,7 +121,7 @@ def test_bench_rejects_bad_resolution(capsys: pytest.CaptureFixture[str]) -> Non
 def test_bench_old_spellings_still_work_with_one_deprecation_line(
     old: list[str], new: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Issue #12: one vocabulary (--network-size/--image-size H W, --image-topic, --outputs
+    """One vocabulary (--network-size/--image-size H W, --image-topic, --outputs
     as bag takes it); the old WxH --resolution and --topic work for one release."""
     from refinenet_ros.cli import build_parser
 
@@ -176,7 +176,7 @@ def test_bench_bag_writes_documented_json(tmp_path: Path, capsys: pytest.Capture
 def test_bench_fleet_writes_documented_json(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Issue #14's goals, measured: bag in series, fleet with 1 and 2 workers, on 2 tiny bags."""
+    """The fleet's goals, measured: bag in series, fleet with 1 and 2 workers, on 2 tiny bags."""
     pytest.importorskip("ray", reason="ray is not installed (pip install 'refinenet_ros[fleet]')")
     import ray
 

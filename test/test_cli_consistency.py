@@ -1,4 +1,4 @@
-"""One vocabulary across the CLI (issue #12), checked over every subcommand of the real parser
+"""One vocabulary across the CLI, checked over every subcommand of the real parser
 (nested bench subcommands and fleet included): a shared concept has one spelling, one help
 text and one value type; every default shows in ``--help``; old spellings still parse, hidden,
 with one deprecation line."""

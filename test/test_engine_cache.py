@@ -220,7 +220,7 @@ def test_timing_cache_path_is_per_gpu_and_version(tmp_path: Path) -> None:
     assert a == cache.timing_cache_path(make_key(precision="fp32", onnx_sha256="f" * 64))
 
 
-# --- the cache-decision log (issue #12): which cached file was picked, and why -------------
+# --- the cache-decision log: which cached file was picked, and why -------------------------
 
 
 def decisions(caplog: pytest.LogCaptureFixture) -> list[str]:

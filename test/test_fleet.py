@@ -1,4 +1,4 @@
-"""`refinenet-ros fleet` (issue 14): many bags on Ray, each output byte-identical to
+"""`refinenet-ros fleet`: many bags on Ray, each output byte-identical to
 `refinenet-ros bag`, a manifest that makes reruns skip what is done and redo what changed,
 per-bag failures reported while the run goes on, and a worker killed mid-bag costing only
 that bag's retry. One embedded Ray for the whole module (its start-up is the slow part)."""

@@ -84,7 +84,7 @@ def test_compiled_model_is_cached_beside_the_graph_and_reused(
 def test_a_compiled_model_miss_names_the_key_field_that_differed(
     trained_cfg: ModelConfig, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """issue 12: the log says why a cached compiled model was not used."""
+    """The log says why a cached compiled model was not used."""
     create_backend(trained_cfg, _options(tmp_path, kind="openvino"))
     caplog.set_level("INFO", logger="refinenet_ros")
     blob = next((tmp_path / "onnx").glob("*.cpu.fp32.*.ovblob"))
@@ -246,8 +246,8 @@ def test_auto_measures_again_when_the_runtime_or_the_graph_changes(
 
 @pytest.mark.slow
 def test_auto_builds_only_what_could_be_chosen(trained_cfg: ModelConfig, tmp_path: Path) -> None:
-    """issue 13: the first measurement took 24-38 s against a 10 s goal, most of it calibrating
-    INT8 candidates that an fp32 configure can never choose."""
+    """An fp32 configure measures only the candidates it can choose: no INT8 candidate is
+    calibrated (calibrating them would take most of the measurement's time)."""
     options = _options(tmp_path, kind="auto")
     graph = onnx_for(trained_cfg, options)
     build = _Counting(trained_cfg, options)

@@ -153,7 +153,7 @@ def test_quant_options_choose_the_op_set_and_key_the_cache(
     caplog.set_level("INFO", logger="refinenet_ros")
     default = quantized_cached(fp32_path, options)
     assert conv_only != default and conv_only.is_file() and default.is_file()
-    # issue 12: the log says which cached graph was picked, or which key field differed
+    # The log says which cached graph was picked, or which key field differed
     assert (
         "INT8 graph cache: miss: rebuilt because settings.method differed (MinMax -> Percentile)"
         in caplog.text

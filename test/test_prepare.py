@@ -1,4 +1,4 @@
-"""Slow builds in a child process (issue 10, item 3), through ``build_segmenter(cancelled=...)``.
+"""Slow builds in a child process, through ``build_segmenter(cancelled=...)``.
 
 The ONNX export holds the GIL for seconds, so a caller that must stay responsive (the node's
 configure) has the export run in a spawned child: a cold cache spawns one, a warm one none,

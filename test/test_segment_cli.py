@@ -114,8 +114,8 @@ def test_random_weights_are_announced_even_when_the_onnx_graph_is_cached(tmp_pat
 
 @pytest.mark.slow
 def test_same_named_inputs_and_bad_out_are_one_line_errors(tmp_path):
-    """issue 10 (7, 4): `d1/x.png d2/x.png` silently wrote one result; `--out` a file or under a
-    file reached users as a traceback."""
+    """Inputs that would write the same result (`d1/x.png d2/x.png`), and `--out` a file or
+    under a file, are one-line errors."""
     rng = np.random.default_rng(1)
     for d in ("d1", "d2"):
         (tmp_path / d).mkdir()

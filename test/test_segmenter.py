@@ -124,8 +124,8 @@ def test_model_config_defaults_and_description():
 
 
 def test_a_threads_setting_applies_to_its_own_calls_only(small_model_cfg):
-    """issue 11 (6): the torch backend set the process-wide thread count at construction, so a
-    user's `threads=1` Segmenter slowed every other torch call of their process."""
+    """The torch backend leaves the process-wide thread count alone: a user's `threads=1`
+    Segmenter does not slow every other torch call of their process."""
     saved = torch.get_num_threads()
     torch.set_num_threads(2)  # the caller's own setting, different from the backend's
     seen: list[int] = []

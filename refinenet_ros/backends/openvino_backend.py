@@ -1,8 +1,8 @@
 """OpenVINO backend: the exported pipeline graph on Intel CPUs (and iGPU/NPU by name).
 
 Why a second CPU runtime: on Intel parts with AVX-512-BF16 or AMX, OpenVINO's CPU plugin
-runs the same graph in bf16 about 3x faster than ONNX Runtime FP32 (issue 13's table:
-LW-RefineNet-50 512x512, 215 -> 70 ms). It reads the very ONNX file the other backends
+runs the same graph in bf16 about 3x faster than ONNX Runtime FP32 (LW-RefineNet-50
+512x512: 215 -> 70 ms, docs/benchmarks.md). It reads the very ONNX file the other backends
 run (uint8 in, labels + confidence out), so nothing about the pipeline changes.
 
 Precisions:

@@ -7,7 +7,7 @@
   per-stage times from /diagnostics and node overhead = end-to-end - backend time.
 - ``bag``: the bag tool's frames/s against backend-only frames/s on the same frames.
 - ``fleet``: ``refinenet-ros fleet`` on Ray with 1 and 2 workers against the plain bag job
-  in series on the same generated bags (Ray's cost, worker scaling; issue #14's goals).
+  in series on the same generated bags (Ray's cost, worker scaling, against the fleet's goals).
 
 Each prints a table and, with ``--json PATH``, writes machine info (CPU, FP32 peak and
 how it was derived), versions, settings and every figure (atomically).
@@ -132,7 +132,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     f = sub.add_parser("fleet", help="fleet on Ray (1 and 2 workers) vs the plain bag job, same bags",
                        description="Frames/s of `refinenet-ros fleet` with 1 and 2 one-thread workers "
                        "against the bag job in series on the same generated bags, with and without "
-                       "Ray's start-up and the model loads, and issue #14's goals: 1 worker >= 0.9x "
+                       "Ray's start-up and the model loads, and the fleet's goals: 1 worker >= 0.9x "
                        "bag, 2 workers >= 1.7x 1 worker.")  # fmt: skip
     add_model_arguments(f)
     add_backend_arguments(f, batch=True)

@@ -238,13 +238,13 @@ class SegmentationNode(LifecycleNode):
         """Build the Segmenter, giving up within ~0.1 s of SIGINT/SIGTERM.
 
         A model export, INT8 calibration, compile or TensorRT build runs for seconds to minutes
-        in C++ that holds the GIL, so no signal handler or thread of ours could act meanwhile
-        (4-16 s measured). Those builds now run in a child process (``cancelled`` below kills
-        it; backends.prepare); a warm cache spawns nothing. For what still runs here, a
-        watcher thread sees the shutdown, says "interrupted during configure" and ends the
-        process (nothing is published yet; the kernel ends a build child with it). The
-        Segmenter itself is built on this thread: built on a helper thread, the torch
-        backend's per-thread settings were lost and multi-camera batching broke.
+        in C++ that holds the GIL, so no signal handler or thread of ours could act meanwhile.
+        Those builds run in a child process (``cancelled`` below kills it; backends.prepare);
+        a warm cache spawns nothing. For what still runs here, a watcher thread sees the
+        shutdown, says "interrupted during configure" and ends the process (nothing is
+        published yet; the kernel ends a build child with it). The Segmenter itself is built
+        on this thread: on a helper thread, the torch backend's per-thread settings would be
+        lost and multi-camera batching would break.
         """
         done = threading.Event()
 
