@@ -449,8 +449,14 @@ def good_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _lying(good: Path, out: Path, *, metadata: dict[str, Any] | None = None,
-           tensors: Callable[[dict[str, Tensor]], None] | None = None, rehash: bool = False) -> Path:  # fmt: skip
+def _lying(
+    good: Path,
+    out: Path,
+    *,
+    metadata: dict[str, Any] | None = None,
+    tensors: Callable[[dict[str, Tensor]], None] | None = None,
+    rehash: bool = False,
+) -> Path:
     from refinenet_ros.models.checkpoint import state_digest
 
     obj = torch.load(good, weights_only=True)
@@ -500,7 +506,8 @@ def test_lying_or_damaged_checkpoints_are_refused_in_one_line(
     from refinenet_ros.io import write_rgb_png
 
     write_rgb_png(image, np.zeros((40, 40, 3), np.uint8))
-    rc = main(["segment", str(image), "--weights", str(bad), "--backend", "torch", "--out", str(tmp_path / "o")])
+    out = str(tmp_path / "o")
+    rc = main(["segment", str(image), "--weights", str(bad), "--backend", "torch", "--out", out])
     err = capsys.readouterr().err
     assert rc == 2, err
     lines = [line for line in err.splitlines() if "error:" in line]

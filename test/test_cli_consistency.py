@@ -71,7 +71,7 @@ PER_COMMAND = {
     "--storage": "storage of the written vs the generated bag",
     "--threads": "bench: threads of the measured backend",
     "--weights": "train starts from random weights (or --backbone-init), not the bundled model",
-    "--force": "replace what a command would otherwise refuse to overwrite: an output bag, an earlier training run",
+    "--force": "replace what a command would otherwise refuse to overwrite: an output bag, an earlier run",
     "--engine-dir": "the same cache; bench may say it in its own words",
     "--iterations": "bench-only",
     "--warmup": "bench-only",

@@ -180,8 +180,8 @@ def test_a_decompression_bomb_is_one_line_in_every_command(
 
     bomb = folder_dataset / "images" / "img1.png"
     bomb.write_bytes(png_bomb(60000, 60000))
-    common = ["--backend", "torch"] if command != "train" else ["--steps", "1", "--batch-size", "3",
-                                                               "--crop", "48", "48", "--val-split", "none"]  # fmt: skip
+    train_flags = ["--steps", "1", "--batch-size", "3", "--crop", "48", "48", "--val-split", "none"]
+    common = ["--backend", "torch"] if command != "train" else train_flags
     argv = {
         "evaluate": ["evaluate", "--root", str(folder_dataset), "--report", str(tmp_path / "r.json")],
         "train": ["train", "--root", str(folder_dataset), "--out", str(tmp_path / "run")],

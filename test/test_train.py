@@ -294,9 +294,12 @@ def test_bad_optimisation_options_are_one_line(
 
 @pytest.mark.parametrize(
     ("line", "named"),
-    [('steps: "ten"', "steps"), ("crop: 48", "crop"), ("no_flip: maybe", "no_flip"), ("optimizer: lbfgs", "lbfgs")],
-)
-def test_recipe_values_are_checked_like_flags(shapes: Path, tmp_path: Path, capsys, line: str, named: str) -> None:
+    [('steps: "ten"', "steps"), ("crop: 48", "crop"), ("no_flip: maybe", "no_flip"),
+     ("optimizer: lbfgs", "lbfgs")],
+)  # fmt: skip
+def test_recipe_values_are_checked_like_flags(
+    shapes: Path, tmp_path: Path, capsys, line: str, named: str
+) -> None:
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"root: {shapes}\nmodel: {MODEL}\n{line}\n")
     assert main(["train", "--config", str(recipe), "--out", str(tmp_path / "run")]) == 2
@@ -309,7 +312,8 @@ def test_val_images_are_used_with_root_and_help_says_train_starts_random(
 ) -> None:
     out = tmp_path / "run"
     rc = main(["train", "--root", str(shapes), *TINY[:-5], "--lr", "1e-3", "--no-progress", "--steps", "1",
-               "--val-images", str(shapes / "images" / "val"), "--val-labels-dir", str(shapes / "labels" / "val"),
+               "--val-images", str(shapes / "images" / "val"),
+               "--val-labels-dir", str(shapes / "labels" / "val"),
                "--val-split", "val", "--val-limit", "2", "--out", str(out)])  # fmt: skip
     assert rc == 0
     assert "validation mIoU" in capsys.readouterr().out
@@ -320,16 +324,21 @@ def test_val_images_are_used_with_root_and_help_says_train_starts_random(
 
 
 @pytest.mark.timeout(300)
-def test_sigterm_while_writing_a_checkpoint_says_terminated_and_leaves_no_torn_file(
-    shapes: Path, tmp_path: Path
+@pytest.mark.parametrize(
+    ("signame", "rc", "word"), [("SIGTERM", 143, "terminated"), ("SIGINT", 130, "interrupted")]
+)
+def test_a_signal_while_writing_a_checkpoint_is_one_word_and_leaves_no_torn_file(
+    shapes: Path, tmp_path: Path, signame: str, rc: int, word: str
 ) -> None:
-    """SIGTERM as soon as a checkpoint's temporary file appears: "terminated", exit 143, and
-    whatever last.pt holds is a whole checkpoint that --resume reads."""
+    """The signal as soon as a checkpoint's temporary file appears: "terminated" (143) or
+    "interrupted" (130), and whatever last.pt holds is a whole checkpoint that --resume reads."""
     import os
     import signal
     import subprocess
     import sys
     import time
+
+    signum = getattr(signal, signame)
 
     out = tmp_path / "run"
     out.mkdir()
@@ -340,15 +349,15 @@ def test_sigterm_while_writing_a_checkpoint_says_terminated_and_leaves_no_torn_f
     deadline = time.monotonic() + 240
     while proc.poll() is None and time.monotonic() < deadline:
         if any(name.endswith(".tmp") for name in os.listdir(out)):
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signum)
             caught = True
             break
         time.sleep(0.0005)
     if not caught:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err
-    assert "terminated" in err and "Traceback" not in err, err
+    assert proc.returncode == rc, err
+    assert word in err and "Traceback" not in err, err
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     if (out / "last.pt").exists():
         step = _step(out / "last.pt")

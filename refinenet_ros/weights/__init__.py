@@ -119,6 +119,7 @@ WEIGHTS: dict[str, Weights] = {
     )
 }
 
+
 @functools.lru_cache(maxsize=16)
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     """A bundled file's sha256, computed once per file version."""
