@@ -100,53 +100,11 @@ def test_bench_model_writes_documented_json(tmp_path: Path, capsys: pytest.Captu
         assert math.isclose(r["gflops"], expected, rel_tol=0.02, abs_tol=0.1)
 
 
-def test_bench_rejects_bad_resolution(capsys: pytest.CaptureFixture[str]) -> None:
+def test_bench_rejects_a_bad_network_size_while_parsing(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        main(["bench", "model", "--resolution", "640by480"])
+        main(["bench", "model", "--network-size", "640by480", "480"])
     assert exc.value.code == 2
-    assert "WIDTHxHEIGHT" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize(
-    ("old", "new"),
-    [
-        (["model", "--resolution", "96x64", "128x96"], ["model", "--network-size", "64", "96",
-                                                       "--network-size", "96", "128"]),
-        (["node", "--resolution", "1280x720", "--outputs", "labels", "overlay"],
-         ["node", "--image-size", "720", "1280", "--outputs", "labels,overlay"]),
-        (["bag", "in.mcap", "--topic", "/cam", "--resolution", "320x240"],
-         ["bag", "in.mcap", "--image-topic", "/cam", "--image-size", "240", "320"]),
-    ],
-)  # fmt: skip
-def test_bench_old_spellings_still_work_with_one_deprecation_line(
-    old: list[str], new: list[str], capsys: pytest.CaptureFixture[str]
-) -> None:
-    """One vocabulary (--network-size/--image-size H W, --image-topic, --outputs
-    as bag takes it); the old WxH --resolution and --topic work for one release."""
-    from refinenet_ros.cli import build_parser
-
-    parser = build_parser()
-    fields = ("network_size", "image_size", "image_topic", "outputs")
-    got_old = parser.parse_args(["bench", *old])
-    err = capsys.readouterr().err
-    got_new = parser.parse_args(["bench", *new])
-    assert capsys.readouterr().err == ""
-    for f in fields:
-        assert _plain(getattr(got_old, f, None)) == _plain(getattr(got_new, f, None)), f
-    lines = err.strip().splitlines()
-    deprecated = [w for w in old if w in ("--resolution", "--topic")]
-    assert len(lines) == len(deprecated)
-    for flag, line in zip(deprecated, lines, strict=True):
-        assert f"{flag} is deprecated" in line
-        if flag == "--resolution":
-            assert ("--network-size" if old[0] == "model" else "--image-size") in line
-
-
-def _plain(value: object) -> object:
-    """Lists and tuples alike (a default tuple vs a parsed list), nested one level."""
-    if isinstance(value, list | tuple):
-        return tuple(_plain(v) for v in value)
-    return value
+    assert "'640by480' is not a whole number of pixels" in capsys.readouterr().err
 
 
 @pytest.mark.slow

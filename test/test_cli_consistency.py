@@ -1,7 +1,6 @@
 """One vocabulary across the CLI, checked over every subcommand of the real parser
 (nested bench subcommands and fleet included): a shared concept has one spelling, one help
-text and one value type; every default shows in ``--help``; old spellings still parse, hidden,
-with one deprecation line."""
+text and one value type; every default shows in ``--help``."""
 
 from __future__ import annotations
 
@@ -17,7 +16,6 @@ from refinenet_ros.cli import (
     NETWORK_SIZE_HELP,
     CliParser,
     DefaultsHelpFormatter,
-    _DeprecatedAlias,
     add_backend_arguments,
     add_image_size_argument,
     add_image_topic_argument,
@@ -112,13 +110,8 @@ def test_the_walk_sees_every_command() -> None:
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_no_dialect_spelling_is_visible(name: str) -> None:
     parser = COMMANDS[name]
-    visible = visible_options(parser)
     for old, new in DIALECTS.items():
-        assert old not in visible, f"{name}: {old} is a dialect of {new}; use the shared option"
-    for action in parser._actions:  # kept old spellings are registered aliases: hidden, pointing at the new
-        if isinstance(action, _DeprecatedAlias):
-            assert action.help is argparse.SUPPRESS
-            assert action.new.option_strings[-1] in visible
+        assert old not in parser._option_string_actions, f"{name}: {old} is a dialect of {new}"
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
@@ -179,49 +172,6 @@ def test_train_help_shows_the_recipe_defaults() -> None:
 
 def parse(*argv: str) -> argparse.Namespace:
     return build_parser().parse_args(list(argv))
-
-
-@pytest.mark.parametrize(
-    ("old", "new", "dest"),
-    [
-        (
-            ["export", "--out", "m.onnx", "--height", "64", "--width", "96"],
-            ["export", "--out", "m.onnx", "--network-size", "64", "96"],
-            "network_size",
-        ),
-        (["demo", "--size", "64", "96"], ["demo", "--image-size", "64", "96"], "image_size"),
-        (["evaluate", "--label-dir", "L"], ["evaluate", "--labels-dir", "L"], "labels_dir"),
-        (["train", "--val-label-dir", "V"], ["train", "--val-labels-dir", "V"], "val_labels_dir"),
-    ],
-    ids=["height-width", "size", "label-dir", "val-label-dir"],
-)
-def test_old_spellings_parse_to_the_same_value_and_warn_once(
-    old: list[str], new: list[str], dest: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    expected = getattr(parse(*new), dest)
-    assert capsys.readouterr().err == ""
-    value = getattr(parse(*old), dest)
-    assert (
-        expected is not None and list(value)
-        if isinstance(value, (list, tuple))
-        else value == (list(expected) if isinstance(expected, (list, tuple)) else expected)
-    )
-    lines = capsys.readouterr().err.splitlines()
-    flags = [f for f in old if f in DIALECTS]
-    assert len(lines) == len(flags)  # one line per old flag, not per use
-    for flag, line in zip(flags, lines, strict=True):
-        assert line.startswith(f"refinenet-ros: {flag} is deprecated, use --") and "goes in 0." in line
-
-
-def test_a_repeated_old_flag_warns_once(capsys: pytest.CaptureFixture[str]) -> None:
-    p = CliParser(prog="t")
-    add_image_topic_argument(p)
-    from refinenet_ros.cli import deprecated_alias
-
-    deprecated_alias(p, "--topic", "--image-topic")
-    args = p.parse_args(["--topic", "/a", "--topic", "/b", "--image-topic", "/c"])
-    assert args.image_topic == ["/a", "/b", "/c"]
-    assert len(capsys.readouterr().err.splitlines()) == 1
 
 
 def test_outputs_take_commas_or_spaces_and_refuse_unknown_names(capsys: pytest.CaptureFixture[str]) -> None:

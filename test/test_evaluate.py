@@ -80,7 +80,8 @@ def test_cli_report_matches_saved_predictions(folder_dataset: Path, tmp_path: Pa
 def test_cli_multiscale_flip_and_backend_check(folder_dataset: Path, tmp_path: Path) -> None:
     report_path = tmp_path / "ms.json"
     rc = main([
-        "evaluate", "--images", str(folder_dataset / "images"), "--label-dir", str(folder_dataset / "labels"),
+        "evaluate", "--images", str(folder_dataset / "images"),
+        "--labels-dir", str(folder_dataset / "labels"),
         "--backend", "torch", "--scales", "0.5", "1.0", "--flip", "--report", str(report_path),
         "--limit", "2", "--no-progress", "--labels", "voc",
     ])  # fmt: skip

@@ -21,7 +21,7 @@ from refinenet_ros.config import ModelConfig, load_model, warn_if_random_weights
 
 log = logging.getLogger("refinenet_ros")
 
-__all__ = ["BackendOptions", "create_backend", "with_weights_size"]  # BackendOptions: its old home
+__all__ = ["create_backend", "with_weights_size"]
 
 AUTO_ENV = "REFINENET_ROS_AUTO"
 """``measure`` (default): CPU ``auto`` measures the candidates once per machine and graph;

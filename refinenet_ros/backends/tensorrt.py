@@ -219,7 +219,7 @@ def profile_shapes(
         if input_size is None:
             raise BackendError(
                 f"{onnx_path.name} has dynamic H/W: give the network size the engine is built for "
-                "(--network-size H W / network_size parameter, or --height/--width)"
+                "(--network-size H W / network_size parameter)"
             )
         h, w = input_size
     elif input_size is not None and (h, w) != tuple(input_size):

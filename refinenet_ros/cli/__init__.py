@@ -6,10 +6,8 @@ keeps heavy imports (torch, onnx, rclpy) inside ``run`` so ``--help`` stays fast
 One vocabulary: every concept that several commands share (model, backend, network
 size, image size, image topic, outputs, INT8 calibration) is one option defined once
 here -- same name, same format, same help, default shown -- and every command uses
-these helpers instead of its own spelling. Old spellings stay for one release through
-:func:`deprecated_alias` (hidden from ``--help``, one deprecation line when used).
-Cheap values (sizes, output names) are checked while parsing, so a typo never waits
-for a model to load.
+these helpers instead of its own spelling. Cheap values (sizes, output names) are
+checked while parsing, so a typo never waits for a model to load.
 """
 
 from __future__ import annotations
@@ -21,14 +19,13 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from refinenet_ros import __version__
 from refinenet_ros.backends.base import BACKEND_KINDS, MAX_NETWORK_SIDE, MIN_NETWORK_SIDE, PRECISIONS
 from refinenet_ros.config import DEFAULT_MODEL, MODEL_NAMES
-from refinenet_ros.errors import RefineNetRosError, one_line
-from refinenet_ros.errors import user_error_text as library_error_text
+from refinenet_ros.errors import RefineNetRosError, one_line, user_error_text
 from refinenet_ros.labels import LABEL_SET_NAMES
 from refinenet_ros.segmenter import OUTPUT_KINDS
 
@@ -52,7 +49,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("refinenet_ros.cli.demo", "node end to end: play samples, record outputs, report latency"),
     "weights": ("refinenet_ros.cli.weights", "list the bundled trained weights (name, model, labels, mIoU)"),
     "fleet": ("refinenet_ros.cli.fleet", "segment many bags exactly once on Ray, resumable"),
-    "label": ("refinenet_ros.cli.label", "a teacher model labels images or a bag topic for training (resumable)"),
+    "label": (
+        "refinenet_ros.cli.label",
+        "a teacher model labels images or a bag topic for training (resumable)",
+    ),
 }
 
 
@@ -62,10 +62,6 @@ MODEL_CHOICES_HELP = ", ".join(MODEL_NAMES)
 class CliError(RefineNetRosError):
     """A user error: printed as one line without a traceback, exit status 2."""
 
-
-DEPRECATED_UNTIL = "0.2"
-"""Release that drops the old spellings kept by :func:`deprecated_alias` (one release after
-the vocabulary was unified in 0.1)."""
 
 PROG = "refinenet-ros"
 
@@ -125,99 +121,6 @@ class CliParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
 
-# --- deprecated spellings -------------------------------------------------------------------
-
-_WARNED = "_deprecations_warned"
-
-
-def warn_deprecated(namespace: argparse.Namespace, old: str, new: str) -> None:
-    """Print the one deprecation line for ``old`` (once per command line, however often used)."""
-    warned: set[str] = namespace.__dict__.setdefault(_WARNED, set())
-    if old not in warned:
-        warned.add(old)
-        print(f"{PROG}: {old} is deprecated, use {new} (the old spelling goes in {DEPRECATED_UNTIL})",
-              file=sys.stderr)  # fmt: skip
-
-
-class _DeprecatedAlias(argparse.Action):
-    """An old spelling: converts its value, stores it where the new option stores, warns once."""
-
-    def __init__(
-        self,
-        option_strings: list[str],
-        dest: str,
-        *,
-        new: argparse.Action,
-        convert: Callable[[Any], Any] | None,
-        component: int | None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(option_strings, dest, **kwargs)
-        self.new = new
-        self.convert = convert
-        self.component = component
-
-    def __call__(
-        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: Any = None
-    ) -> None:
-        new_flag = self.new.option_strings[-1]
-        warn_deprecated(namespace, str(option or self.option_strings[0]), new_flag)
-        items = values if isinstance(values, list) else [values]
-        if self.convert is not None:
-            try:
-                items = [self.convert(v) for v in items]
-            except (argparse.ArgumentTypeError, ValueError) as exc:
-                parser.error(f"argument {option}: {exc}")
-        value: Any = items if isinstance(values, list) else items[0]
-        dest = self.new.dest
-        if self.component is not None:  # --height/--width: one side of the new (H, W)
-            current = list(getattr(namespace, dest) or [None, None])
-            current[self.component] = value
-            value = tuple(current)
-        if isinstance(self.new, _Repeatable):
-            self.new.add(namespace, value if isinstance(values, list) else [value])
-        elif isinstance(self.new, argparse._AppendAction):
-            setattr(
-                namespace,
-                dest,
-                [*(getattr(namespace, dest) or []), *(items if isinstance(values, list) else [value])],
-            )
-        else:
-            setattr(namespace, dest, value)
-
-
-def deprecated_alias(
-    parser: argparse.ArgumentParser | argparse._ActionsContainer,
-    old: str,
-    new: str,
-    *,
-    convert: Callable[[Any], Any] | None = None,
-    nargs: int | str | None = None,
-    metavar: str | tuple[str, ...] | None = None,
-    component: int | None = None,
-) -> None:
-    """Keep ``old`` working for one release as another spelling of the already-defined ``new``.
-
-    The old flag is hidden from ``--help``, stores into the new option's destination
-    (``convert`` maps each old value to the new format, e.g. ``--resolution 640x480`` to
-    the network size ``(480, 640)``; ``component`` sets one side of a pair, as
-    ``--height`` does), and prints one line on stderr naming the new spelling. Define
-    ``new`` first: an alias of nothing is a programming error.
-    """
-    container: Any = parser
-    target = container._option_string_actions.get(new)
-    if target is None:
-        raise ValueError(f"deprecated_alias({old!r}): define {new} first")
-    kwargs: dict[str, Any] = {"nargs": nargs if nargs is not None or convert is not None else target.nargs}
-    if convert is None and component is None:
-        kwargs["type"] = target.type
-    container.add_argument(
-        old, action=_DeprecatedAlias, new=target, convert=convert, component=component,
-        dest=f"_deprecated_{old.lstrip('-').replace('-', '_')}", default=argparse.SUPPRESS,
-        help=argparse.SUPPRESS, metavar=metavar, **kwargs,
-    )  # fmt: skip
-
-
 # --- shared options -------------------------------------------------------------------------
 
 
@@ -236,25 +139,15 @@ def network_side(text: str) -> int:
 
 
 def network_size_from_args(args: argparse.Namespace) -> tuple[int, int] | None:
-    """The (H, W) asked for, or None; a lone old ``--height`` or ``--width``, or a side out of
-    range (the old spellings are checked here, ``--network-size`` while parsing), is a user error."""
+    """The (H, W) asked for, or None; a side out of range (from a recipe file or a caller's
+    own namespace: ``--network-size`` itself is checked while parsing) is a user error."""
     size = args.network_size
     if size is None:
         return None
-    if None in size:
-        raise CliError("--height and --width go together; better: --network-size H W")
     try:
         return network_side(str(size[0])), network_side(str(size[1]))
     except argparse.ArgumentTypeError as exc:
         raise CliError(f"--network-size {size[0]} {size[1]}: {exc}") from None
-
-
-def width_x_height(text: str) -> tuple[int, int]:
-    """``640x480`` (the old ``--resolution WxH``) as the ``(H, W)`` every size option now takes."""
-    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if match is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT (e.g. 640x480)")
-    return network_side(match.group(2)), network_side(match.group(1))
 
 
 class _Repeatable(argparse.Action):
@@ -264,13 +157,11 @@ class _Repeatable(argparse.Action):
     def __call__(
         self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: Any = None
     ) -> None:
-        self.add(namespace, [tuple(values)])
-
-    def add(self, namespace: argparse.Namespace, items: list[Any]) -> None:
         given: set[str] = namespace.__dict__.setdefault("_repeatable_given", set())
         current = list(getattr(namespace, self.dest) or []) if self.dest in given else []
         given.add(self.dest)
-        setattr(namespace, self.dest, [*current, *(i for i in items if i not in current)])
+        item = tuple(values)
+        setattr(namespace, self.dest, current if item in current else [*current, item])
 
 
 NETWORK_SIZE_HELP = (
@@ -554,13 +445,6 @@ class Terminated(KeyboardInterrupt):
 
 def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated
-
-
-def user_error_text(exc: BaseException) -> str | None:
-    """One line for a user or environment error (a :class:`CliError` too), else None."""
-    if isinstance(exc, CliError):
-        return one_line(str(exc))
-    return library_error_text(exc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

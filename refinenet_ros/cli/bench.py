@@ -34,9 +34,7 @@ from refinenet_ros.cli import (
     add_outputs_argument,
     backend_options_from_args,
     calibration_from_args,
-    deprecated_alias,
     model_config_from_args,
-    width_x_height,
 )
 from refinenet_ros.cli.fleet import add_ray_arguments
 
@@ -78,8 +76,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", nargs="+", default=["fp32"], choices=PRECISIONS,
                    help="bf16: openvino on AVX512-BF16/AMX CPUs (elsewhere refused, with why)")  # fmt: skip
     add_network_size_argument(g, multiple=True, default=[(480, 640)])
-    # until 0.2: --resolution WxH [WxH ...] (width first) for the network sizes
-    deprecated_alias(g, "--resolution", "--network-size", convert=width_x_height, nargs="+", metavar="WxH")
     g.add_argument("--batch", nargs="+", type=_positive, default=[1], help="images per call (default: 1)")
     g.add_argument("--iterations", type=_positive, default=10, help="timed calls per configuration")
     g.add_argument("--warmup", type=int, default=2, help="untimed calls first (allocator, kernel choice)")
@@ -99,7 +95,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_backend_arguments(n, batch=False)
     g = n.add_argument_group("stream")
     add_image_size_argument(g)
-    deprecated_alias(g, "--resolution", "--image-size", convert=width_x_height, metavar="WxH")
     g.add_argument("--frames", type=_positive, default=60, help="frames published (default: 60)")
     g.add_argument("--rate", type=float, default=0.0,
                    help="publish rate in Hz (default 0: closed loop, next frame when the last one's "
@@ -121,9 +116,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = b.add_argument_group("input")
     g.add_argument("bag", nargs="?", default=None, help="input bag (default: generate one)")
     add_image_topic_argument(g, multiple=False, required=False)
-    deprecated_alias(g, "--topic", "--image-topic")
     add_image_size_argument(g)
-    deprecated_alias(g, "--resolution", "--image-size", convert=width_x_height, metavar="WxH")
     g.add_argument("--frames", type=_positive, default=30, help="frames in the generated bag")
     g.add_argument("--storage", default="mcap", choices=("mcap", "sqlite3"), help="generated bag storage")
     g.add_argument("--keep", metavar="DIR", default=None, help="keep the generated/output bags in DIR")

@@ -21,11 +21,11 @@ from refinenet_ros.cli import (
     CliError,
     add_calibration_arguments,
     add_model_arguments,
+    add_network_size_argument,
     calibration_from_args,
     model_config_from_args,
     network_size_from_args,
 )
-from refinenet_ros.cli.export import add_size_arguments
 
 if TYPE_CHECKING:
     from refinenet_ros.backends.base import Backend, BackendOptions
@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_argument_group("source (an exported graph, or a model to export)")
     src.add_argument("--onnx", default=None, help="exported graph (refinenet-ros export); else --model ...")
     add_model_arguments(parser)
-    add_size_arguments(src)
+    add_network_size_argument(src)
     g = parser.add_argument_group("engine")
     g.add_argument("--precision", default="fp16", choices=("fp32", "fp16", "int8"),
                    help="engine precision (int8: calibrated on the data below)")  # fmt: skip

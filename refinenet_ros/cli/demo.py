@@ -25,7 +25,6 @@ from refinenet_ros.cli import (
     add_image_size_argument,
     add_model_arguments,
     add_network_size_argument,
-    deprecated_alias,
     model_config_from_args,
 )
 
@@ -34,7 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=150, help="frames to play")
     parser.add_argument("--rate", type=float, default=5.0, help="player rate in Hz")
     add_image_size_argument(parser)
-    deprecated_alias(parser, "--size", "--image-size")
     parser.add_argument("--out", default="demo_out", help="output folder (created if missing)")
     add_model_arguments(parser, seed=False)
     g = parser.add_argument_group("node")

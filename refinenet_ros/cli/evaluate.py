@@ -26,7 +26,6 @@ from refinenet_ros.cli import (
     add_backend_arguments,
     add_model_arguments,
     backend_options_from_args,
-    deprecated_alias,
     model_config_from_args,
 )
 
@@ -54,7 +53,6 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--labels-dir", default=None,
                    help="generic layout: folder of label images matched to --images by name (--labels "
                         "names the label set)")  # fmt: skip
-    deprecated_alias(g, "--label-dir", "--labels-dir")
     g.add_argument("--label-offset", type=int, default=None,
                    help="subtract from label values; values below it become ignore (1 for exports "
                         "where 0 = unlabelled: ADE20K, NYUDv2-40, SUN-RGBD)")  # fmt: skip

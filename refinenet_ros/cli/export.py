@@ -15,23 +15,15 @@ from refinenet_ros.cli import (
     CliError,
     add_model_arguments,
     add_network_size_argument,
-    deprecated_alias,
     model_config_from_args,
     network_size_from_args,
 )
 
 
-def add_size_arguments(group: argparse._ActionsContainer) -> None:
-    """``--network-size H W`` plus the old ``--height``/``--width`` (one release, with a warning)."""
-    add_network_size_argument(group)
-    deprecated_alias(group, "--height", "--network-size", convert=int, component=0, metavar="H")
-    deprecated_alias(group, "--width", "--network-size", convert=int, component=1, metavar="W")
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     g = parser.add_argument_group("graph")
-    add_size_arguments(g)
+    add_network_size_argument(g)
     g.add_argument("--batch", type=int, default=1, help="static batch size (with --dynamic: the traced one)")
     g.add_argument("--dynamic", action="store_true",
                    help="dynamic N, H and W (--network-size and --batch only shape the tracing "

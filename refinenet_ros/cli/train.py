@@ -32,7 +32,6 @@ from refinenet_ros.cli import (
     THREADS_HELP,
     CliError,
     add_model_arguments,
-    deprecated_alias,
     model_config_from_args,
 )
 from refinenet_ros.cli.evaluate import add_dataset_arguments, dataset_from_args
@@ -58,7 +57,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="generic layout: validation images folder (with --val-labels-dir)")  # fmt: skip
     parser.add_argument("--val-labels-dir", default=None,
                         help="generic layout: folder of validation label images matched by name")  # fmt: skip
-    deprecated_alias(parser, "--val-label-dir", "--val-labels-dir")
     parser.add_argument("--val-limit", type=int, default=0, help="validate on the first N images (0: all)")
     parser.add_argument("--out", default="train_out", help="folder for last.pt / best.pt")
     parser.add_argument("--resume", default=None, metavar="CKPT", help="continue from OUT/last.pt")
