@@ -6,7 +6,11 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-TORCH_PIN ?= torch==2.13.0
+# torch's CPU build from the PyTorch index (PyPI's Linux torch is the multi-GB CUDA build);
+# where that index cannot be reached (a mirror-only network) pip's own indexes are used.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+CONSTRAINTS := constraints.txt
+VENDOR := ../shared/vendor
 STAMP := $(VENV)/.refinenet_ros-installed
 
 export FASTDDS_BUILTIN_TRANSPORTS := SHM?max_msg_size=8MB&sockets_size=64MB
@@ -16,14 +20,14 @@ ROS_DOMAIN_ID ?= $(shell echo $$(( $$$$ % 100 + 100 )))
 export ROS_DOMAIN_ID
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-fast lint typecheck unit venv clean
+.PHONY: demo test test-fast test-robot lint typecheck unit venv clean
 
 venv: $(STAMP)
 
 # With a sourced system ROS 2 whose rclpy imports, the venv sees system packages and we
 # install no ros-* wheels over it; otherwise the Kilted wheels from PyPI provide rclpy.
-# torch is installed first and pinned: unpinned, pip would pull a multi-GB CUDA build.
-$(STAMP): setup.py setup.cfg
+# torch first, the CPU build; every version from constraints.txt (setup.py keeps ranges).
+$(STAMP): setup.py setup.cfg $(CONSTRAINTS)
 	@set -e; \
 	if [ -n "$$ROS_DISTRO" ] && python3 -c 'import rclpy' 2>/dev/null; then \
 	  echo "[venv] system ROS 2 $$ROS_DISTRO detected: using its rclpy, no ros-* wheels"; \
@@ -33,9 +37,14 @@ $(STAMP): setup.py setup.cfg
 	  [ -x $(PY) ] || python3 -m venv $(VENV); extras=dev,ros; \
 	fi; \
 	$(PIP) install -q --upgrade pip; \
-	$(PY) -c 'import torch' 2>/dev/null || $(PIP) install -q $(TORCH_PIN); \
-	$(PIP) install -q -e ".[$$extras]"; \
-	$(PIP) install -q --no-deps tensorrt-stubs==10.13.0.35.1; \
+	if ! $(PY) -c 'import torch' 2>/dev/null; then \
+	  torch=$$(grep '^torch==' $(CONSTRAINTS)); \
+	  $(PIP) install -q --index-url $(TORCH_INDEX) --timeout 10 --retries 0 "$$torch" 2>/dev/null \
+	  || { echo "[venv] no $$torch from $(TORCH_INDEX) (unreachable?): using pip's configured indexes"; \
+	       $(PIP) install -q "$$torch"; }; \
+	fi; \
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[$$extras]"; \
+	$(PIP) install -q -c $(CONSTRAINTS) --no-deps tensorrt-stubs; \
 	touch $@
 
 # Real street photographs for the demo, from a package registry and never committed: the
@@ -61,14 +70,32 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check refinenet_ros test launch
 	$(VENV)/bin/ruff format --check refinenet_ros test launch
 
+# refinenet_ros/ros is also checked against the Humble and Jazzy rclpy sources (pyright;
+# test/rclpy_api/*.json) where ../shared/vendor holds them; Kilted is the rclpy the tests run.
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy refinenet_ros
 	$(VENV)/bin/pyright refinenet_ros/backends/tensorrt.py
+	@if [ -d $(VENDOR)/rclpy-api ]; then \
+	  for distro in humble jazzy; do \
+	    echo "[typecheck] refinenet_ros/ros against the rclpy of $$distro"; \
+	    $(VENV)/bin/pyright -p test/rclpy_api/$$distro.json || exit 1; \
+	  done; \
+	else echo "[typecheck] skipped the Humble/Jazzy rclpy check: $(VENDOR)/rclpy-api is absent"; fi
 
 unit: $(STAMP)
-	$(PY) -m pytest -q -rs
+	$(PY) -m pytest -q -rs -m "not robot"
 
-test: lint typecheck unit
+test: lint typecheck unit test-robot
+
+# The robot path for real (about 3 min on 2 cores; the first run also builds the workspace, a
+# minute or so): a colcon workspace of this checkout and the upstream launch/ros2cli sources in
+# ../shared/vendor/ros2 over the venv, then `ros2 launch`, `ros2 param`, `ros2 run` against
+# the node (test/test_robot.py). Skipped, with the reason, where those sources are absent.
+test-robot: $(STAMP)
+	@if [ ! -d $(VENDOR)/ros2/src ]; then \
+	  echo "[test-robot] skipped: $(VENDOR)/ros2 (upstream launch and ros2cli sources) is absent"; exit 0; fi; \
+	ws=$$(test/robot/workspace.sh $(VENV) $(VENDOR)/ros2) && \
+	REFINENET_ROS_ROBOT_WS=$$ws $(PY) -m pytest -q -rs -m robot -p no:cacheprovider test/test_robot.py
 
 # A developer's minute: the unit tests without ROS processes and without the slow ones
 # (training, Ray); `make test` stays the full suite (README, CI).

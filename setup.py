@@ -12,27 +12,28 @@ from setuptools import find_packages, setup
 
 PACKAGE = "refinenet_ros"
 
-# Pinned: these are the versions the test suite runs against.
+# Ranges; the exact versions the test suite runs against are in constraints.txt (the
+# Makefile installs with it: pip install -c constraints.txt -e '.[dev,ros]').
 ROS_WHEELS = [
-    "ros-rclpy==9.1.2",
-    "ros-sensor-msgs==5.5.1",
-    "ros-std-msgs==5.5.1",
-    "ros-diagnostic-msgs==5.5.1",
-    "ros-lifecycle-msgs==2.3.0",
-    "ros-rmw-fastrtps-cpp==9.3.3",
+    "ros-rclpy>=9.1.2,<10",
+    "ros-sensor-msgs>=5.5.1,<6",
+    "ros-std-msgs>=5.5.1,<6",
+    "ros-diagnostic-msgs>=5.5.1,<6",
+    "ros-lifecycle-msgs>=2.3.0,<3",
+    "ros-rmw-fastrtps-cpp>=9.3.3,<10",
 ]
 DEV = [
-    "pytest==9.2.0",
-    "pytest-timeout==2.4.0",
-    "ruff==0.17.5",
-    "mypy==2.4.1",
-    "pyright==1.1.414",
-    "scikit-image==0.26.0",
-    "tflite==2.18.0",
+    "pytest>=9.2",
+    "pytest-timeout>=2.4",
+    "ruff>=0.17",
+    "mypy>=2.4",
+    "pyright>=1.1",
+    "scikit-image>=0.26",
+    "tflite>=2.18",
     # the TFLite interpreter: the reference the ImageNet conversion is tested against
-    "ai-edge-litert==2.3.0",
-    "ray==2.60.0",  # = the fleet extra: test/test_fleet.py runs an embedded local Ray
-    "openvino==2026.4.1",  # = the openvino extra: test/test_openvino.py runs the backend
+    "ai-edge-litert>=2.3",
+    "ray>=2.60",  # = the fleet extra: test/test_fleet.py runs an embedded local Ray
+    "openvino>=2026.4",  # = the openvino extra: test/test_openvino.py runs the backend
 ]
 
 setup(
@@ -52,8 +53,8 @@ setup(
         (f"share/{PACKAGE}/engines", ["engines/README.md"]),
     ],
     install_requires=[
-        # torch is deliberately unpinned here: the Makefile installs the CPU build first,
-        # a robot keeps its own (Jetson/CUDA) build.
+        # torch: the Makefile installs the CPU build first (PyTorch's CPU index); a robot
+        # keeps its own (JetPack / CUDA) build.
         "torch>=2.1",
         "numpy>=1.24",
         "opencv-python-headless>=4.8",
@@ -68,15 +69,15 @@ setup(
     extras_require={
         "ros": ROS_WHEELS,
         "dev": DEV,
-        "samples": ["scikit-image==0.26.0"],
+        "samples": ["scikit-image>=0.26"],
         # ImageNet initialisation of the MobileNetV2 encoder from TensorFlow's TFLite model.
-        "imagenet": ["tflite==2.18.0"],
+        "imagenet": ["tflite>=2.18"],
         # Intel's CPU/iGPU/NPU runtime: bf16 on AVX-512-BF16/AMX, int8 on VNNI/AMX (--backend openvino).
-        "openvino": ["openvino==2026.4.1"],
+        "openvino": ["openvino>=2026.4"],
         # `refinenet-ros fleet`: many bags on a Ray cluster (or an embedded local Ray).
-        "fleet": ["ray==2.60.0"],
+        "fleet": ["ray>=2.60"],
         # `refinenet-ros label --teacher model.tflite`: Google's LiteRT interpreter.
-        "teacher": ["ai-edge-litert==2.3.0"],
+        "teacher": ["ai-edge-litert>=2.3"],
     },
     zip_safe=False,  # the bundled weights are opened as files
     entry_points={
