@@ -21,8 +21,8 @@ import numpy as np
 import numpy.typing as npt
 
 from refinenet_ros.backends.base import Backend, BackendOptions
+from refinenet_ros.backends.child_build import create_backend_interruptibly
 from refinenet_ros.backends.factory import create_backend, with_weights_size
-from refinenet_ros.backends.prepare import create_backend_interruptibly
 from refinenet_ros.config import ModelConfig
 from refinenet_ros.labels import LabelSet, colorize
 
@@ -270,7 +270,7 @@ def build_segmenter(
     The network size defaults to the one the weights record (360x480 for ``camvid``).
     ``cancelled``: give up within ~0.1 s once it returns True (a node shutting down), raising
     :class:`~refinenet_ros.backends.prepare.BuildCancelled`; slow builds then run in a child
-    process (:mod:`~refinenet_ros.backends.prepare`).
+    process (:mod:`~refinenet_ros.backends.child_build`).
     """
     model_cfg = model_cfg.resolved()
     options = with_weights_size(model_cfg, options or BackendOptions())

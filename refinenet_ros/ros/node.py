@@ -239,7 +239,7 @@ class SegmentationNode(LifecycleNode):
 
         A model export, INT8 calibration, compile or TensorRT build runs for seconds to minutes
         in C++ that holds the GIL, so no signal handler or thread of ours could act meanwhile.
-        Those builds run in a child process (``cancelled`` below kills it; backends.prepare);
+        Those builds run in a child process (``cancelled`` below kills it; backends.child_build);
         a warm cache spawns nothing. For what still runs here, a watcher thread sees the
         shutdown, says "interrupted during configure" and ends the process (nothing is
         published yet; the kernel ends a build child with it). The Segmenter itself is built
