@@ -28,22 +28,13 @@ from typing import TYPE_CHECKING, Any
 
 from refinenet_ros.errors import RefineNetRosError
 from refinenet_ros.labels import LabelSet, get_label_set
+from refinenet_ros.model_specs import MODEL_NAMES, MODEL_SPECS
 
 if TYPE_CHECKING:
     from torch import nn
 
 log = logging.getLogger("refinenet_ros")
 
-MODEL_NAMES: tuple[str, ...] = (
-    "refinenet_resnet50",
-    "refinenet_resnet101",
-    "refinenet_resnet152",
-    "lw_refinenet_resnet50",
-    "lw_refinenet_resnet101",
-    "lw_refinenet_resnet152",
-    "lw_refinenet_mobilenetv2",
-)
-"""Every network :mod:`refinenet_ros.models` builds (here, so naming them needs no torch)."""
 DEFAULT_MODEL = "lw_refinenet_mobilenetv2"
 DEFAULT_LABELS = "camvid"
 RANDOM_WEIGHTS = "random"
@@ -110,7 +101,6 @@ def checkpoint_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def _resolve(cfg: ModelConfig) -> ModelConfig:
-    from refinenet_ros.models import MODEL_SPECS
     from refinenet_ros.weights import WEIGHTS, get_weights, weights_for
 
     weights, name = cfg.weights, cfg.weights_name
@@ -126,8 +116,9 @@ def _resolve(cfg: ModelConfig) -> ModelConfig:
     if weights is None and cfg.weights != RANDOM_WEIGHTS and not cfg.allow_random:
         asked = ", ".join(f"{k} {v}" for k, v in (("model", cfg.model), ("labels", cfg.labels)) if v)
         raise ConfigError(
-            f"no trained weights fit {asked or 'the asked model'}: give weights (bundled: {', '.join(WEIGHTS)}, "
-            f"or a checkpoint file), or weights 'random' for seeded random weights (meaningless labels)"
+            f"no trained weights fit {asked or 'the asked model'}: give weights (bundled: "
+            f"{', '.join(WEIGHTS)}, or a checkpoint file), or weights 'random' for seeded random "
+            "weights (meaningless labels)"
         )
     model, labels, cascaded = cfg.model, cfg.labels, cfg.cascaded
     mean, std, size = cfg.mean, cfg.std, cfg.network_size

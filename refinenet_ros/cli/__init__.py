@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from refinenet_ros import __version__
 from refinenet_ros.backends.base import BACKEND_KINDS, MAX_NETWORK_SIDE, MIN_NETWORK_SIDE, PRECISIONS
-from refinenet_ros.config import DEFAULT_MODEL, MODEL_NAMES
+from refinenet_ros.config import DEFAULT_MODEL
 from refinenet_ros.errors import RefineNetRosError, one_line, user_error_text
 from refinenet_ros.labels import LABEL_SET_NAMES
+from refinenet_ros.model_specs import MODEL_NAMES
 from refinenet_ros.segmenter import OUTPUT_KINDS
 
 if TYPE_CHECKING:

@@ -17,6 +17,8 @@ Models take normalised float NCHW RGB and return logits at ``ceil(H/4) x ceil(W/
 
 from __future__ import annotations
 
+from refinenet_ros.model_specs import IMAGENET_MEAN, IMAGENET_STD, MODEL_NAMES, MODEL_SPECS, ModelSpec
+
 from .checkpoint import (
     CheckpointError,
     LoadReport,
@@ -30,14 +32,9 @@ from .fold import fold_batchnorm
 from .multiscale import PAPER_SCALES, predict_probs
 from .refinenet import (
     CASCADE_SCALES,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    MODEL_NAMES,
-    MODEL_SPECS,
     CascadedRefineNet,
     LWRefineNet,
     LWRefineNetMobileNetV2,
-    ModelSpec,
     RefineNet,
     build_model,
     count_parameters,

@@ -43,8 +43,7 @@ from torch import Tensor, nn
 
 from refinenet_ros.errors import RefineNetRosError
 from refinenet_ros.io import atomic_write, signals_deferred
-
-from .refinenet import MODEL_NAMES
+from refinenet_ros.model_specs import MODEL_NAMES
 
 __all__ = [
     "CHECKPOINT_MARKER",
