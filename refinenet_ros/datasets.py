@@ -23,12 +23,13 @@ import numpy.typing as npt
 
 from refinenet_ros.errors import RefineNetRosError
 from refinenet_ros.io import read_rgb
-from refinenet_ros.labels import CITYSCAPES_ID_TO_TRAINID, IGNORE_INDEX
+from refinenet_ros.labels import CITYSCAPES_ID_TO_TRAINID, IGNORE_INDEX, LabelMapping
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 LABEL_SUFFIXES = (".png", ".tif", ".tiff", ".pgm", ".bmp")
-DATASET_FORMATS: tuple[str, ...] = ("camvid", "cityscapes", "voc", "ade20k", "folders")
-DEFAULT_SPLITS = {"camvid": "val", "cityscapes": "val", "voc": "val", "ade20k": "validation", "folders": ""}
+DATASET_FORMATS: tuple[str, ...] = ("camvid", "cityscapes", "voc", "ade20k", "idd_lite", "folders")
+DEFAULT_SPLITS = {"camvid": "val", "cityscapes": "val", "voc": "val", "ade20k": "validation",
+                  "idd_lite": "val", "folders": ""}  # fmt: skip
 #: CamVid (SegNet release) marks unlabelled pixels with class 11.
 CAMVID_UNLABELLED = 11
 
@@ -92,6 +93,9 @@ class SegmentationDataset:
         self.lut = lut
         #: the label set a mapping brought the labels to (None: the files' own classes)
         self.mapped_to: str | None = None
+        #: coarse labels: the union mapping from the file's classes to the model's (labels
+        #: then stay source class ids; train and evaluate go through the unions)
+        self.unions: LabelMapping | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -114,6 +118,7 @@ class SegmentationDataset:
         """The first ``count`` samples (quick checks on a big split)."""
         subset = SegmentationDataset(self.samples[:count], description=self.description, lut=self.lut)
         subset.mapped_to = self.mapped_to
+        subset.unions = self.unions
         return subset
 
 
@@ -169,6 +174,68 @@ def camvid(root: str | Path, split: str = "val") -> SegmentationDataset:
         description=f"camvid {split} ({root})",
         lut=_lut_from_mapping({v: v for v in range(CAMVID_UNLABELLED)}),
     )
+
+
+IDD_LITE_MAPPING = "idd_level1_to_camvid"
+"""The bundled mapping of IDD-Lite's 7 level-1 classes onto CamVid's (unions)."""
+IDD_LITE_SPLITS = ("train", "val", "train_fit", "train_holdout")
+
+
+def idd_lite_holdout(sequence: str) -> bool:
+    """The held-out slice of IDD-Lite train: whole sequence folders whose name ends in 0
+    (about a tenth of the frames), so no near-duplicate of a held-out frame is trained on."""
+    return sequence.endswith("0")
+
+
+def idd_lite(root: str | Path, split: str = "val") -> SegmentationDataset:
+    """ROOT/leftImg8bit/SPLIT/SEQ/ID_image.jpg + ROOT/gtFine/SPLIT/SEQ/ID_label.png (IDD-Lite).
+
+    Labels are the 7 IDD level-1 ids (0 drivable .. 6 sky, 255 void), kept as they are:
+    a model of other classes reads them through a union mapping (``idd_level1_to_camvid``).
+    Besides ``train`` and ``val``: ``train_holdout``, the sequences of train that
+    :func:`idd_lite_holdout` keeps back for selecting a model, and ``train_fit``, the rest.
+    """
+    root = Path(root)
+    if split not in IDD_LITE_SPLITS:
+        raise DatasetError(f"idd_lite: unknown split {split!r}; choose one of {', '.join(IDD_LITE_SPLITS)}")
+    part = "train" if split.startswith("train") else split
+    img_dir = _require_dir(root / "leftImg8bit" / part, "idd_lite images")
+    gt_dir = _require_dir(root / "gtFine" / part, "idd_lite labels")
+    samples: list[Sample] = []
+    for img in sorted(img_dir.rglob("*_image.jpg"), key=lambda p: (p.parent.name, p.name)):
+        seq = img.parent.name
+        if split in ("train_fit", "train_holdout") and idd_lite_holdout(seq) != (split == "train_holdout"):
+            continue
+        label = gt_dir / img.parent.relative_to(img_dir) / (img.name[: -len("_image.jpg")] + "_label.png")
+        if not label.is_file():
+            raise DatasetError(f"idd_lite: {img} has no label {label}")
+        samples.append(Sample(f"{seq}/{img.name[: -len('_image.jpg')]}", img, label))
+    return SegmentationDataset(samples, description=f"idd_lite {split} ({root})")
+
+
+class MixedDataset(SegmentationDataset):
+    """Two labelled sets drawn in a fixed proportion: ``ratio`` of the items come from
+    ``other`` (e.g. coarse IDD-Lite frames beside CamVid's fine ones), whatever the sets'
+    sizes. The smaller share is repeated, so one pass over the items sees each set whole."""
+
+    def __init__(self, main: SegmentationDataset, other: SegmentationDataset, ratio: float) -> None:
+        if not 0.0 < ratio < 1.0:
+            raise DatasetError(f"mix ratio {ratio}: must be between 0 and 1 (exclusive)")
+        total = max(len(main) / (1.0 - ratio), len(other) / ratio)
+        self.main_count = max(len(main), round(total * (1.0 - ratio)))
+        self.other_count = max(len(other), round(total * ratio))
+        self.main, self.other = main, other
+        samples = [main.samples[i % len(main)] for i in range(self.main_count)]
+        samples += [other.samples[i % len(other)] for i in range(self.other_count)]
+        super().__init__(samples, description=f"{main.description} + {other.description} ({ratio:.0%})")
+
+    def __getitem__(self, index: int) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint16]]:
+        if index < self.main_count:
+            return self.main[index % len(self.main)]
+        return self.other[(index - self.main_count) % len(self.other)]
+
+    def subset(self, count: int) -> SegmentationDataset:
+        raise DatasetError("a mixed training set has no subset; limit each set instead")
 
 
 def voc(root: str | Path, split: str = "val") -> SegmentationDataset:
@@ -280,6 +347,8 @@ def open_dataset(
         return cityscapes(root, split)
     if fmt == "voc":
         return voc(root, split)
+    if fmt == "idd_lite":
+        return idd_lite(root, split)
     if fmt == "ade20k":
         return folders(root, split, label_offset=1 if label_offset is None else label_offset)
     return folders(root, split, label_offset=label_offset or 0)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from refinenet_ros.datasets import SegmentationDataset
-    from refinenet_ros.labels import LabelSet
+    from refinenet_ros.labels import LabelMapping, LabelSet
     from refinenet_ros.metrics import SegmentationMetrics
     from refinenet_ros.segmenter import Segmenter
 
@@ -98,15 +98,22 @@ def evaluate(
     batch: int = 1,
     progress: bool = False,
     save_dir: str | Path | None = None,
+    score_through: LabelMapping | None = None,
 ) -> EvaluationResult:
     """Run ``predict`` over ``dataset`` and accumulate one confusion matrix.
 
     Ground truth outside the label set raises :class:`DatasetError` naming the image.
+    With ``score_through`` (a union mapping: coarse ground truth such as IDD level-1 for a
+    fine model) the metrics are over the mapping's source classes, each fine prediction
+    counted through the unions (:meth:`LabelMapping.score_prediction`); predictions are
+    still saved in the model's colours.
     """
     from refinenet_ros.datasets import DatasetError
     from refinenet_ros.metrics import ConfusionMatrix
 
-    cm = ConfusionMatrix(label_set.num_classes, label_set.ignore_index)
+    scored = len(score_through.source) if score_through is not None else label_set.num_classes
+    # one more column for fine classes that no coarse class covers (wrong wherever predicted)
+    cm = ConfusionMatrix(scored + (score_through is not None), label_set.ignore_index)
     bar = _progress(len(dataset), progress)
     t0 = time.perf_counter()
     for start in range(0, len(dataset), max(1, batch)):
@@ -114,8 +121,9 @@ def evaluate(
         pairs = [dataset[i] for i in idx]
         preds = predict([image for image, _ in pairs])
         for i, (_, target), pred in zip(idx, pairs, preds, strict=True):
+            scored_pred = pred if score_through is None else score_through.score_prediction(target, pred)
             try:
-                cm.update(target, pred)
+                cm.update(target, scored_pred)
             except ValueError as exc:
                 raise DatasetError(f"{dataset.samples[i].name}: {exc}") from None
             if save_dir is not None:
@@ -125,7 +133,10 @@ def evaluate(
             bar.set_postfix(mIoU=f"{100 * _safe(cm.compute().miou):.1f}", refresh=False)
     seconds = time.perf_counter() - t0
     bar.close()
-    return EvaluationResult(cm.compute(), len(dataset), seconds)
+    metrics = cm.compute()
+    if score_through is not None:
+        metrics = metrics.first(scored)
+    return EvaluationResult(metrics, len(dataset), seconds)
 
 
 def _safe(v: float) -> float:

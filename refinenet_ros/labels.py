@@ -266,7 +266,7 @@ def _channel_luts(ls: LabelSet) -> tuple[npt.NDArray[np.uint8], ...]:
 
 # --- mappings between label sets ----------------------------------------------------------
 
-BUNDLED_MAPPINGS: tuple[str, ...] = ("ade20k_to_indoor", "nyud40_to_indoor")
+BUNDLED_MAPPINGS: tuple[str, ...] = ("ade20k_to_indoor", "nyud40_to_indoor", "idd_level1_to_camvid")
 """Mapping tables shipped as YAML beside this module (``label_maps/NAME.yaml``)."""
 
 
@@ -282,20 +282,68 @@ class LabelMapping:
     labels go through :meth:`lut`, probabilities through :meth:`matrix` (a target class's
     probability is the sum of its members'), which is how a teacher with other classes
     labels data for a target set.
+
+    The other way round, a source class may stand for *several* target classes: coarse
+    labels such as IDD's "vehicle" (car or bicyclist for a CamVid model). ``unions[i]`` then
+    lists them and ``table[i]`` is ignore (no one hard label fits); such a mapping
+    (:attr:`is_union`) supervises a model through the summed probability of each union
+    (``refinenet-ros train``) and scores it on the source classes (``evaluate``).
     """
 
     name: str
     source: tuple[str, ...]
     target: LabelSet
     table: tuple[int, ...]
+    #: per source class, the target ids it stands for (empty: ignore); () = read ``table``
+    unions: tuple[tuple[int, ...], ...] = ()
+
+    def members(self) -> tuple[tuple[int, ...], ...]:
+        """Per source class, the target classes it covers (one for a plain many-to-one row)."""
+        if self.unions:
+            return self.unions
+        return tuple(() if t == IGNORE_INDEX else (t,) for t in self.table)
+
+    @property
+    def is_union(self) -> bool:
+        """True when some source class covers more than one target class (coarse labels)."""
+        return any(len(m) > 1 for m in self.members())
 
     def matrix(self) -> npt.NDArray[np.float32]:
         """``[S, T]`` 0/1 membership; source classes mapped to ignore have an all-zero row."""
         m = np.zeros((len(self.source), self.target.num_classes), dtype=np.float32)
-        for s, t in enumerate(self.table):
-            if t != IGNORE_INDEX:
-                m[s, t] = 1.0
+        for s, targets in enumerate(self.members()):
+            m[s, list(targets)] = 1.0
         return m
+
+    def source_set(self) -> LabelSet:
+        """The source classes as a label set (names, distinct colours): what coarse ground
+        truth is scored in."""
+        return LabelSet(self.name, f"{self.name} source classes", self.source,
+                        _voc_palette(len(self.source), skip_black=True))  # fmt: skip
+
+    def score_prediction(
+        self, target: npt.NDArray[np.integer], prediction: npt.NDArray[np.integer]
+    ) -> npt.NDArray[np.int64]:
+        """Fine predictions as source-class predictions against source-class ground truth.
+
+        A predicted target class inside the pixel's ground-truth union counts as that source
+        class (a "bicyclist" pixel is right on "vehicle" and on "living thing" alike);
+        outside it, it counts as the first source class that covers it, or as
+        ``len(source)`` ("none of them") when no source class does.
+        """
+        member = self.matrix() > 0
+        none = len(self.source)
+        first = np.full(self.target.num_classes, none, dtype=np.int64)
+        for t in range(self.target.num_classes):
+            covering = np.flatnonzero(member[:, t])
+            if covering.size:
+                first[t] = covering[0]
+        t_ = np.asarray(target).astype(np.int64)
+        p_ = np.clip(np.asarray(prediction).astype(np.int64), 0, self.target.num_classes - 1)
+        valid = (t_ >= 0) & (t_ < none)
+        inside = np.zeros(t_.shape, dtype=bool)
+        inside[valid] = member[t_[valid], p_[valid]]
+        return np.where(inside, t_, first[p_])
 
     def lut(self, offset: int = 0) -> npt.NDArray[np.uint16]:
         """Raw label value -> target id for label files storing ``source id + offset``.
@@ -312,16 +360,18 @@ class LabelMapping:
         of the source classes (TensorFlow's ADE20K DeepLab: 151 outputs for 150 classes); that
         output goes where unlisted classes go."""
         default = self.target.classes.index("other") if "other" in self.target.classes else IGNORE_INDEX
-        return LabelMapping(self.name, ("other", *self.source), self.target, (default, *self.table))
+        unions = (() if default == IGNORE_INDEX else (default,), *self.unions) if self.unions else ()
+        return LabelMapping(self.name, ("other", *self.source), self.target, (default, *self.table), unions)
 
 
 def load_mapping(spec: str | Path) -> LabelMapping:
     """A bundled mapping by name (:data:`BUNDLED_MAPPINGS`) or a YAML file.
 
     The file names its ``source`` and ``target`` label sets (or lists ``source_classes``
-    itself, for a teacher whose classes are no bundled set), a ``map`` of
-    ``source name: target name`` (``ignore`` for unlabelled), and a ``default`` target for
-    every source class the map does not list (``ignore`` when omitted).
+    itself, for a teacher or coarse labels whose classes are no bundled set), a ``map`` of
+    ``source name: target name`` (``ignore`` for unlabelled, or a list of target names for a
+    coarse class that is their union), and a ``default`` target for every source class the
+    map does not list (``ignore`` when omitted).
     """
     import yaml
 
@@ -374,8 +424,20 @@ def mapping_from_dict(data: object, *, name: str, where: str) -> LabelMapping:
             )
         return target.classes.index(str(value))
 
-    default = target_id(data.get("default", "ignore"), "default")
-    table = [default] * len(source)
+    def union(value: object, key: str) -> tuple[int, ...]:
+        """A target name, ``ignore``, or a list of target names (a coarse class's members)."""
+        if isinstance(value, list):
+            if not value:
+                raise MappingError(f"label mapping {where}: {key} -> [] lists no class; write ignore")
+            ids = tuple(dict.fromkeys(target_id(v, key) for v in value))
+            if IGNORE_INDEX in ids:
+                raise MappingError(f"label mapping {where}: {key} -> a list cannot hold ignore")
+            return ids
+        t = target_id(value, key)
+        return () if t == IGNORE_INDEX else (t,)
+
+    default = union(data.get("default", "ignore"), "default")
+    members = [default] * len(source)
     entries = data.get("map") or {}
     if not isinstance(entries, dict):
         raise MappingError(f"label mapping {where}: map must be 'source name: target name' pairs")
@@ -385,5 +447,7 @@ def mapping_from_dict(data: object, *, name: str, where: str) -> LabelMapping:
                 f"label mapping {where}: {key!r} is no source class "
                 f"(names as in the source set, e.g. {source[0]!r})"
             )
-        table[source.index(key)] = target_id(value, repr(key))
-    return LabelMapping(name, source, target, tuple(table))
+        members[source.index(key)] = union(value, repr(key))
+    table = tuple(m[0] if len(m) == 1 else IGNORE_INDEX for m in members)
+    unions = tuple(members) if any(len(m) > 1 for m in members) else ()
+    return LabelMapping(name, source, target, table, unions)

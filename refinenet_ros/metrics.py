@@ -121,6 +121,17 @@ class SegmentationMetrics:
             num_pixels=int(total),
         )
 
+    def first(self, count: int) -> SegmentationMetrics:
+        """The metrics of classes ``0..count-1`` only, the rest being prediction-only columns
+        (a fine class that no coarse class covers): their pixels stay counted as misses."""
+        iou = np.array(self.iou[:count])
+        acc = np.array(self.class_accuracy[:count])
+        return SegmentationMetrics(
+            miou=_nanmean(iou), iou=self.iou[:count], pixel_accuracy=self.pixel_accuracy,
+            mean_class_accuracy=_nanmean(acc), class_accuracy=self.class_accuracy[:count],
+            fw_iou=self.fw_iou, class_pixels=self.class_pixels[:count], num_pixels=self.num_pixels,
+        )  # fmt: skip
+
     def to_dict(self, class_names: Sequence[str] | None = None) -> dict[str, Any]:
         """JSON-ready (NaN becomes None, which JSON can represent)."""
         names = list(class_names) if class_names is not None else [str(i) for i in range(len(self.iou))]

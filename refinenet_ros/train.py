@@ -10,12 +10,14 @@ import math
 import random
 import time
 from collections.abc import Iterator
-from refinenet_ros.errors import RefineNetRosError
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from refinenet_ros.errors import RefineNetRosError
+from refinenet_ros.labels import IGNORE_INDEX
 
 if TYPE_CHECKING:
     import torch
@@ -210,9 +212,79 @@ class _Batches:
             step += 1
 
 
-def _check_labels(labels: np.ndarray, label_set: LabelSet) -> None:
-    """Ground truth beyond the label set fails here, by value, not inside torch's loss."""
-    bad = labels[(labels >= label_set.num_classes) & (labels != label_set.ignore_index)]
+def union_targets(datasets: list[SegmentationDataset], num_classes: int) -> np.ndarray | None:
+    """One target space for fine and coarse labels: ``[U, C]`` 0/1 rows, one per target id.
+
+    Ids ``0..C-1`` are the model's classes (identity rows); each data set with a union
+    mapping (``dataset.unions``) gets its source classes appended as further ids, and its
+    label lookup is rewritten to send its files' class ids there. None when no set is
+    coarse (plain cross-entropy). The loss of a pixel with target ``u`` is then
+    ``-log sum_c M[u, c] p_c`` (:func:`union_loss`).
+    """
+    from refinenet_ros.datasets import DatasetError
+
+    rows = [np.eye(num_classes, dtype=np.float32)]
+    offset = num_classes
+    for ds in datasets:
+        mapping = ds.unions
+        if mapping is None:
+            continue
+        if mapping.target.num_classes != num_classes:
+            raise DatasetError(
+                f"{ds.description}: the mapping {mapping.name} is onto {mapping.target.name} "
+                f"({mapping.target.num_classes} classes), the model has {num_classes}"
+            )
+        count = len(mapping.source)
+        if offset + count >= IGNORE_INDEX:
+            raise DatasetError(f"{ds.description}: too many coarse classes ({offset + count}, limit 254)")
+        send = np.full(65536, IGNORE_INDEX, dtype=np.uint16)
+        send[:count] = np.arange(offset, offset + count, dtype=np.uint16)
+        send[IGNORE_INDEX] = IGNORE_INDEX
+        base = ds.lut if ds.lut is not None else np.arange(65536, dtype=np.uint16)
+        ds.lut = send[base]
+        rows.append(mapping.matrix())
+        offset += count
+    return np.concatenate(rows) if len(rows) > 1 else None
+
+
+def union_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    unions: torch.Tensor | None = None,
+    *,
+    weight: torch.Tensor | None = None,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
+    """Cross-entropy where a target may be a union of classes: ``-log sum_{c in u} p_c``.
+
+    ``logits`` [N, C, H, W]; ``target`` [N, H, W] ids into the rows of ``unions`` ([U, C],
+    first C rows the identity, see :func:`union_targets`); None or fine-only targets give
+    ``F.cross_entropy`` exactly. ``weight`` ([C]) weighs fine pixels as cross-entropy does;
+    a union pixel weighs the mean of its members' weights. Mean over labelled pixels.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    num_classes = logits.shape[1]
+    if unions is None or unions.shape[0] == num_classes:
+        return F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index)
+    log_p = F.log_softmax(logits, dim=1)
+    extra = unions[num_classes:]
+    # log sum_{c in u} p_c, with log 0 = -inf outside the union: [N, K, H, W]
+    mask = torch.where(extra > 0, 0.0, float("-inf")).to(log_p.dtype)
+    coarse = torch.logsumexp(log_p.unsqueeze(1) + mask[None, :, :, None, None], dim=2)
+    full = torch.cat([log_p, coarse], dim=1)
+    full_weight = None
+    if weight is not None:
+        union_weight = (extra * weight[None]).sum(1) / extra.sum(1).clamp(min=1)
+        full_weight = torch.cat([weight, union_weight])
+    return F.nll_loss(full, target, weight=full_weight, ignore_index=ignore_index)
+
+
+def _check_labels(labels: np.ndarray, label_set: LabelSet, coarse: int = 0) -> None:
+    """Ground truth beyond the label set (and ``coarse`` union ids after it) fails here, by
+    value, not inside torch's loss."""
+    bad = labels[(labels >= label_set.num_classes + coarse) & (labels != label_set.ignore_index)]
     if bad.size:
         from refinenet_ros.datasets import DatasetError
 
@@ -235,8 +307,13 @@ def train(
     out_dir: str | Path | None = None,
     resume: str | Path | None = None,
     progress: bool = False,
+    unions: np.ndarray | None = None,
 ) -> TrainResult:
-    """Run the training loop; returns the validation history. ``out_dir`` None = no checkpoints."""
+    """Run the training loop; returns the validation history. ``out_dir`` None = no checkpoints.
+
+    ``unions`` (from :func:`union_targets`) lets targets name unions of classes (coarse
+    labels); a validation set with ``unions`` is scored on its own classes through them.
+    """
     import torch
     import torch.nn.functional as F
 
@@ -264,6 +341,8 @@ def train(
         named = ", ".join(f"{n} {v:.2f}" for n, v in zip(label_set.classes, w, strict=True))
         log.info("class weights (enet): %s", named)
         class_weights = torch.from_numpy(w).to(device)
+    union_rows = torch.from_numpy(unions).to(device) if unions is not None else None
+    coarse = 0 if unions is None else unions.shape[0] - label_set.num_classes
     autocast_device = "cuda" if device.startswith("cuda") else "cpu"
     result = TrainResult(steps=config.steps)
     start = 0
@@ -285,7 +364,7 @@ def train(
         if val_set is None:
             return
         predict = torch_predictor(model, device=device, mean=config.mean, std=config.std)
-        miou = evaluate(predict, val_set, label_set).metrics.miou
+        miou = evaluate(predict, val_set, label_set, score_through=val_set.unions).metrics.miou
         result.history.append((step, miou))
         improved = not math.isnan(miou) and (math.isnan(result.best_miou) or miou > result.best_miou)
         if improved:
@@ -308,14 +387,16 @@ def train(
         for g in optimizer.param_groups:
             g["lr"] = poly_lr(g["base_lr"], step, config.steps, config.poly_power, config.warmup_steps)
         images, labels = next(stream)
-        _check_labels(labels, label_set)
+        _check_labels(labels, label_set, coarse)
         set_train_mode(model, config.freeze_bn)
         x = normalise(torch.from_numpy(images).to(device)).contiguous(memory_format=torch.channels_last)
         target = torch.from_numpy(labels).to(device)
         with torch.autocast(autocast_device, dtype=torch.bfloat16, enabled=config.amp == "bf16"):
             logits = model(x)
         logits = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
-        loss = F.cross_entropy(logits, target, weight=class_weights, ignore_index=label_set.ignore_index)
+        loss = union_loss(
+            logits, target, union_rows, weight=class_weights, ignore_index=label_set.ignore_index
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

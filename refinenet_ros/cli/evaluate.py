@@ -1,12 +1,16 @@
 """Measure a model on a labelled data set: mIoU, per-class IoU, pixel / mean class accuracy, fwIoU.
 
-Data sets: ``--dataset cityscapes|voc|ade20k|folders --root DIR [--split S]`` or any
+Data sets: ``--dataset cityscapes|voc|ade20k|idd_lite|folders --root DIR [--split S]`` or any
 ``--images DIR --labels-dir DIR`` pair (``--label-offset 1`` for exports where 0 = unlabelled;
 ``--labels`` names the label set, as everywhere).
 Single-scale evaluation runs through the Segmenter, so it measures exactly what the node
 and the bag tool produce with the chosen backend. ``--scales``/``--flip`` average softmax
 maps over scales and mirror images (the paper's test-time protocol) and need the torch
 backend. Predictions are scored at each label image's full resolution.
+
+Coarse ground truth (IDD-Lite's level-1 classes, or a user's own through a ``--label-map``
+whose classes list several of the model's) is scored on the coarse classes, each fine
+prediction counted through the unions.
 
 Writes a JSON report (atomically), prints a per-class table, and with
 ``--save-predictions DIR`` writes each prediction as a colour PNG.
@@ -59,7 +63,9 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--label-map", default=None, metavar="MAPPING",
                    help="ground-truth classes -> the model's label set: a bundled mapping (e.g. "
                         "nyud40_to_indoor, with --label-offset 1 for NYU exports) or a YAML "
-                        "file")  # fmt: skip
+                        "file; a coarse class listing several model classes is scored (evaluate) "
+                        "and trained (train) through their union; idd_lite defaults to "
+                        "idd_level1_to_camvid")  # fmt: skip
     g.add_argument("--limit", type=int, default=0, help="use only the first N images (0: all)")
 
 
@@ -86,8 +92,13 @@ def dataset_from_args(args: argparse.Namespace, split: str | None = None) -> Seg
         )
     except DatasetError as exc:
         raise CliError(str(exc)) from None
-    if getattr(args, "label_map", None):
-        ds = _mapped(ds, args.label_map)
+    label_map = getattr(args, "label_map", None)
+    if label_map is None and args.dataset == "idd_lite" and args.images is None:
+        from refinenet_ros.datasets import IDD_LITE_MAPPING
+
+        label_map = IDD_LITE_MAPPING  # level-1 ids mean nothing to a model without a mapping
+    if label_map:
+        ds = _mapped(ds, label_map)
     return ds.subset(args.limit) if args.limit > 0 else ds
 
 
@@ -101,6 +112,11 @@ def _mapped(ds: SegmentationDataset, spec: str) -> SegmentationDataset:
         mapping = load_mapping(spec)
     except MappingError as exc:
         raise CliError(f"--label-map: {exc}") from None
+    if mapping.is_union:  # coarse labels stay source ids; train/evaluate go through the unions
+        ds.unions = mapping
+        ds.mapped_to = mapping.target.name
+        ds.description += f" through {mapping.name} (unions)"
+        return ds
     table = np.full(65536, IGNORE_INDEX, dtype=np.uint16)
     table[: len(mapping.table)] = mapping.table
     table[IGNORE_INDEX] = IGNORE_INDEX
@@ -151,6 +167,10 @@ def run(args: argparse.Namespace) -> int:
     model_cfg = model_config_from_args(args)
     label_set = model_cfg.label_set
     check_mapped_labels(dataset, label_set.name)
+    unions = dataset.unions
+    scored_set = unions.source_set() if unions is not None else label_set
+    if unions is not None and getattr(args, "record", False):
+        raise CliError("--record: coarse classes are not the model's; record on labels of its own classes")
     options = with_weights_size(model_cfg, backend_options_from_args(args))
     if multiscale:
         from refinenet_ros.config import load_model, warn_if_random_weights
@@ -178,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
         batch=1 if multiscale else options.max_batch,
         progress=not args.no_progress,
         save_dir=args.save_predictions,
+        score_through=unions,
     )
     resolved = model_cfg
     report = {
@@ -192,11 +213,16 @@ def run(args: argparse.Namespace) -> int:
         "flip": bool(args.flip),
         "seconds": round(result.seconds, 3),
         "images_per_second": round(result.images_per_second, 3),
-        "metrics": result.metrics.to_dict(label_set.classes),
+        "metrics": result.metrics.to_dict(scored_set.classes),
     }
+    if unions is not None:
+        report["scored_on"] = f"{unions.name} coarse classes (each the union of the model's classes)"
     # The metrics are printed first: a report or record that cannot be written (read-only
     # folder, full disk) must not lose an evaluation that took minutes.
-    print(result.metrics.table(label_set.classes))
+    if unions is not None:
+        print(f"scored on the {len(unions.source)} coarse classes of {unions.name} (fine predictions "
+              "counted through their unions)")  # fmt: skip
+    print(result.metrics.table(scored_set.classes))
     m = result.metrics
     print(
         f"{result.images} images, {result.seconds:.1f} s ({result.images_per_second:.2f} img/s): "

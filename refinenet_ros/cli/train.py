@@ -15,6 +15,10 @@ photometric jitter (``--jitter``), AdamW (``--optimizer adamw``), class weights 
 the long tail of thin classes (``--class-weighting enet``), bf16 autocast where the
 hardware runs it natively (``--amp auto``), and ImageNet initialisation of the
 MobileNetV2 encoder from TensorFlow's TFLite model (``--backbone-init FILE.tflite``).
+Coarse or partial labels train the fine model too: a ``--label-map`` (or, for a second
+set mixed into every epoch, ``--mix FORMAT ROOT SPLIT`` with ``--mix-label-map``) whose
+classes list several of the model's is learnt through the summed probability of each such
+union (IDD-Lite's level-1 "vehicle" = car + bicyclist for CamVid), beside the fine labels.
 A YAML recipe (``--config``) holds any of these options; flags on the command line win.
 The bundled CamVid model is trained this way: see docs/training.md.
 """
@@ -58,6 +62,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-labels-dir", default=None,
                         help="generic layout: folder of validation label images matched by name")  # fmt: skip
     parser.add_argument("--val-limit", type=int, default=0, help="validate on the first N images (0: all)")
+    parser.add_argument("--mix", nargs=3, default=None, metavar=("FORMAT", "ROOT", "SPLIT"),
+                        help="a second labelled set mixed into every epoch, e.g. idd_lite "
+                             "../shared/data/idd_lite train_fit (coarse labels train through the "
+                             "unions of --mix-label-map)")  # fmt: skip
+    parser.add_argument("--mix-label-map", default=None, metavar="MAPPING",
+                        help="the --mix set's classes -> the model's (bundled name or YAML; a "
+                             "class listing several is a coarse union; idd_lite: "
+                             "idd_level1_to_camvid)")  # fmt: skip
+    parser.add_argument("--mix-ratio", type=float, default=0.5,
+                        help="share of training images drawn from the --mix set (0..1, "
+                             "exclusive)")  # fmt: skip
     parser.add_argument("--out", default="train_out", help="folder for last.pt / best.pt")
     parser.add_argument("--resume", default=None, metavar="CKPT", help="continue from OUT/last.pt")
     parser.add_argument("--force", action="store_true",
@@ -153,7 +168,32 @@ def _val_set(args: argparse.Namespace) -> SegmentationDataset | None:
             ds = open_dataset(args.dataset, args.root, split, label_offset=args.label_offset)
     except DatasetError as exc:
         raise CliError(f"validation set: {exc}") from None
+    from refinenet_ros.cli.evaluate import _mapped
+    from refinenet_ros.datasets import IDD_LITE_MAPPING
+
+    idd = args.dataset == "idd_lite" and args.images is None
+    label_map = args.label_map or (IDD_LITE_MAPPING if idd else None)
+    if label_map:  # the same classes as the training labels
+        ds = _mapped(ds, label_map)
     return ds.subset(args.val_limit) if args.val_limit > 0 else ds
+
+
+def _mix_set(args: argparse.Namespace) -> SegmentationDataset | None:
+    """The --mix set, its labels through --mix-label-map (idd_lite: the bundled unions)."""
+    from refinenet_ros.cli.evaluate import _mapped
+    from refinenet_ros.datasets import IDD_LITE_MAPPING, DatasetError, open_dataset
+
+    if args.mix is None:
+        if args.mix_label_map is not None:
+            raise CliError("--mix-label-map goes with --mix FORMAT ROOT SPLIT")
+        return None
+    fmt, root, split = args.mix
+    try:
+        ds = open_dataset(fmt, root, split)
+    except DatasetError as exc:
+        raise CliError(f"--mix: {exc}") from None
+    label_map = args.mix_label_map or (IDD_LITE_MAPPING if fmt == "idd_lite" else None)
+    return _mapped(ds, label_map) if label_map else ds
 
 
 def apply_config_file(args: argparse.Namespace) -> None:
@@ -266,12 +306,32 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--resume {args.resume}: no such file")
     if (args.val_images is None) != (args.val_labels_dir is None):
         raise CliError("--val-images and --val-labels-dir go together: give both folders")
+    if not 0.0 < args.mix_ratio < 1.0:
+        raise CliError(f"--mix-ratio {args.mix_ratio}: must be between 0 and 1 (exclusive)")
     _refuse_overwrite(args)
     train_set = _train_set(args)
     val_set = _val_set(args)
+    mix_set = _mix_set(args)
     cfg = model_config_from_args(args, default_weights=False, check_labels=not args.reset_classifier)
     assert cfg.model is not None
     label_set = cfg.label_set
+    from refinenet_ros.cli.evaluate import check_mapped_labels
+    from refinenet_ros.datasets import DatasetError, MixedDataset
+    from refinenet_ros.train import union_targets
+
+    for ds, flag in ((train_set, "--label-map"), (mix_set, "--mix-label-map"), (val_set, "--label-map")):
+        if ds is not None and ds.mapped_to is not None and ds.mapped_to != label_set.name:
+            raise CliError(
+                f"{flag} maps to {ds.mapped_to} but the model predicts {label_set.name}; give --labels "
+                f"{ds.mapped_to}, or a mapping to {label_set.name}"
+            )
+    check_mapped_labels(train_set, label_set.name)
+    try:
+        unions = union_targets([d for d in (train_set, mix_set) if d is not None], label_set.num_classes)
+    except DatasetError as exc:
+        raise CliError(str(exc)) from None
+    if mix_set is not None:
+        train_set = MixedDataset(train_set, mix_set, args.mix_ratio)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     mean, std = _normalisation(args, cfg)
     model = build_model(cfg.model, label_set.num_classes, seed=cfg.seed)
@@ -307,7 +367,7 @@ def run(args: argparse.Namespace) -> int:
              f"{val_set.description} ({len(val_set)} images)" if val_set else "none")  # fmt: skip
     try:
         result = train(model, cfg.model, label_set, train_set, val_set, config, out_dir=args.out,
-                       resume=args.resume, progress=not args.no_progress)  # fmt: skip
+                       resume=args.resume, progress=not args.no_progress, unions=unions)  # fmt: skip
     except FloatingPointError as exc:
         raise CliError(f"{exc} (last good checkpoint: {args.out}/last.pt if written)") from None
     for step, miou in result.history:
