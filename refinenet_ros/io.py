@@ -125,7 +125,7 @@ def check_image_file_size(
     path: str | os.PathLike[str], data: bytes, max_pixels: int = MAX_IMAGE_PIXELS
 ) -> None:
     """Refuse an image file whose header claims more than ``max_pixels``, before decoding it."""
-    from refinenet_ros.ros.encodings import image_header_size
+    from refinenet_ros.images.encodings import image_header_size
 
     size = image_header_size(data)
     if size is not None and max_pixels > 0 and size[0] * size[1] > max_pixels:

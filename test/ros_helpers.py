@@ -79,7 +79,7 @@ def image_msg(
 
     from sensor_msgs.msg import Image
 
-    from refinenet_ros.ros.encodings import encode_image
+    from refinenet_ros.images.encodings import encode_image
 
     data, step = encode_image(rgb, encoding, step=step, is_bigendian=is_bigendian)
     msg = Image()

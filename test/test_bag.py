@@ -15,7 +15,7 @@ from refinenet_ros.backends.base import BackendOptions
 from refinenet_ros.bag import BagError, BagOptions, run_bag, write_sample_bag
 from refinenet_ros.cli import main
 from refinenet_ros.config import ModelConfig
-from refinenet_ros.ros.encodings import decode_image
+from refinenet_ros.images.encodings import decode_image
 from refinenet_ros.segmenter import Segmenter, build_segmenter
 
 SIZE = (64, 96)
@@ -355,8 +355,8 @@ def test_decompression_bombs_and_broken_camera_info_are_skipped_and_capped(
     from rosbags.typesys import Stores, get_typestore
 
     from refinenet_ros import bag as bag_module
-    from refinenet_ros.ros import encodings
-    from refinenet_ros.ros.encodings import encode_compressed
+    from refinenet_ros.images import encodings
+    from refinenet_ros.images.encodings import encode_compressed
 
     assert bag_module.DEFAULT_MAX_PIXELS == encodings.DEFAULT_MAX_PIXELS
     ts = get_typestore(Stores.LATEST)
@@ -406,7 +406,7 @@ def test_two_cameras_of_different_sizes_in_one_bag(tmp_path: Path, segmenter: Se
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
-    from refinenet_ros.ros.encodings import encode_image
+    from refinenet_ros.images.encodings import encode_image
 
     ts = get_typestore(Stores.LATEST)
     t = ts.types

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from refinenet_ros.ros.encodings import (
+from refinenet_ros.images.encodings import (
     ENCODINGS,
     MalformedImage,
     bytes_per_pixel,
@@ -20,7 +20,7 @@ from refinenet_ros.ros.encodings import (
     encode_compressed,
     encode_image,
 )
-from refinenet_ros.ros.scheduling import Frame, LatestFrameSlots
+from refinenet_ros.scheduling import Frame, LatestFrameSlots
 
 H, W = 24, 32
 

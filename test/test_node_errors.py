@@ -28,7 +28,7 @@ from ros_helpers import (
     start_node,
 )
 
-from refinenet_ros.ros.encodings import encode_compressed
+from refinenet_ros.images.encodings import encode_compressed
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 FAST = dict(weights="random", backend="torch", network_height=64, network_width=96)

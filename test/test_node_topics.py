@@ -36,7 +36,7 @@ from ros_helpers import (
     stamp_ns,
 )
 
-from refinenet_ros.ros.encodings import ENCODINGS, bytes_per_pixel, encode_compressed
+from refinenet_ros.images.encodings import ENCODINGS, bytes_per_pixel, encode_compressed
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 EXACT = ("rgb8", "bgr8", "8UC3", "rgba8", "bgra8")

@@ -135,7 +135,7 @@ class BagSource:
         return conns
 
     def images(self) -> Iterator[npt.NDArray[np.uint8]]:
-        from refinenet_ros.ros.encodings import MalformedImage, decode_compressed, decode_image
+        from refinenet_ros.images.encodings import MalformedImage, decode_compressed, decode_image
 
         with self._open() as reader:
             conns = self._connections(reader)

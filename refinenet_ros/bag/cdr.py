@@ -12,7 +12,7 @@ import numpy.typing as npt
 from refinenet_ros.bag.options import BagOptions
 from refinenet_ros.bag.topics import CAMERA_INFO_TYPE, IMAGE_TYPE
 from refinenet_ros.camera_info import scale_camera_info
-from refinenet_ros.ros.encodings import pixel_layout
+from refinenet_ros.images.encodings import pixel_layout
 
 if TYPE_CHECKING:
     from rosbags.interfaces import Connection

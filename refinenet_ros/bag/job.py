@@ -263,7 +263,7 @@ class _BagJob:
             yield item
 
     def _decode(self, conn: Connection, raw: Any) -> tuple[Any, npt.NDArray[np.uint8]]:
-        from refinenet_ros.ros.encodings import decode_compressed, decode_image
+        from refinenet_ros.images.encodings import decode_compressed, decode_image
 
         msg: Any = self.reader.deserialize(raw, conn.msgtype)
         limit = self.options.max_pixels
@@ -323,7 +323,7 @@ class _BagJob:
         them waits with them; copies with no frame pending go out in bounded chunks."""
         from rosbags.highlevel import AnyReaderError
 
-        from refinenet_ros.ros.encodings import MalformedImage
+        from refinenet_ros.images.encodings import MalformedImage
 
         opts, cameras = self.options, self.cameras
         batch = max(1, opts.batch)

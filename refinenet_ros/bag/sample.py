@@ -32,7 +32,7 @@ def write_sample_bag(
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
-    from refinenet_ros.ros.encodings import encode_compressed, encode_image
+    from refinenet_ros.images.encodings import encode_compressed, encode_image
     from refinenet_ros.samples import sample_sequence
 
     ts = get_typestore(Stores.LATEST)

@@ -78,7 +78,7 @@ def read_frames(bag: Path, topic: str) -> list[npt.NDArray[np.uint8]]:
     from rosbags.highlevel import AnyReader
     from rosbags.typesys import Stores, get_typestore
 
-    from refinenet_ros.ros.encodings import MalformedImage, decode_compressed, decode_image
+    from refinenet_ros.images.encodings import MalformedImage, decode_compressed, decode_image
 
     frames: list[npt.NDArray[np.uint8]] = []
     with AnyReader([bag], default_typestore=get_typestore(Stores.LATEST)) as reader:

@@ -41,7 +41,7 @@ from refinenet_ros.ros.process import (
     node_module_command,
     param_args,
 )
-from refinenet_ros.ros.scheduling import NODE_STAGES
+from refinenet_ros.scheduling import NODE_STAGES
 from refinenet_ros.segmenter import OUTPUT_KINDS
 from refinenet_ros.stats import format_table, percentiles
 
@@ -244,7 +244,7 @@ def _image_messages(count: int, size: tuple[int, int], encoding: str) -> list[An
 
     from sensor_msgs.msg import Image
 
-    from refinenet_ros.ros.encodings import encode_image
+    from refinenet_ros.images.encodings import encode_image
     from refinenet_ros.samples import sample_sequence
 
     msgs = []

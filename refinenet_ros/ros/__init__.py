@@ -1,5 +1,7 @@
-"""ROS 2 side of refinenet_ros: message conversions, scheduling and the segmentation node.
+"""ROS 2 side of refinenet_ros: the segmentation node and its ROS glue (parameters, QoS,
+messages, diagnostics, launching, the node's process environment).
 
-Only :mod:`refinenet_ros.ros.node` (and the demo) import rclpy; :mod:`.encodings` is pure
-numpy/OpenCV so offline tools (bag, calibration) can decode images without ROS.
+Decoding pixels (:mod:`refinenet_ros.images`) and scheduling frames
+(:mod:`refinenet_ros.scheduling`) need no ROS and live outside this package; the offline
+tools (bag, calibration, labelling) never import it.
 """

@@ -25,7 +25,7 @@ from refinenet_ros.ros.process import (
     node_module_command,
     param_args,
 )
-from refinenet_ros.ros.scheduling import NODE_STAGES
+from refinenet_ros.scheduling import NODE_STAGES
 from refinenet_ros.segmenter import OUTPUT_KINDS
 from refinenet_ros.stats import percentiles
 

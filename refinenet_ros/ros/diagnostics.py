@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
-from refinenet_ros.ros.scheduling import NODE_STAGES, RateMeter, Rolling
+from refinenet_ros.scheduling import NODE_STAGES, RateMeter, Rolling
 
 LOSS_WARN_FRACTION = 0.1
 """WARN when the transport lost more than this fraction of a window's frames."""

@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 from sensor_msgs.msg import CompressedImage, Image
 
-from refinenet_ros.ros.encodings import DEFAULT_MAX_PIXELS, decode_compressed, decode_image, pixel_layout
+from refinenet_ros.images.encodings import DEFAULT_MAX_PIXELS, decode_compressed, decode_image, pixel_layout
 
 __all__ = ["OutgoingImage", "image_to_rgb"]
 

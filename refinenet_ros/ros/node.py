@@ -38,8 +38,8 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from refinenet_ros.backends.prepare import BuildCancelled
 from refinenet_ros.camera_info import scale_camera_info
+from refinenet_ros.images.encodings import MalformedImage
 from refinenet_ros.ros.diagnostics import NodeStats, diagnostic_array, input_silence
-from refinenet_ros.ros.encodings import MalformedImage
 from refinenet_ros.ros.messages import OutgoingImage, image_to_rgb
 from refinenet_ros.ros.params import (
     LIVE,
@@ -51,7 +51,7 @@ from refinenet_ros.ros.params import (
     validate_change,
 )
 from refinenet_ros.ros.qos import publisher_callbacks, qos_profile, subscription_callbacks
-from refinenet_ros.ros.scheduling import Frame, LatestFrameSlots, Throttle
+from refinenet_ros.scheduling import Frame, LatestFrameSlots, Throttle
 from refinenet_ros.segmenter import OUTPUT_KINDS
 
 # rclpy's error for calls on a context that is gone; rclpy reaches it the same way on every

@@ -249,7 +249,7 @@ def _bag_frames(bag: Path, options: LabelOptions) -> Iterator[tuple[str, npt.NDA
     from rosbags.typesys import Stores, get_typestore
 
     from refinenet_ros.bag.topics import COMPRESSED_TYPE, IMAGE_TYPE
-    from refinenet_ros.ros.encodings import decode_compressed, decode_image
+    from refinenet_ros.images.encodings import decode_compressed, decode_image
 
     try:
         reader = AnyReader([bag], default_typestore=get_typestore(Stores.ROS2_HUMBLE))
