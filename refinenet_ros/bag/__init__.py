@@ -9,47 +9,26 @@
 - :mod:`~refinenet_ros.bag.output`: the staged, locked output folder renamed into place
 - :mod:`~refinenet_ros.bag.job`: the job itself (``run_bag``, ``check_input``)
 - :mod:`~refinenet_ros.bag.sample`: small synthetic bags for tests and benchmarks
+
+The package exports what a caller needs to run the job (``run_bag`` with ``BagOptions``,
+``check_input`` before loading a model, ``overlap_helps`` to size the pipeline) and what
+the command line offers; the pipeline's tuning knobs stay in their modules.
 """
 
-from refinenet_ros.bag.job import (
-    COPY_CHUNK_BYTES,
-    COPY_CHUNK_MESSAGES,
-    MAX_REPORTED_MALFORMED,
-    check_input,
-    find_cameras,
-    run_bag,
-)
+from refinenet_ros.bag.job import check_input, run_bag
 from refinenet_ros.bag.options import DEFAULT_MAX_PIXELS, STORAGES, BagError, BagOptions, BagSummary
-from refinenet_ros.bag.pipeline import OVERLAP_DEPTH, POLL_S, overlap_helps
+from refinenet_ros.bag.pipeline import overlap_helps
 from refinenet_ros.bag.sample import write_sample_bag
-from refinenet_ros.bag.topics import (
-    CAMERA_INFO_TYPE,
-    COMPRESSED_TYPE,
-    IMAGE_TYPE,
-    OUTPUT_KINDS,
-    camera_info_topic,
-    output_base,
-)
+from refinenet_ros.bag.topics import OUTPUT_KINDS
 
 __all__ = [
-    "CAMERA_INFO_TYPE",
-    "COMPRESSED_TYPE",
-    "COPY_CHUNK_BYTES",
-    "COPY_CHUNK_MESSAGES",
     "DEFAULT_MAX_PIXELS",
-    "IMAGE_TYPE",
-    "MAX_REPORTED_MALFORMED",
     "OUTPUT_KINDS",
-    "OVERLAP_DEPTH",
-    "POLL_S",
     "STORAGES",
     "BagError",
     "BagOptions",
     "BagSummary",
-    "camera_info_topic",
     "check_input",
-    "find_cameras",
-    "output_base",
     "overlap_helps",
     "run_bag",
     "write_sample_bag",
