@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from refinenet_ros.version import __version__
 
 if TYPE_CHECKING:
     from refinenet_ros.segmenter import OutputResolution, Segmenter

@@ -46,11 +46,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from refinenet_ros import __version__
 from refinenet_ros.backends.base import BackendError
 from refinenet_ros.backends.prepare import require_build
 from refinenet_ros.config import ModelConfig
 from refinenet_ros.io import atomic_write_bytes
+from refinenet_ros.version import __version__
 
 if TYPE_CHECKING:
     import onnx
