@@ -11,7 +11,8 @@ edge, into a :class:`ModelConfig` whose fields are all filled (:meth:`ModelConfi
 * ``model``, ``labels``, ``cascaded``: as asked, else as the checkpoint records them;
 * ``mean``/``std`` and ``network_size``: the preprocessing the weights were trained with,
   from the checkpoint's metadata (else the architecture's defaults), used by every
-  backend, the ONNX export, evaluate and train alike.
+  backend, the ONNX export, evaluate and train alike;
+* ``temperature``: the confidence calibration recorded with the weights (else 1).
 
 Resolution reads the checkpoint's metadata once per file (cached by path, size and
 modification time), however many times it is asked.
@@ -61,6 +62,9 @@ class ModelConfig:
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
     network_size: tuple[int, int] | None = None
+    #: confidence = top softmax of logits / temperature (calibrated on val; the weights'
+    #: metadata ``temperature``, else 1); it never changes a label
+    temperature: float | None = None
     #: the bundled weights' name when ``weights`` came from the registry (for messages)
     weights_name: str | None = None
     #: False: no bundled default when ``weights`` is None (train: random or backbone init)
@@ -121,7 +125,7 @@ def _resolve(cfg: ModelConfig) -> ModelConfig:
             "weights (meaningless labels)"
         )
     model, labels, cascaded = cfg.model, cfg.labels, cfg.cascaded
-    mean, std, size = cfg.mean, cfg.std, cfg.network_size
+    mean, std, size, temperature = cfg.mean, cfg.std, cfg.network_size, cfg.temperature
     if weights is not None:
         if not Path(weights).is_file():
             raise ConfigError(f"weights {weights!r}: no such file and no bundled weights of that name")
@@ -136,6 +140,8 @@ def _resolve(cfg: ModelConfig) -> ModelConfig:
         recorded_size = meta.get("network_size")
         if size is None and isinstance(recorded_size, list) and len(recorded_size) == 2:
             size = (int(recorded_size[0]), int(recorded_size[1]))
+        if temperature is None:
+            temperature = recorded_temperature(meta)
     model = model or DEFAULT_MODEL
     spec = MODEL_SPECS.get(model)
     if spec is None:
@@ -150,6 +156,7 @@ def _resolve(cfg: ModelConfig) -> ModelConfig:
         mean=mean or spec.mean,
         std=std or spec.std,
         network_size=size,
+        temperature=1.0 if temperature is None else float(temperature),
         is_resolved=True,
     )
 
@@ -193,6 +200,16 @@ def check_metadata(weights: str | Path, meta: dict[str, Any], *, size_given: boo
             raise ConfigError(
                 f"{where} {key} {value!r}; expected {need} (re-save it with the values it was trained with)"
             )
+    extra = meta.get("extra")
+    temperature = extra.get("temperature") if isinstance(extra, dict) else None
+    if temperature is not None and (
+        isinstance(temperature, bool) or not isinstance(temperature, int | float)
+        or not math.isfinite(temperature) or temperature <= 0
+    ):  # fmt: skip
+        raise ConfigError(
+            f"{where} temperature {temperature!r}; expected a number above 0 (re-pack it with "
+            "refinenet-ros weights --pack ... --temperature T)"
+        )
     size = meta.get("network_size")
     if size is not None and not size_given:
         problem = network_size_problem(size)
@@ -201,6 +218,13 @@ def check_metadata(weights: str | Path, meta: dict[str, Any], *, size_given: boo
                 f"{where} network size {size!r}: {problem}; pass --network-size H W "
                 "(node: network_height/width)"
             )
+
+
+def recorded_temperature(meta: dict[str, Any]) -> float | None:
+    """The confidence temperature a checkpoint's metadata records (``extra.temperature``)."""
+    extra = meta.get("extra")
+    value = extra.get("temperature") if isinstance(extra, dict) else None
+    return float(value) if value is not None else None
 
 
 def _triple(value: Any) -> tuple[float, float, float] | None:

@@ -112,7 +112,9 @@ def _write_idd(root: Path, frames: dict[str, np.ndarray]) -> Path:
 
 def test_idd_lite_reader_holds_out_whole_sequences(tmp_path: Path) -> None:
     label = np.array([[0, 3, 6, 255]], np.uint8).repeat(4, axis=0)
-    root = _write_idd(tmp_path, {"10/000001": label, "11/000002": label, "7/000003": label, "20/000004": label})
+    root = _write_idd(
+        tmp_path, {"10/000001": label, "11/000002": label, "7/000003": label, "20/000004": label}
+    )
     names = {s: [x.name for x in open_dataset("idd_lite", root, s).samples]
              for s in ("train", "train_fit", "train_holdout")}  # fmt: skip
     assert names["train_holdout"] == ["10/000001", "20/000004"]  # sequence folders ending in 0
@@ -123,7 +125,7 @@ def test_idd_lite_reader_holds_out_whole_sequences(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="unknown split 'test'"):
         open_dataset("idd_lite", root, "test")
     (root / "gtFine" / "train" / "7" / "000003_label.png").unlink()
-    with pytest.raises(DatasetError, match="000003_image.jpg has no label"):
+    with pytest.raises(DatasetError, match=r"000003_image\.jpg has no label"):
         open_dataset("idd_lite", root, "train")
 
 

@@ -126,6 +126,10 @@ def test_outputs_carry_the_input_header_at_input_resolution(ros_client: RosClien
     np.testing.assert_array_equal(msg_array(color), get_label_set("camvid").palette[lab])
     assert msg_array(confidence).max() > 0
     np.testing.assert_allclose(cam_info.k, info.k)
+    # /diagnostics: the share of unsure pixels (confidence below 0.5) of the frames just segmented
+    unsure = float(np.mean(msg_array(confidence) < 128))
+    reported = diagnostics(ros_client, "main")["low_confidence_fraction"]
+    assert abs(float(reported) - unsure) < 0.02, (reported, unsure)
 
 
 @pytest.mark.parametrize("pad", [0, 6])

@@ -139,6 +139,7 @@ def create_backend(model_cfg: ModelConfig, options: BackendOptions | None = None
             precision=options.precision,
             mean=_triple(model_cfg.mean),
             std=_triple(model_cfg.std),
+            temperature=model_cfg.temperature or 1.0,
         )
     if kind == "onnxruntime":
         return _onnxruntime_backend(model_cfg, options)

@@ -177,7 +177,7 @@ def build_metadata(cfg: ModelConfig, spec: ExportSpec, weights: str) -> dict[str
         "cascaded": str(cfg.cascaded).lower(),
         "input": f"{INPUT_NAME}: uint8 [N,H,W,3] RGB",
         "outputs": "labels: int32 [N,H,W]; confidence: float32 [N,H,W] (max softmax)",
-    }
+    } | ({"temperature": repr(cfg.temperature)} if (cfg.temperature or 1.0) != 1.0 else {})
 
 
 def _dynamic_axes(spec: ExportSpec) -> dict[str, dict[int, str]] | None:
@@ -397,7 +397,7 @@ def export_onnx(
     assert cfg.mean is not None and cfg.std is not None
     weights = weights_fingerprint(cfg)
     net = model if model is not None else load_model(cfg)
-    pipeline = InferencePipeline(net.eval(), cfg.mean, cfg.std).eval()
+    pipeline = InferencePipeline(net.eval(), cfg.mean, cfg.std, cfg.temperature or 1.0).eval()
     example = torch.zeros((spec.batch, spec.height, spec.width, 3), dtype=torch.uint8)
     with torch.no_grad():
         proto = _trace_to_onnx(_CastFirst(pipeline).eval(), example, spec)
@@ -450,6 +450,8 @@ def cache_key(cfg: ModelConfig, spec: ExportSpec, weights: str | None = None) ->
         "weights": weights if weights is not None else weights_fingerprint(cfg),
         "spec": asdict(spec),
     }
+    if (cfg.temperature or 1.0) != 1.0:  # calibrated confidence is another graph
+        record["temperature"] = cfg.temperature
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 

@@ -41,12 +41,18 @@ class Normalise(nn.Module):
 
 
 class InferencePipeline(nn.Module):
-    """uint8 [N,H,W,3] -> (labels int32 [N,H,W], confidence float32 [N,H,W])."""
+    """uint8 [N,H,W,3] -> (labels int32 [N,H,W], confidence float32 [N,H,W]).
 
-    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+    ``temperature`` calibrates the confidence (top softmax of logits / T); at 1 the graph
+    holds no extra op."""
+
+    def __init__(
+        self, model: nn.Module, mean: Sequence[float], std: Sequence[float], temperature: float = 1.0
+    ) -> None:
         super().__init__()
         self.model = model
         self.normalise = Normalise(mean, std)
+        self.inverse_temperature = 1.0 / float(temperature)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         height, width = images.shape[1], images.shape[2]
@@ -55,5 +61,8 @@ class InferencePipeline(nn.Module):
         logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
         # max softmax = 1 / sum(exp(l - max l)): no full softmax tensor is materialised.
         top, labels = logits.max(dim=1)
-        confidence = 1.0 / torch.exp(logits - top.unsqueeze(1)).sum(dim=1)
+        shifted = logits - top.unsqueeze(1)
+        if self.inverse_temperature != 1.0:
+            shifted = shifted * self.inverse_temperature
+        confidence = 1.0 / torch.exp(shifted).sum(dim=1)
         return labels.to(torch.int32), confidence

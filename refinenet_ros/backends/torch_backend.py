@@ -38,6 +38,7 @@ class TorchBackend:
         fold_bn: bool = True,
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
+        temperature: float = 1.0,
     ) -> None:
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendError(f"torch backend: device {device!r} asked for but CUDA is not available")
@@ -54,7 +55,7 @@ class TorchBackend:
         model.eval()
         if fold_bn:  # 1.02-1.09x on CPU (docs/benchmarks.md), and fewer kernel launches on CUDA
             fold_batchnorm(model)
-        pipeline = InferencePipeline(model, mean, std)
+        pipeline = InferencePipeline(model, mean, std, temperature)
         # channels_last: 1.9x faster convolutions on this CPU (oneDNN NHWC kernels).
         self._pipeline = pipeline.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]
         if self._dtype == torch.float16:

@@ -10,7 +10,8 @@ backend. Predictions are scored at each label image's full resolution.
 
 Coarse ground truth (IDD-Lite's level-1 classes, or a user's own through a ``--label-map``
 whose classes list several of the model's) is scored on the coarse classes, each fine
-prediction counted through the unions.
+prediction counted through the unions. ``--fit-temperature`` fits the confidence
+temperature on the set and reports the expected calibration error before and after.
 
 Writes a JSON report (atomically), prints a per-class table, and with
 ``--save-predictions DIR`` writes each prediction as a colour PNG.
@@ -146,6 +147,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-predictions", default=None, metavar="DIR",
                         help="write each prediction as a colour PNG into DIR")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
+    parser.add_argument("--fit-temperature", action="store_true",
+                        help="also fit the confidence temperature on this (validation) set and report "
+                             "the expected calibration error before/after; store it with "
+                             "`refinenet-ros weights --pack CKPT --out FILE --temperature T`")  # fmt: skip
     add_model_arguments(parser)
     add_backend_arguments(parser)
 
@@ -171,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
     scored_set = unions.source_set() if unions is not None else label_set
     if unions is not None and getattr(args, "record", False):
         raise CliError("--record: coarse classes are not the model's; record on labels of its own classes")
+    if unions is not None and args.fit_temperature:
+        raise CliError("--fit-temperature needs labels of the model's own classes, not coarse ones")
     options = with_weights_size(model_cfg, backend_options_from_args(args))
     if multiscale:
         from refinenet_ros.config import load_model, warn_if_random_weights
@@ -228,6 +235,8 @@ def run(args: argparse.Namespace) -> int:
         f"{result.images} images, {result.seconds:.1f} s ({result.images_per_second:.2f} img/s): "
         f"mIoU {100 * _safe(m.miou):.2f} %, pixel acc {100 * _safe(m.pixel_accuracy):.2f} %"
     )
+    if args.fit_temperature:
+        report["calibration"] = _fit_temperature(args, model_cfg, options, dataset)
     miou = result.metrics.miou
     if not multiscale and backend_name in ("onnxruntime", "openvino") and miou == miou:  # not NaN
         try:
@@ -243,6 +252,34 @@ def run(args: argparse.Namespace) -> int:
         ) from None
     print(f"report -> {args.report}")
     return 0
+
+
+def _fit_temperature(
+    args: argparse.Namespace, model_cfg: ModelConfig, options: BackendOptions, dataset: SegmentationDataset
+) -> dict[str, float | int]:
+    """Fit the confidence temperature on the data set's labelled pixels (the PyTorch model's
+    logits at the network size) and print ECE before/after and the command that stores it."""
+    from refinenet_ros.config import load_model
+    from refinenet_ros.temperature import calibrate, sample_logits
+
+    if model_cfg.weights is None:
+        raise CliError("--fit-temperature: random weights have nothing to calibrate; give --weights")
+    device = "cpu" if args.device == "auto" else args.device
+    assert model_cfg.mean is not None and model_cfg.std is not None
+    logits, labels = sample_logits(
+        load_model(model_cfg).to(device), dataset, mean=model_cfg.mean, std=model_cfg.std,
+        network_size=options.input_size, device=device,
+    )  # fmt: skip
+    fit = calibrate(logits, labels, model_cfg.temperature or 1.0)
+    current = "" if fit.current_temperature == 1.0 else (
+        f", {100 * fit.ece_current:.2f} % with the weights' temperature {fit.current_temperature:g}"
+    )  # fmt: skip
+    print(f"confidence temperature fitted on {fit.pixels} pixels: T = {fit.temperature:.3f}; expected "
+          f"calibration error {100 * fit.ece_before:.2f} % uncalibrated{current}, "
+          f"{100 * fit.ece_after:.2f} % at T = {fit.temperature:.3f}")  # fmt: skip
+    print(f"store it: refinenet-ros weights --pack {model_cfg.weights} --out FILE "
+          f"--temperature {fit.temperature:.3f}")  # fmt: skip
+    return fit.to_dict()
 
 
 def _record_for_auto(

@@ -23,10 +23,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_network_size_argument(g)  # with --pack: the size recorded for the node and every command
     g.add_argument("--metrics", default=None, metavar="JSON",
                    help="an `evaluate` report whose metrics are recorded (with --pack)")  # fmt: skip
+    g.add_argument("--temperature", type=float, default=None, metavar="T",
+                   help="confidence temperature to record (fitted by `evaluate --fit-temperature` on "
+                        "the val set); every backend's confidence becomes softmax(logits / T)")  # fmt: skip
 
 
-def pack(checkpoint: Path, out: Path, network_size: tuple[int, int] | None, metrics: dict | None) -> None:
-    """Rewrite ``checkpoint`` as fp16 tensors + its metadata (and the given size/metrics)."""
+def pack(
+    checkpoint: Path,
+    out: Path,
+    network_size: tuple[int, int] | None,
+    metrics: dict | None,
+    temperature: float | None = None,
+) -> None:
+    """Rewrite ``checkpoint`` as fp16 tensors + its metadata (and the given size/metrics/temperature)."""
     from refinenet_ros.config import ModelConfig, load_model
     from refinenet_ros.models import read_checkpoint_metadata, save_checkpoint
 
@@ -40,6 +49,8 @@ def pack(checkpoint: Path, out: Path, network_size: tuple[int, int] | None, metr
     extra.pop("train_config", None)  # the recipe lives in config/, by name
     if metrics is not None:
         extra["metrics"] = metrics
+    if temperature is not None:
+        extra["temperature"] = float(temperature)
     save_checkpoint(
         out, model, model_name=cfg.model, label_set=cfg.label_set.name, num_classes=cfg.label_set.num_classes,
         mean=cfg.mean, std=cfg.std, network_size=network_size or cfg.network_size, extra=extra,
@@ -59,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
             except (OSError, ValueError, KeyError) as exc:
                 raise CliError(f"--metrics {args.metrics}: not an evaluate report ({exc})") from None
         size = (args.network_size[0], args.network_size[1]) if args.network_size else None
-        pack(Path(args.pack), Path(args.out), size, metrics)
+        if args.temperature is not None and not 0 < args.temperature < float("inf"):
+            raise CliError(f"--temperature {args.temperature}: must be a number above 0")
+        pack(Path(args.pack), Path(args.out), size, metrics, args.temperature)
         print(f"packed {args.pack} -> {args.out} ({Path(args.out).stat().st_size / 1e6:.1f} MB, fp16)")
         return 0
     if args.json:

@@ -17,6 +17,9 @@ from refinenet_ros.scheduling import NODE_STAGES, RateMeter, Rolling
 
 LOSS_WARN_FRACTION = 0.1
 """WARN when the transport lost more than this fraction of a window's frames."""
+LOW_CONFIDENCE = 0.5
+"""A pixel whose (calibrated) confidence is below this counts as unsure: a scene unlike the
+training data shows as a high ``low_confidence_fraction`` in ``/diagnostics``."""
 
 
 class TransportLoss:
@@ -81,6 +84,8 @@ class NodeStats:
     last_problem: str = ""
     stages: dict[str, Rolling] = field(default_factory=lambda: {s: Rolling() for s in NODE_STAGES})
     input_age_ms: Rolling = field(default_factory=Rolling)
+    #: per frame, the fraction of pixels with confidence below :data:`LOW_CONFIDENCE`
+    low_confidence: Rolling = field(default_factory=lambda: Rolling(size=30))
     latency_ms: Rolling = field(default_factory=Rolling)
     rate_in: RateMeter = field(default_factory=RateMeter)
     rate_out: RateMeter = field(default_factory=RateMeter)
@@ -142,6 +147,8 @@ def diagnostic_array(
         ("inputs", ", ".join(inputs)),
         ("seconds_since_input", _fmt(now - stats.last_input_t) if stats.last_input_t else "never"),
     ]
+    unsure = stats.low_confidence.values
+    values.append(("low_confidence_fraction", _fmt(sum(unsure) / len(unsure)) if unsure else "nan"))
     lost, sent = stats.transport.lost(window_s, now)
     values.append(("transport_lost_recent", f"{lost} of {sent}"))
     for stage, rolling in stats.stages.items():

@@ -39,7 +39,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from refinenet_ros.backends.prepare import BuildCancelled
 from refinenet_ros.camera_info import scale_camera_info
 from refinenet_ros.images.encodings import MalformedImage
-from refinenet_ros.ros.diagnostics import NodeStats, diagnostic_array, input_silence
+from refinenet_ros.ros.diagnostics import LOW_CONFIDENCE, NodeStats, diagnostic_array, input_silence
 from refinenet_ros.ros.messages import OutgoingImage, image_to_rgb
 from refinenet_ros.ros.params import (
     LIVE,
@@ -502,6 +502,8 @@ class SegmentationNode(LifecycleNode):
         for (frame, rgb, wanted), result in zip(todo, results, strict=True):
             if stop.is_set():  # deactivated or shutting down while inferring
                 return
+            unsure = np.count_nonzero(result.confidence < LOW_CONFIDENCE) / max(1, result.confidence.size)
+            stats.low_confidence.add(unsure)
             t2 = time.perf_counter()
             publish_s = self._publish(self.cameras[frame.camera], frame.msg.header, rgb, result, wanted)
             total_ms = (time.perf_counter() - t2) * 1e3
