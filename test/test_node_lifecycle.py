@@ -174,3 +174,27 @@ def test_signals_end_both_nodes_cleanly(nodes: dict[str, NodeProcess]) -> None:
             f"{name}: exit {code} in {seconds:.2f} s\n{nodes[name].log()[-2000:]}"
         )
         assert "Traceback" not in nodes[name].log(), nodes[name].log()[-3000:]
+
+
+def test_a_second_node_in_one_process_logs_each_package_line_once(
+    ros_env: dict[str, str], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The package's log goes to the node while it exists; a node destroyed in the same
+    process (a test, a component container, a relaunch) no longer repeats every line."""
+    import logging
+
+    import rclpy
+    from rclpy.context import Context
+
+    from refinenet_ros.ros.node import SegmentationNode
+
+    context = Context()
+    rclpy.init(context=context, signal_handler_options=rclpy.SignalHandlerOptions.NO)
+    try:
+        SegmentationNode(context=context).destroy_node()
+        node = SegmentationNode(context=context)
+        logging.getLogger("refinenet_ros").warning("one line from the package")
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)
+    assert capfd.readouterr().err.count("one line from the package") == 1

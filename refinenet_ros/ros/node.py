@@ -52,7 +52,7 @@ from refinenet_ros.ros.params import (
 )
 from refinenet_ros.ros.qos import publisher_callbacks, qos_profile, subscription_callbacks
 from refinenet_ros.scheduling import Frame, LatestFrameSlots, Throttle
-from refinenet_ros.segmenter import OUTPUT_KINDS
+from refinenet_ros.segmenter import OUTPUT_KINDS, Segmenter
 
 # rclpy's error for calls on a context that is gone; rclpy reaches it the same way on every
 # distro (no public name for it on Humble).
@@ -167,14 +167,17 @@ class SegmentationNode(LifecycleNode):
             post_set(self._on_params_set)
         else:  # Humble: apply live values from the (only) on-set callback once they pass
             self.add_on_set_parameters_callback(self._validate_and_apply)
+        # The package's log goes to this node's log while the node exists (destroy_node puts
+        # the package logger back as it was).
         self._log_handler = _RosLogHandler(self)
         pkg_log = logging.getLogger("refinenet_ros")
+        self._pkg_log_before = (pkg_log.level, pkg_log.propagate)
         pkg_log.addHandler(self._log_handler)
         pkg_log.setLevel(logging.INFO)
         pkg_log.propagate = False
         self.cfg = NodeConfig()  # read (and validated) on configure
         self.autostart = bool(self.get_parameter("autostart").value)
-        self.segmenter: Any = None
+        self.segmenter: Segmenter | None = None
         self.cameras: list[CameraIO] = []
         self._subs: list[Subscription] = []
         self._slots = LatestFrameSlots(1)
@@ -234,7 +237,7 @@ class SegmentationNode(LifecycleNode):
                 text += f" (the engine cache, -p engine_dir:={self.cfg.engine_dir})"
         return in_node_words(text)
 
-    def _build_interruptibly(self, cfg: NodeConfig) -> Any:
+    def _build_interruptibly(self, cfg: NodeConfig) -> Segmenter:
         """Build the Segmenter, giving up within ~0.1 s of SIGINT/SIGTERM.
 
         A model export, INT8 calibration, compile or TensorRT build runs for seconds to minutes
@@ -316,6 +319,16 @@ class SegmentationNode(LifecycleNode):
         self._release()
         return TransitionCallbackReturn.SUCCESS
 
+    def destroy_node(self) -> None:
+        """Destroy the node and detach the package's log from it, so that logging after this
+        (another node in the same process, the shutdown path) does not reach a dead node."""
+        pkg_log = logging.getLogger("refinenet_ros")
+        pkg_log.removeHandler(self._log_handler)
+        if not pkg_log.handlers:
+            pkg_log.setLevel(self._pkg_log_before[0])
+            pkg_log.propagate = self._pkg_log_before[1]
+        super().destroy_node()
+
     def _stop_inputs(self) -> None:
         """Stop the worker and unsubscribe (deactivate, and shutdown from active)."""
         self._stop_worker()
@@ -345,7 +358,7 @@ class SegmentationNode(LifecycleNode):
             self._worker = None
 
     # ---- setup -------------------------------------------------------------------------
-    def _build_segmenter(self, cfg: NodeConfig) -> Any:
+    def _build_segmenter(self, cfg: NodeConfig) -> Segmenter:
         from refinenet_ros.backends.base import BackendOptions
         from refinenet_ros.config import ModelConfig
         from refinenet_ros.segmenter import build_segmenter
