@@ -22,6 +22,7 @@ from refinenet_ros.ros.launching import (
     launch_argument,
     params_file,
     segmentation_node,
+    typed,
 )
 
 DEFAULT_CAMERAS = ["front", "left", "right"]
@@ -44,7 +45,7 @@ def _node(context: LaunchContext) -> list[Any]:
         if not file_parameters(params_file(arg, config)).get("cameras"):
             given["cameras"] = DEFAULT_CAMERAS
     if arg("batch_timeout_ms"):
-        given["batch_timeout_ms"] = float(arg("batch_timeout_ms"))
+        given["batch_timeout_ms"] = typed("batch_timeout_ms", arg("batch_timeout_ms"), float)
     return segmentation_node(arg, parameters=given)
 
 

@@ -44,6 +44,9 @@ def test_only_given_arguments_override_and_shm_is_never_forced() -> None:
         return given.get(name, "")
 
     assert given_overrides(arg) == {"network_height": 240, "precision": "int8"}
+    given["network_width"] = "wide"
+    with pytest.raises(ValueError, match=r"^launch argument network_width:=wide must be a whole number$"):
+        given_overrides(arg)
     assert transport_env(arg) == {}
     assert "SHM" in transport_env(lambda n: "true" if n == "shm_only" else "")["FASTDDS_BUILTIN_TRANSPORTS"]
 

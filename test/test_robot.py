@@ -157,7 +157,7 @@ def camera_until_outputs(client: RosClient, image: str, out: str, leaves: tuple[
         msg = image_msg(frame, stamp_ns=stamp, frame_id="cam_optical")
         return msg
 
-    seen = send_until_seen(pub, make, collectors, timeout=60.0, companion=info)
+    seen = send_until_seen(pub, make, collectors, timeout=120.0, companion=info)  # discovery on busy cores
     (messages,) = seen.values()
     assert all(m.header.frame_id == "cam_optical" for m in messages)
     assert messages[0].width == VGA[1] and messages[0].encoding == "mono8"  # labels at camera size
@@ -244,6 +244,9 @@ def test_a_failed_configure_fails_the_launch(launch: Any, tmp_path: Path) -> Non
     assert code not in (None, 0), log[-3000:]
     assert "missing.pt" in log  # the node's own line says what is wrong
     assert "refinenet_segmentation" in log and "exited with status 2" in log, log[-3000:]
+    typo = launch("segmentation.launch.py", "namespace:=typo", "network_width:=wide")
+    assert typo.wait(60.0) not in (None, 0)
+    assert "launch argument network_width:=wide must be a whole number" in typo.log(), typo.log()[-2000:]
 
 
 def test_ros2_run_as_the_readme_says(tmp_path: Path) -> None:

@@ -52,7 +52,16 @@ def is_true(text: str) -> bool:
 
 def given_overrides(arg: Arg) -> dict[str, object]:
     """The override arguments that were given, converted to the parameter's type."""
-    return {name: cast(arg(name)) for name, cast in OVERRIDES.items() if arg(name) != ""}
+    return {name: typed(name, arg(name), cast) for name, cast in OVERRIDES.items() if arg(name) != ""}
+
+
+def typed(name: str, value: str, cast: type) -> object:
+    """``value`` as ``cast``; a wrong one fails the launch with one line naming the argument."""
+    try:
+        return cast(value)
+    except ValueError:
+        kind = {int: "a whole number", float: "a number"}.get(cast, cast.__name__)
+        raise ValueError(f"launch argument {name}:={value} must be {kind}") from None
 
 
 def transport_env(arg: Arg) -> dict[str, str]:
