@@ -238,3 +238,21 @@ def test_train_cli_mixes_fine_and_coarse_sets(shapes_with_coarse: tuple[Path, Pa
     assert "maps to person_part but the model predicts camvid" in err and "\n" not in err
     assert main([*base, *mix, "--mix-ratio", "1", "--out", str(tmp_path / "c")]) == 2
     assert "--mix-ratio 1.0: must be between 0 and 1" in capsys.readouterr().err
+
+
+CAMVID_ROOT = IDD.parent / "camvid"
+
+
+@needs_idd
+@pytest.mark.skipif(not (CAMVID_ROOT / "train").is_dir(), reason=f"CamVid is not here ({CAMVID_ROOT})")
+@pytest.mark.slow
+def test_the_camvid_v2_recipe_runs_as_committed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One small step of config/train_camvid_v2.yaml from the repository root, as docs/training.md
+    says to run it (the data paths are the recipe's own)."""
+    pytest.importorskip("tflite", reason="the ImageNet initialisation needs pip install .[imagenet]")
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)
+    out = tmp_path / "v2"
+    code = main(["train", "--config", "config/train_camvid_v2.yaml", "--steps", "1", "--crop", "64", "64",
+                 "--batch-size", "2", "--val-split", "none", "--out", str(out), "--no-progress"])  # fmt: skip
+    assert code == 0 and (out / "last.pt").is_file()
