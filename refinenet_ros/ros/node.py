@@ -452,11 +452,11 @@ class SegmentationNode(LifecycleNode):
                     self.get_logger().error(f"processing failed: {self.stats.last_problem}")
 
     def _age_ms(self, msg: Any) -> float | None:
-        stamp = msg.header.stamp
-        if stamp.sec == 0 and stamp.nanosec == 0:
+        stamp_ns = _stamp_ns(msg)
+        if stamp_ns == 0:
             return None  # unstamped: age unknown
         now = self.get_clock().now().nanoseconds
-        return (now - (stamp.sec * 1_000_000_000 + stamp.nanosec)) / 1e6
+        return (now - stamp_ns) / 1e6
 
     def _wanted(self, cam: CameraIO) -> dict[str, bool]:
         cfg = self.cfg
