@@ -330,3 +330,28 @@ def test_sigterm_to_the_fleet_driver_is_terminated_143(tmp_path: Path) -> None:
             os.killpg(proc.pid, signal.SIGKILL)  # its own session: Ray daemons it may have left
     assert proc.returncode == 143, err[-2000:]
     assert "terminated" in err and "Traceback" not in err, err[-2000:]
+
+
+def test_the_summary_prints_the_malformed_frame_count(
+    tmp_path: Path, ray_local: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    ts = get_typestore(Stores.LATEST)
+    t = ts.types
+    h, w = SIZE
+    with Writer(tmp_path / "in" / "bad", version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        conn = writer.add_connection(TOPIC, "sensor_msgs/msg/Image", typestore=ts)
+        for i, nbytes in enumerate([h * w * 3, 100, h * w * 3]):  # the middle frame is truncated
+            header = t["std_msgs/msg/Header"](stamp=t["builtin_interfaces/msg/Time"](sec=10 + i, nanosec=0),
+                                              frame_id="cam")  # fmt: skip
+            msg = t["sensor_msgs/msg/Image"](header=header, height=h, width=w, encoding="rgb8",
+                                             is_bigendian=0, step=w * 3,
+                                             data=np.full(nbytes, 7, np.uint8))  # fmt: skip
+            writer.write(conn, (10 + i) * 10**9, ts.serialize_cdr(msg, "sensor_msgs/msg/Image"))
+    capsys.readouterr()
+    out = str(tmp_path / "out")
+    assert main(["fleet", str(tmp_path / "in"), "--out", out, *BAG_ARGS, "--workers", "1"]) == 0
+    assert "1 malformed frames skipped" in capsys.readouterr().out
