@@ -230,7 +230,7 @@ def test_bombs_are_malformed_and_diagnostics_reflect_a_recent_window(
                             (Transition.TRANSITION_CLEANUP, "unconfigured")):  # fmt: skip
             req = ChangeState.Request(transition=Transition(id=tid))
             assert ros_client.call(ChangeState, f"/diag/{OUT}/change_state", req, timeout=30).success
-            values = _wait_diag(ros_client, "diag", lambda v, e=expect: v["state"] == e)  # type: ignore[misc]
+            values = _wait_diag(ros_client, "diag", lambda v, e=expect: v["state"] == e)
         assert "model" not in values and "backend" not in values, values
         assert levels[-1][1] == 1 and levels[-1][2].startswith("unconfigured"), levels[-1]
     finally:
@@ -240,7 +240,7 @@ def test_bombs_are_malformed_and_diagnostics_reflect_a_recent_window(
 def test_cli_advice_reads_as_node_parameters_once() -> None:
     """The library's hints name CLI flags, often with the node's words in brackets: a node
     user reads each once ("pin -p backend:=(-p backend:=onnxruntime)" was garbled)."""
-    from refinenet_ros.ros.node import in_node_words
+    from refinenet_ros.ros.node_log import in_node_words
 
     assert in_node_words("or pin --backend (-p backend:=onnxruntime)") == "or pin -p backend:=onnxruntime"
     assert in_node_words("pin one with --backend/--precision (-p backend:=... -p precision:=...)") == (

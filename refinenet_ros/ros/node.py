@@ -16,14 +16,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import signal
 import sys
 import threading
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, cast
 
 import numpy as np
@@ -37,13 +35,13 @@ from rclpy.subscription import Subscription
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from refinenet_ros.backends.prepare import BuildCancelled
-from refinenet_ros.camera_info import scale_camera_info
 from refinenet_ros.images.encodings import MalformedImage
 from refinenet_ros.ros.diagnostics import LOW_CONFIDENCE, NodeStats, diagnostic_array, input_silence
-from refinenet_ros.ros.messages import OutgoingImage, image_to_rgb
+from refinenet_ros.ros.messages import image_to_rgb
+from refinenet_ros.ros.node_log import RosLogHandler, in_node_words
+from refinenet_ros.ros.outputs import CameraIO, PublishSink
 from refinenet_ros.ros.params import (
     LIVE,
-    PARAMETERS,
     NodeConfig,
     ParameterError,
     declare_parameters,
@@ -60,99 +58,8 @@ RCLError: type[Exception] = rclpy_implementation.RCLError
 
 NODE_NAME = "refinenet_segmentation"
 OUTPUTS = OUTPUT_KINDS
-_FLAG = re.compile(r"--([a-z][a-z0-9-]*)(?:[ =]([^\s;,'\"(]+))?")
-_FLAG_WITH_NODE_WORDS = re.compile(
-    r"(--[a-z][a-z0-9/-]*(?:[ =][^\s;,'\"(]+)?) \(((?:-p [a-z_]+:=\S+?\s?)+)\)"
-)
-
-
 class ConfigureInterrupted(Exception):
     """SIGINT/SIGTERM arrived while configure was building the model or an engine."""
-
-
-def in_node_words(text: str) -> str:
-    """Rewrite the library's CLI advice for node users: ``use --device cpu`` ->
-    ``use -p device:=cpu``, ``--network-size`` -> ``-p network_height/network_width``."""
-
-    def swap(m: re.Match[str]) -> str:
-        flag, value = m.group(1), m.group(2)
-        if flag == "network-size":
-            return "-p network_height:=H -p network_width:=W"
-        name = flag.replace("-", "_")
-        if name not in PARAMETERS:
-            return m.group(0)
-        return f"-p {name}:={value}" if value and not value.startswith("-") else f"-p {name}:=..."
-
-    # advice that already gives the node's words in brackets: keep those, drop the flags' copy
-    text = _FLAG_WITH_NODE_WORDS.sub(lambda m: m.group(2), text)
-    return _FLAG.sub(swap, text)
-
-
-@dataclass
-class CameraIO:
-    """One camera's topics, publishers and reusable outgoing messages."""
-
-    name: str  # "" for the single-camera case
-    publishers: dict[str, LifecyclePublisher] = field(default_factory=dict)
-    info_pub: LifecyclePublisher | None = None
-    buffers: dict[str, OutgoingImage] = field(default_factory=lambda: {k: OutgoingImage() for k in OUTPUTS})
-    info_out: CameraInfo = field(default_factory=CameraInfo)
-    camera_info: CameraInfo | None = None
-
-    def topic(self, leaf: str) -> str:
-        """Input topic ``leaf`` under this camera's namespace (relative unless given absolute)."""
-        return f"{self.name.rstrip('/')}/{leaf}" if self.name else leaf
-
-    def output(self, leaf: str) -> str:
-        return f"~/{self.name.strip('/')}/{leaf}" if self.name else f"~/{leaf}"
-
-
-class _PublishSink:
-    """A frame's outputs as the node sends them (a :class:`~refinenet_ros.segmenter.RenderSink`):
-    rendered into the camera's reusable messages, each published as soon as it is complete."""
-
-    def __init__(self, cam: CameraIO, header: Any, result: Any, send_info: bool) -> None:
-        self.cam, self.header, self.result, self.send_info = cam, header, result, send_info
-        self.publish_s = 0.0
-
-    def buffer(self, kind: str, height: int, width: int, encoding: str) -> npt.NDArray[Any]:
-        return self.cam.buffers[kind].view(self.header, height, width, encoding)
-
-    def done(self, kind: str) -> None:
-        self._send(self.cam.publishers[kind], self.cam.buffers[kind].msg)
-
-    def camera_info(self) -> None:
-        cam = self.cam
-        if self.send_info and cam.camera_info is not None and cam.info_pub is not None:
-            info = scale_camera_info(
-                cam.camera_info, self.result.input_size, self.result.size, out=cam.info_out
-            )
-            info.header = self.header
-            self._send(cam.info_pub, info)
-
-    def _send(self, publisher: Any, msg: Any) -> None:
-        t = time.perf_counter()
-        publisher.publish(msg)
-        self.publish_s += time.perf_counter() - t
-
-
-class _RosLogHandler(logging.Handler):
-    """Forward the package's Python logging (model/backend/engine build) to the node's log."""
-
-    def __init__(self, node: LifecycleNode) -> None:
-        super().__init__()
-        self._logger = node.get_logger()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        text = in_node_words(record.getMessage())
-        if record.levelno >= logging.ERROR:
-            self._logger.error(text)
-        elif record.levelno >= logging.WARNING:
-            self._logger.warning(text)
-        elif record.levelno >= logging.INFO:
-            self._logger.info(text)
-        else:
-            self._logger.debug(text)
 
 
 class SegmentationNode(LifecycleNode):
@@ -169,7 +76,7 @@ class SegmentationNode(LifecycleNode):
             self.add_on_set_parameters_callback(self._validate_and_apply)
         # The package's log goes to this node's log while the node exists (destroy_node puts
         # the package logger back as it was).
-        self._log_handler = _RosLogHandler(self)
+        self._log_handler = RosLogHandler(self)
         pkg_log = logging.getLogger("refinenet_ros")
         self._pkg_log_before = (pkg_log.level, pkg_log.propagate)
         pkg_log.addHandler(self._log_handler)
@@ -322,11 +229,13 @@ class SegmentationNode(LifecycleNode):
     def destroy_node(self) -> None:
         """Destroy the node and detach the package's log from it, so that logging after this
         (another node in the same process, the shutdown path) does not reach a dead node."""
-        pkg_log = logging.getLogger("refinenet_ros")
-        pkg_log.removeHandler(self._log_handler)
-        if not pkg_log.handlers:
-            pkg_log.setLevel(self._pkg_log_before[0])
-            pkg_log.propagate = self._pkg_log_before[1]
+        handler = getattr(self, "_log_handler", None)  # absent when a parameter was refused
+        if handler is not None:
+            pkg_log = logging.getLogger("refinenet_ros")
+            pkg_log.removeHandler(handler)
+            if not pkg_log.handlers:
+                pkg_log.setLevel(self._pkg_log_before[0])
+                pkg_log.propagate = self._pkg_log_before[1]
         super().destroy_node()
 
     def _stop_inputs(self) -> None:
@@ -537,7 +446,7 @@ class SegmentationNode(LifecycleNode):
 
         Returns the seconds spent inside rclpy ``publish`` calls (serialisation + DDS); the
         rest of the call is rendering, and the diagnostics report the two apart."""
-        sink = _PublishSink(cam, header, result, wanted["camera_info"])
+        sink = PublishSink(cam, header, result, wanted["camera_info"])
         kinds = [k for k in OUTPUTS if wanted[k]]
         result.render(sink, kinds, rgb, float(self.cfg.overlay_alpha))
         return sink.publish_s
