@@ -72,8 +72,11 @@ lint: $(STAMP)
 
 # refinenet_ros/ros is also checked against the Humble and Jazzy rclpy sources (pyright;
 # test/rclpy_api/*.json) where ../shared/vendor holds them; Kilted is the rclpy the tests run.
+# mypy: strict for the segmenter, backends, node and weights (pyproject.toml); the tests at
+# the project's default level.
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy refinenet_ros
+	$(VENV)/bin/mypy test
 	$(VENV)/bin/pyright refinenet_ros/backends/tensorrt.py
 	@if [ -d $(VENDOR)/rclpy-api ]; then \
 	  for distro in humble jazzy; do \

@@ -66,5 +66,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if ROS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.ros)
             item.add_marker(pytest.mark.slow)
-        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+        module = getattr(item, "module", None)
+        if module is not None and module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)

@@ -188,7 +188,7 @@ class RosClient:
         return False
 
     def call(self, srv_type: type, name: str, request: Any, timeout: float = 20.0) -> Any:
-        client = self.node.create_client(srv_type, name)
+        client: Any = self.node.create_client(srv_type, name)
         try:
             if not client.wait_for_service(timeout_sec=timeout):
                 raise TimeoutError(f"service {name} not available")

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -118,7 +119,7 @@ def test_backbone_init_fills_the_segmentation_encoder_exactly() -> None:
     from refinenet_ros.models import build_model
     from refinenet_ros.models.tflite_import import TFLiteImportError, load_mobilenetv2_tflite
 
-    model = build_model("lw_refinenet_mobilenetv2", 11).eval()
+    model: Any = build_model("lw_refinenet_mobilenetv2", 11).eval()  # its layers by name
     head = load_mobilenetv2_tflite(model, TFLITE)
     assert len(head) == 2  # the 1x1 to 1280 channels and the classifier are not used
     first_expand = model.layer2[0].output[0]

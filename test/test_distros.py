@@ -116,7 +116,7 @@ def rclpy_imports(path: Path) -> list[tuple[str, list[str], int]]:
             names = [a.name for a in node.names]
         for name in names[:1] if isinstance(node, ast.ImportFrom) else names:
             if name == "rclpy" or name.startswith("rclpy."):
-                found.append((name, fallbacks.get(id(node), []), node.lineno))
+                found.append((name, fallbacks.get(id(node), []), getattr(node, "lineno", 0)))
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "rclpy":
             found += [
                 (f"{node.module}.{a.name}", [], node.lineno) for a in node.names if a.name.startswith("_")

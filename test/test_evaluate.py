@@ -68,7 +68,9 @@ def test_cli_report_matches_saved_predictions(folder_dataset: Path, tmp_path: Pa
     cm = ConfusionMatrix(21)
     ds = open_dataset("folders", folder_dataset)
     for i, sample in enumerate(ds.samples):
-        color = cv2.imread(str(preds / f"{sample.name}.png"))[..., ::-1]
+        bgr = cv2.imread(str(preds / f"{sample.name}.png"))
+        assert bgr is not None
+        color = bgr[..., ::-1]
         pred = np.vectorize(lambda *rgb: lut[rgb])(color[..., 0], color[..., 1], color[..., 2])
         cm.update(ds[i][1], pred)
     m = cm.compute()

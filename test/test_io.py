@@ -26,7 +26,8 @@ def test_label_png_round_trips_class_ids_with_the_palette(tmp_path):
     write_label_png(path, labels, ls)
     with Image.open(path) as img:
         assert img.mode == "P"
-        assert img.getpalette()[:3] == [128, 64, 128]
+        palette = img.getpalette()
+        assert palette is not None and palette[:3] == [128, 64, 128]
     np.testing.assert_array_equal(read_label_png(path), labels)
 
 

@@ -86,7 +86,7 @@ def test_random_matches_bruteforce() -> None:
 def test_errors_name_the_problem() -> None:
     cm = ConfusionMatrix(3)
     with pytest.raises(ValueError, match="shape"):
-        cm.update(np.zeros((2, 2)), np.zeros((2, 3)))
+        cm.update(np.zeros((2, 2), np.int64), np.zeros((2, 3), np.int64))
     with pytest.raises(ValueError, match=r"outside 0\.\.2.*--labels"):
         cm.update(np.array([0, 7]), np.array([0, 0]))
     with pytest.raises(ValueError, match="prediction"):

@@ -393,6 +393,7 @@ def test_fold_batchnorm_folds_every_bn_and_keeps_the_output(name: str) -> None:
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     for bn in bns:
         n = bn.num_features
+        assert bn.running_mean is not None and bn.running_var is not None
         bn.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
         bn.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
         bn.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -50,7 +51,7 @@ def test_demo_plays_records_and_reports(tmp_path: Path, ros_env: dict[str, str])
         msgs = list(reader.messages(connections=[topics[f"{prefix}/labels"]]))
         assert len(msgs) == summary["frames_out"]
         conn, _, raw = msgs[-1]
-        msg = typestore.deserialize_cdr(raw, conn.msgtype)
+        msg: Any = typestore.deserialize_cdr(raw, conn.msgtype)
         assert (msg.height, msg.width, msg.encoding) == (64, 96, "mono8")
         np.testing.assert_array_equal(msg.data.reshape(64, 96), labels)
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "staging left behind"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import cv2
 import numpy as np
@@ -82,7 +83,7 @@ def test_mono16_honours_byte_order() -> None:
     np.testing.assert_array_equal(little[..., 0], (wide >> 8).astype(np.uint8))
 
 
-MALFORMED = {
+MALFORMED: dict[str, tuple[dict[str, Any], str]] = {
     "unknown encoding": (dict(encoding="32FC1"), "unsupported encoding"),
     "zero size": (dict(width=0), "zero size"),
     "short data": (dict(data=bytes(W * 3 * H - 1)), "truncated"),
@@ -93,11 +94,11 @@ MALFORMED = {
 
 @pytest.mark.parametrize("kind", MALFORMED)
 def test_malformed_frames_raise_a_named_problem(kind: str) -> None:
-    fields = dict(data=bytes(W * 3 * H), encoding="rgb8", width=W, height=H, step=W * 3)
+    fields: dict[str, Any] = dict(data=bytes(W * 3 * H), encoding="rgb8", width=W, height=H, step=W * 3)
     override, needle = MALFORMED[kind]
     fields.update(override)
     with pytest.raises(MalformedImage, match=needle) as info:
-        decode_image(**fields)  # type: ignore[arg-type]
+        decode_image(**fields)
     assert isinstance(info.value, ValueError)
 
 

@@ -3,6 +3,7 @@ cameras batched into one backend call: two node processes started once for the m
 
 from __future__ import annotations
 
+import functools
 import signal
 import time
 from collections.abc import Iterator
@@ -28,6 +29,10 @@ from ros_helpers import (
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 NET = dict(network_height=64, network_width=96, backend="torch")  # eager torch: no export step
 PRESETS = Path(__file__).resolve().parents[1] / "config"
+
+
+def _frame(image: Any, stamp: int, *, frame_id: str) -> Any:
+    return image_msg(image, stamp_ns=stamp, frame_id=frame_id)
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +153,7 @@ def test_two_cameras_are_batched_and_keep_their_headers(ros_client: RosClient, n
     imgs = {c: smooth_image(seed=i) for i, c in enumerate(cams)}
     for c in cams:
         ros_client.wait_publishers(f"/multi/{OUT}/{c}/labels")
-        send_until_seen(pubs[c], lambda s, c=c: image_msg(imgs[c], stamp_ns=s, frame_id=c), [subs[c]])
+        send_until_seen(pubs[c], functools.partial(_frame, imgs[c], frame_id=c), [subs[c]])
     pairs = []
     for _ in range(5):
         stamps = {c: fresh_stamp() for c in cams}
@@ -157,7 +162,11 @@ def test_two_cameras_are_batched_and_keep_their_headers(ros_client: RosClient, n
         pairs.append(stamps)
         time.sleep(0.5)
     for c in cams:
-        assert subs[c].wait_for(lambda msgs, c=c: any(stamp_ns(m) == pairs[-1][c] for m in msgs), 20)
+
+        def seen(msgs: list[Any], last: int = pairs[-1][c]) -> bool:
+            return any(stamp_ns(m) == last for m in msgs)
+
+        assert subs[c].wait_for(seen, 20)
         ours = [m for m in subs[c].msgs if stamp_ns(m) in {p[c] for p in pairs}]
         assert ours and all(m.header.frame_id == f"{c}_optical" for m in ours), c
         other = "right" if c == "left" else "left"

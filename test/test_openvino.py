@@ -17,7 +17,14 @@ import pytest
 
 pytest.importorskip("openvino", reason="the openvino extra is not installed")
 
-from refinenet_ros.backends import BackendError, BackendOptions, CalibrationSpec, auto_select, create_backend
+from refinenet_ros.backends import (
+    Backend,
+    BackendError,
+    BackendOptions,
+    CalibrationSpec,
+    auto_select,
+    create_backend,
+)
 from refinenet_ros.backends.auto_select import Candidate, select_backend
 from refinenet_ros.backends.calibration import preprocess
 from refinenet_ros.backends.factory import onnx_for, with_weights_size
@@ -181,9 +188,10 @@ class _Counting:
     """Builds real backends (ORT / OpenVINO fp32 only, cheap) and counts the builds."""
 
     def __init__(self, cfg: ModelConfig, options: BackendOptions) -> None:
-        self.cfg, self.options, self.built = cfg, options, []
+        self.cfg, self.options = cfg, options
+        self.built: list[str] = []
 
-    def __call__(self, cand: Candidate) -> object:
+    def __call__(self, cand: Candidate) -> Backend:
         self.built.append(cand.label)
         if cand.kind == "broken":
             return _Broken(create_backend(self.cfg, replace(self.options, kind="onnxruntime")))

@@ -41,9 +41,11 @@ def test_segment_writes_labels_color_overlay_confidence_per_image(tmp_path):
         labels = read_label_png(out / f"{name}_labels.png")
         assert labels.max() < 21
         color = cv2.imread(str(out / f"{name}_color.png"))
-        assert color.shape == (h, w, 3)
-        assert cv2.imread(str(out / f"{name}_overlay.png")).shape == (h, w, 3)
-        assert cv2.imread(str(out / f"{name}_confidence.png"), cv2.IMREAD_UNCHANGED).shape == (h, w)
+        overlay = cv2.imread(str(out / f"{name}_overlay.png"))
+        confidence = cv2.imread(str(out / f"{name}_confidence.png"), cv2.IMREAD_UNCHANGED)
+        assert color is not None and color.shape == (h, w, 3)
+        assert overlay is not None and overlay.shape == (h, w, 3)
+        assert confidence is not None and confidence.shape == (h, w)
         assert f"{name}: {w}x{h} -> " in proc.stdout and " ms " in proc.stdout
     assert "2 images ->" in proc.stdout
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "temp files left behind"

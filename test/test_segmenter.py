@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from refinenet_ros.backends import BackendError, BackendOptions, create_backend
+from refinenet_ros.backends.torch_backend import TorchBackend
 from refinenet_ros.config import ModelConfig, load_model
 from refinenet_ros.labels import LabelSet, get_label_set
 from refinenet_ros.models import IMAGENET_MEAN, IMAGENET_STD
@@ -133,6 +134,7 @@ def test_a_threads_setting_applies_to_its_own_calls_only(small_model_cfg):
         backend = create_backend(small_model_cfg, BackendOptions(kind="torch", device="cpu", threads=1))
         assert torch.get_num_threads() == 2
         # the count inside the call, seen by the network itself
+        assert isinstance(backend, TorchBackend)
         hook = backend._pipeline.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
         Segmenter(backend, get_label_set("voc"))(rand_image(32, 48))
         hook.remove()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -63,7 +64,7 @@ def test_validation_miou_rises_far_above_chance(shapes: Path, tmp_path: Path) ->
             assert torch.equal(a, b), k
 
 
-RECIPES = {
+RECIPES: dict[str, dict[str, Any]] = {
     "sgd": {},
     # the bundled CamVid model's recipe: AdamW state, warm-up, jitter draws and class weights
     # must all resume exactly too
@@ -129,6 +130,7 @@ def test_param_groups_lr_schedule_and_frozen_bn() -> None:
 def test_frozen_bn_keeps_running_stats(shapes: Path) -> None:
     model = build_model(MODEL, LABELS.num_classes, seed=0)
     bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert bn.running_mean is not None
     mean_before = bn.running_mean.clone()
     weight_before = bn.weight.detach().clone()
     train_set = open_dataset("folders", shapes, "train").subset(4)
@@ -169,7 +171,9 @@ def test_cli_recipe_file_sets_options_and_flags_override_it(shapes: Path, tmp_pa
     out = tmp_path / "run"
     # --steps on the command line wins over the recipe's 50
     assert main(["train", "--config", str(recipe), "--steps", "2", "--out", str(out), "--no-progress"]) == 0
-    cfg = read_checkpoint_metadata(out / "last.pt")["extra"]["train_config"]
+    meta = read_checkpoint_metadata(out / "last.pt")
+    assert meta is not None
+    cfg = meta["extra"]["train_config"]
     assert (cfg["steps"], cfg["optimizer"], cfg["jitter"], cfg["crop_size"]) == (2, "adamw", 0.2, [48, 48])
     recipe.write_text("stepz: 3\n")
     assert main(["train", "--config", str(recipe), "--out", str(out)]) == 2
