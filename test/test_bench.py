@@ -57,10 +57,11 @@ def test_simd_and_fma_assumptions() -> None:
     assert fma_units_per_core("GenuineIntel", 6, "avx", False)[0] == 1
 
 
-def test_this_machine_has_a_peak() -> None:
+def test_this_machines_clock_is_found_so_bench_can_state_a_peak() -> None:
+    """Without a clock the peak is unknown and ``bench model`` cannot say how far from it a
+    model runs; on Linux it comes from cpufreq, /proc/cpuinfo or the CPU's model name."""
     cpu = cpu_info()
-    assert cpu.physical_cores >= 1 and cpu.fp32_lanes >= 1
-    assert cpu.peak_gflops > 0, cpu.derivation()
+    assert cpu.clock_ghz > 0 and "unknown" not in cpu.clock_source, cpu.derivation()
 
 
 @pytest.mark.slow

@@ -27,4 +27,3 @@ def test_topic_table_names_every_output_and_input() -> None:
         assert f"| `~/{leaf}` |" in topics, leaf
     for name in ("image", "image/compressed", "camera_info"):
         assert f"| `{name}` (in) |" in topics, name
-    assert "multi_camera.launch.py" in README and "autostart" in README
