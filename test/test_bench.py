@@ -68,7 +68,7 @@ def test_this_machines_clock_is_found_so_bench_can_state_a_peak() -> None:
 def test_bench_model_writes_documented_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "sub" / "model.json"
     rc = main([
-        "bench", "model", "--model", "lw_refinenet_mobilenetv2", "--labels", "voc",
+        "bench", "model", "--model", "lw_refinenet_mobilenetv2", "--labels", "voc", "--backend", "torch",
         "--network-size", "64", "96", "--batch", "1", "2", "--iterations", "2", "--warmup", "1",
         "--json", str(out),
     ])  # fmt: skip

@@ -210,7 +210,7 @@ def test_auto_caches_its_decision_and_reuses_it_without_measuring(
     build = _Counting(trained_cfg, options)
     backend, decision = select_backend(trained_cfg, options, graph, candidates=CHEAP, build=build)
     assert not decision.cached and len(decision.table) == 2
-    assert sum(m.status == "chosen" for m in decision.table) == 1
+    assert sum(m.status.startswith("chosen") for m in decision.table) == 1
     assert (backend.name, decision.kind) in {("onnxruntime", "onnxruntime"), ("openvino", "openvino")}
     saved = json.loads(auto_select.decision_path(graph).read_text())
     assert saved["chosen"] == {"kind": decision.kind, "precision": "fp32"}
@@ -223,7 +223,7 @@ def test_auto_caches_its_decision_and_reuses_it_without_measuring(
     build.built.clear()
     again, reused = select_backend(trained_cfg, options, graph, candidates=CHEAP, build=build)
     assert reused.cached and (reused.kind, reused.precision) == (decision.kind, decision.precision)
-    assert build.built == [decision.table[[m.status for m in decision.table].index("chosen")].label]
+    assert build.built == [next(m.label for m in decision.table if m.status.startswith("chosen"))]
     assert again.name == backend.name
 
 
@@ -256,7 +256,7 @@ def test_auto_measures_again_when_the_runtime_or_the_graph_changes(
 def test_auto_builds_only_what_could_be_chosen(trained_cfg: ModelConfig, tmp_path: Path) -> None:
     """An fp32 configure measures only the candidates it can choose: no INT8 candidate is
     calibrated (calibrating them would take most of the measurement's time)."""
-    options = _options(tmp_path, kind="auto")
+    options = _options(tmp_path, kind="auto", precision="fp32")
     graph = onnx_for(trained_cfg, options)
     build = _Counting(trained_cfg, options)
     everything = (*CHEAP, Candidate("onnxruntime", "int8"), Candidate("openvino", "int8"))
@@ -284,13 +284,13 @@ def test_a_path_below_the_agreement_bar_is_never_chosen(trained_cfg: ModelConfig
 
 
 @pytest.mark.slow
-def test_a_path_losing_more_than_one_miou_point_is_never_chosen(
+def test_a_path_losing_more_than_half_a_miou_point_is_never_chosen(
     trained_cfg: ModelConfig, tmp_path: Path
 ) -> None:
-    options = _options(tmp_path, kind="auto")
+    options = _options(tmp_path, kind="auto", precision="fp32")
     graph = onnx_for(trained_cfg, options)
-    auto_select.record_accuracy(graph, "onnxruntime", "fp32", 60.0, "camvid val")
-    auto_select.record_accuracy(graph, "openvino", "fp32", 58.5, "camvid val")
+    auto_select.record_accuracy(graph, "onnxruntime", "fp32", 60.0, "camvid val", frames=60)
+    auto_select.record_accuracy(graph, "openvino", "fp32", 58.5, "camvid val", frames=60)
     _, decision = select_backend(
         trained_cfg, options, graph, candidates=CHEAP, build=_Counting(trained_cfg, options)
     )

@@ -1,23 +1,37 @@
-"""``auto`` on a CPU: measure the candidates once per machine + graph + versions, keep the fast
-correct one.
+"""``auto`` on a CPU: measure the candidates once per machine + graph + versions, keep the
+fastest one whose accuracy is known to hold.
 
 No fixed preference order is right on every robot computer: on an AVX2 part ONNX Runtime
-FP32 is at the core's FP32 peak, on an AMX part OpenVINO bf16 is 3x faster, and INT8 wins or
-loses by model. So when TensorRT cannot run, ``auto`` builds each candidate that exists here
-(:data:`DEFAULT_CANDIDATES`) in the asked precision (plus an fp32 reference; see
-:func:`choosable`), times a few calls on real frames, and keeps only those whose
-labels agree with the FP32 reference on >= :data:`AGREEMENT_BAR` of the pixels (and, when an
-accuracy record exists for the graph, lose no more than :data:`MIOU_LOSS_LIMIT` mIoU points).
-The fastest survivor is chosen, the table is logged, and the decision is written beside the
-ONNX graph (``<graph>.auto.json``, atomically) keyed by the graph's sha256, the runtime
-versions, the CPU (model, SIMD/AMX flags, usable CPUs) and the options that change the
-answer. The next configure with the same key builds the chosen backend and measures nothing;
-a new graph, runtime version or CPU measures again.
+FP32 is at the core's FP32 peak, on an AVX-512-VNNI or AMX part OpenVINO INT8 or bf16 is
+2-3x faster. So when TensorRT cannot run, ``auto`` builds each candidate that exists here
+(:data:`DEFAULT_CANDIDATES`; with an asked precision only that one, plus an fp32
+reference: :func:`choosable`), times them in interleaved rounds on real frames, and admits
+a candidate by one of two rules, named in the logged table:
 
-The calls are capped (:data:`CALLS_PER_CANDIDATE`, :data:`MEASURE_BUDGET_S` shared by the
-candidates; never fewer than a warm-up and one timed call each, so every candidate is
-compared even on a busy machine). One-off work the caches keep anyway (export, INT8
-calibration, OpenVINO compilation) is reported per candidate as ``setup s``, not counted.
+* **accuracy record** (preferred): the val mIoU of each path, packed into the weights
+  (``refinenet-ros weights --pack``) or recorded from the user's own labelled data
+  (``refinenet-ros evaluate --record``, at least
+  :data:`~refinenet_ros.weights.records.MIN_RECORD_FRAMES` frames). A path within
+  :data:`~refinenet_ros.weights.records.MIOU_LOSS_LIMIT` mIoU of FP32 is admitted, one
+  that loses more is rejected. INT8 typically changes 7-12 % of the labels (boundary pixels)
+  at the same mIoU, so only a record can tell that it is as accurate.
+* **pixel agreement** (no record for the path: a user's own checkpoint): its labels must
+  equal the FP32 reference's on >= :data:`AGREEMENT_BAR` of the pixels.
+
+A record never admits a path that agrees on fewer than :data:`SANITY_AGREEMENT` of the
+pixels: that is a broken runtime, not the path the record measured.
+
+The fastest admitted candidate (median of its timed calls) is chosen, the table (with each
+candidate's spread) is logged, and the decision is written beside the ONNX graph
+(``<graph>.auto.json``, atomically) keyed by the graph's sha256, the runtime versions, the
+CPU (model, SIMD/AMX flags, usable CPUs), the accuracy record and the options that change
+the answer. The next configure with the same key builds the chosen backend and measures
+nothing; a change of any of them measures again.
+
+The calls are interleaved (one call per candidate per round, the order rotating), so a
+background job slows every candidate alike; at least :data:`MIN_ROUNDS` timed rounds run,
+more while :data:`MEASURE_BUDGET_S` lasts. One-off work the caches keep anyway (export,
+INT8 graph, OpenVINO compilation) is reported per candidate as ``setup s``, not counted.
 """
 
 from __future__ import annotations
@@ -40,6 +54,8 @@ from refinenet_ros.backends.engine_cache import sha256_file
 from refinenet_ros.backends.prepare import require_build
 from refinenet_ros.io import atomic_write_text
 from refinenet_ros.machine import cpu_info, installed_versions
+from refinenet_ros.stats import percentiles
+from refinenet_ros.weights.records import MIOU_LOSS_LIMIT, AccuracyRecord, weights_accuracy
 
 if TYPE_CHECKING:
     from refinenet_ros.backends.base import BackendOptions
@@ -48,19 +64,26 @@ if TYPE_CHECKING:
 log = logging.getLogger("refinenet_ros")
 
 AGREEMENT_BAR = 0.995
-"""Fraction of pixels whose labels must equal the FP32 reference's on real frames."""
-MIOU_LOSS_LIMIT = 1.0
-"""mIoU points a path may lose against FP32 (from an accuracy record) and still be chosen."""
-CALLS_PER_CANDIDATE = 4
-"""Calls per candidate, one per frame: the first is the warm-up (its labels still count)."""
-MEASURE_BUDGET_S = 10.0
-"""Seconds of calls, shared evenly by the candidates; a slow candidate gets fewer calls."""
-SLOWER_GIVE_UP = 4.0
-"""A candidate whose warm-up call alone takes this many times the best so far is not timed
-further (warm-ups run 1-2x slower than steady state; 4x cannot catch up)."""
+"""Without an accuracy record: the fraction of pixels whose labels must equal the FP32
+reference's on real frames (a path changing more may or may not be as accurate; only a
+record can tell)."""
+SANITY_AGREEMENT = 0.75
+"""With an accuracy record: the fewest pixels a path must still agree on; below it the
+runtime computes something else than the path the record measured."""
+FRAMES = 4
+"""Real frames measured on; every round calls each candidate on the next one."""
+MIN_ROUNDS = 4
+"""Timed rounds every surviving candidate gets, whatever the budget (after one warm-up)."""
+MAX_ROUNDS = 15
+"""Timed rounds at most."""
+MEASURE_BUDGET_S = 4.0
+"""Seconds of timed calls, all candidates together, beyond which no new round starts."""
+SLOWER_GIVE_UP = 3.0
+"""A candidate whose warm-up call takes this many times the fastest warm-up is not timed
+further (warm-ups run 1-2x slower than steady state; 3x cannot catch up)."""
 DYNAMIC_MEASURE_SIZE = (480, 640)
 """(H, W) measured at when the graph takes any size: VGA, the commonest robot camera mode."""
-DECISION_FORMAT = 1
+DECISION_FORMAT = 2
 """Part of the decision key: bump when what is measured or how it is judged changes."""
 VERSIONED = ("refinenet_ros", "torch", "onnxruntime", "openvino")
 
@@ -97,6 +120,9 @@ class Measurement:
     ms: float | None = None
     agreement: float | None = None
     setup_s: float | None = None
+    spread: float | None = None
+    """(p90 - p10) / p50 of the timed calls: how much the machine moved them."""
+    calls: int = 0
 
     @property
     def label(self) -> str:
@@ -119,17 +145,19 @@ class AutoDecision:
         chosen = next((m for m in self.table if m.label == f"{self.kind} {self.precision}"), None)
         speed = f"{chosen.ms:.1f} ms" if chosen and chosen.ms is not None else "?"
         source = f"cached in {self.path.name}" if self.cached else f"measured in {self.measured_s:.1f} s"
-        return f"fastest of {len(self.table)} CPU candidates agreeing with FP32 ({speed}; {source})"
+        rule = chosen.status.split(": ", 1)[1] if chosen and ": " in chosen.status else "admitted"
+        return f"fastest of {len(self.table)} CPU candidates, {speed}, {rule}; {source}"
 
     def table_text(self) -> str:
         from refinenet_ros.stats import format_table
 
         rows = [
-            [m.label, m.ms, None if m.agreement is None else f"{100 * m.agreement:.2f} %", m.setup_s,
-             m.status if len(m.status) <= 90 else m.status[:87] + "..."]
+            [m.label, m.ms, None if m.spread is None else f"{100 * m.spread:.0f} %", m.calls or None,
+             None if m.agreement is None else f"{100 * m.agreement:.2f} %", m.setup_s,
+             m.status if len(m.status) <= 110 else m.status[:107] + "..."]
             for m in self.table
         ]  # fmt: skip
-        return format_table(["candidate", "min ms", "agree", "setup s", "verdict"], rows)
+        return format_table(["candidate", "p50 ms", "spread", "calls", "agree", "setup s", "verdict"], rows)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -168,38 +196,120 @@ def machine_key() -> dict[str, Any]:
     return {"cpu": cpu_info().model, "flags": relevant_cpu_flags(), "usable_cpus": usable}
 
 
-def decision_path(graph: Path) -> Path:
-    return graph.with_name(f"{graph.stem}.auto.json")
+def decision_path(graph: Path, variant: str = "") -> Path:
+    """Where the decision for ``graph`` is cached; ``variant`` names a narrower question
+    (``int8``, ``openvino``: an asked precision or backend) so it never overwrites the
+    default one's."""
+    return graph.with_name(f"{graph.stem}{f'.{variant}' if variant else ''}.auto.json")
 
 
 def accuracy_path(graph: Path) -> Path:
     return graph.with_name(f"{graph.stem}.accuracy.json")
 
 
-def record_accuracy(graph: Path, kind: str, precision: str, miou: float, dataset: str) -> None:
-    """Add one path's val mIoU (in %) to the graph's accuracy record, read by :func:`decide`.
+def record_accuracy(
+    graph: Path,
+    kind: str,
+    precision: str,
+    miou: float,
+    dataset: str,
+    *,
+    frames: int,
+    network_size: tuple[int, int] | None = None,
+) -> Path:
+    """Add one path's mIoU (in %) on the user's labelled data to the graph's accuracy record,
+    which :func:`select_backend` then prefers to the weights' record (``evaluate --record``).
 
-    Keyed by label (``"openvino int8"``); ``"<fp32 kind> fp32"`` entries are the reference.
+    Keyed by label (``"openvino int8"``); ``"<kind> fp32"`` entries are the reference. A
+    record from another data set replaces the old one rather than mixing two data sets.
     Writing it changes the decision key, so the next configure measures again.
     """
+    from refinenet_ros.weights.records import MIN_RECORD_FRAMES
+
+    if frames < MIN_RECORD_FRAMES:
+        raise BackendError(
+            f"an accuracy record needs at least {MIN_RECORD_FRAMES} labelled frames, got {frames}"
+        )
     path = accuracy_path(graph)
-    data = _read_json(path) or {"graph_sha256": sha256_file(graph), "dataset": dataset, "miou": {}}
+    data = _read_json(path)
+    if data is None or data.get("dataset") != dataset or data.get("frames") != frames:
+        data = {"graph_sha256": sha256_file(graph), "dataset": dataset, "frames": frames, "miou": {}}
+    data["network_size"] = list(network_size) if network_size else None
     data["miou"][f"{kind} {precision}"] = round(float(miou), 3)
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return path
 
 
-def accuracy_rejection(label: str, record: dict[str, Any] | None) -> str | None:
-    """Why the accuracy record rules ``label`` out (None when it does not, or says nothing)."""
-    if not record or label not in record.get("miou", {}):
+def user_accuracy(graph: Path) -> AccuracyRecord | None:
+    """The record ``evaluate --record`` left for ``graph`` (None when there is none, or it
+    was written for another graph)."""
+    data = _read_json(accuracy_path(graph))
+    if data is None or data.get("graph_sha256") not in (None, sha256_file(graph)):
         return None
-    refs = [v for k, v in record["miou"].items() if k.endswith(" fp32")]
-    if not refs:
-        return None
-    loss = max(refs) - float(record["miou"][label])
-    if loss > MIOU_LOSS_LIMIT:
-        where = record.get("dataset", "val")
-        return f"rejected: loses {loss:.2f} mIoU points on {where} (limit {MIOU_LOSS_LIMIT})"
-    return None
+    return AccuracyRecord.from_json(data, "your evaluate --record")
+
+
+def accuracy_for(
+    model_cfg: ModelConfig | None, options: BackendOptions, graph: Path
+) -> tuple[AccuracyRecord | None, str]:
+    """The accuracy record ``auto`` judges by, and a line saying which (or why none applies).
+
+    The user's own record (``evaluate --record``) wins; else the weights' record, when it was
+    measured at this network size; its INT8 figures only count with the weights' own INT8
+    ranges (calibrating on your frames makes another INT8 graph).
+    """
+    from dataclasses import replace as dc_replace
+
+    from refinenet_ros.backends.factory import own_calibration
+
+    mine = user_accuracy(graph)
+    if mine is not None:
+        return mine, f"accuracy: your evaluate --record on {mine.dataset} ({mine.frames} frames)"
+    if model_cfg is None or options.onnx is not None:
+        return (
+            None,
+            f"accuracy: no record for {graph.name}: pixel-agreement rule (>= {100 * AGREEMENT_BAR:.1f} %)",
+        )
+    record = weights_accuracy(model_cfg.weights)
+    if record is None:
+        return None, (
+            f"accuracy: the weights record none: pixel-agreement rule (>= {100 * AGREEMENT_BAR:.1f} %); "
+            "`refinenet-ros evaluate --record` on your labelled frames records one"
+        )
+    if (
+        record.network_size is not None
+        and options.input_size is not None
+        and record.network_size != options.input_size
+    ):
+        h, w = record.network_size
+        return None, (
+            f"accuracy: the weights' record is for {h}x{w}, this graph runs at "
+            f"{options.input_size[0]}x{options.input_size[1]}: pixel-agreement rule"
+        )
+    if own_calibration(options):
+        record = dc_replace(record, miou={k: v for k, v in record.miou.items() if not k.endswith(" int8")},
+                            int8_ranges=False)  # fmt: skip
+    return record, f"accuracy: the weights' record on {record.dataset} ({record.frames} frames)"
+
+
+def admission(label: str, agreement: float | None, record: AccuracyRecord | None) -> str:
+    """The verdict on one measured candidate: ``admitted: <rule>`` or ``rejected: <rule>``."""
+    if agreement is None:
+        return "rejected: no fp32 reference built to compare with"
+    loss = record.loss(label) if record is not None else None
+    if record is not None and loss is not None:
+        where = f"{record.source}, {record.dataset}"
+        if agreement < SANITY_AGREEMENT:
+            return (
+                f"rejected: agrees on only {100 * agreement:.1f} % < {100 * SANITY_AGREEMENT:.0f} % "
+                f"with FP32 here, whatever {where} says"
+            )
+        if loss > MIOU_LOSS_LIMIT:
+            return f"rejected: loses {loss:.2f} mIoU points by {where} (limit {MIOU_LOSS_LIMIT})"
+        return f"admitted: {-loss:+.2f} mIoU vs FP32 by {where}"
+    if agreement >= AGREEMENT_BAR:
+        return f"admitted: agrees on {100 * agreement:.2f} % >= {100 * AGREEMENT_BAR:.1f} % (no record)"
+    return f"rejected: agrees on {100 * agreement:.2f} % < {100 * AGREEMENT_BAR:.1f} % (no accuracy record)"
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -211,9 +321,23 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def decision_key(
-    graph: Path, options: BackendOptions, candidates: Sequence[Candidate], accuracy: dict[str, Any] | None
+    graph: Path,
+    options: BackendOptions,
+    candidates: Sequence[Candidate],
+    accuracy: AccuracyRecord | None,
+    int8_source: str | None = None,
 ) -> dict[str, Any]:
-    """Everything the decision depends on; a different key measures again."""
+    """Everything the decision depends on; a different key measures again.
+
+    ``int8_source``: what the INT8 candidates' graph is built from (the weights' ranges'
+    digest), since a new range table makes another INT8 graph from the same FP32 one.
+    """
+    from refinenet_ros.backends.factory import own_calibration
+
+    record = None
+    if accuracy is not None:
+        blob = json.dumps({"source": accuracy.source, **accuracy.to_json()}, sort_keys=True).encode()
+        record = hashlib.sha256(blob).hexdigest()[:16]
     return {
         "format": DECISION_FORMAT,
         "graph_sha256": sha256_file(graph),
@@ -223,15 +347,19 @@ def decision_key(
         "max_batch": options.max_batch,
         "precision": options.precision,
         "candidates": [c.label for c in candidates],
-        "agreement_bar": AGREEMENT_BAR,
-        "calibration": list(astuple(options.calibration)),  # images, bag, topic, count
-        "accuracy": hashlib.sha256(json.dumps(accuracy, sort_keys=True).encode()).hexdigest()[:16]
-        if accuracy
-        else None,
+        "rules": {
+            "agreement_bar": AGREEMENT_BAR,
+            "miou_loss_limit": MIOU_LOSS_LIMIT,
+            "sanity": SANITY_AGREEMENT,
+        },
+        # images, bag, topic, count: only when they calibrate (else the weights' ranges do)
+        "calibration": list(astuple(options.calibration)) if own_calibration(options) else None,
+        "int8_source": int8_source,
+        "accuracy": record,
     }
 
 
-def agreement_frames(size: tuple[int, int], count: int = CALLS_PER_CANDIDATE) -> list[npt.NDArray[np.uint8]]:
+def agreement_frames(size: tuple[int, int], count: int = FRAMES) -> list[npt.NDArray[np.uint8]]:
     """``count`` pictures at network ``size`` (H, W): street photos, then scikit-image's,
     else drawn street scenes (a robot installed by colcon alone has neither).
 
@@ -256,105 +384,116 @@ def agreement_frames(size: tuple[int, int], count: int = CALLS_PER_CANDIDATE) ->
 Builder = Callable[[Candidate], Backend]
 
 
+@dataclass
+class _Live:
+    """A built candidate being measured."""
+
+    cand: Candidate
+    backend: Backend
+    setup_s: float
+    labels: dict[int, npt.NDArray[np.integer]]
+    times: list[float]
+
+
 def measure(
     candidates: Sequence[Candidate],
     build: Builder,
     frames: Sequence[npt.NDArray[np.uint8]],
     *,
-    precision: str = "fp32",
-    accuracy: dict[str, Any] | None = None,
+    precision: str = "auto",
+    accuracy: AccuracyRecord | None = None,
     budget_s: float = MEASURE_BUDGET_S,
+    min_rounds: int = MIN_ROUNDS,
+    max_rounds: int = MAX_ROUNDS,
 ) -> tuple[list[Measurement], Backend | None, float]:
-    """Build, time and check every candidate; returns the table, the chosen backend, seconds.
+    """Build, time and judge every candidate; returns the table, the chosen backend, seconds.
 
-    The first fp32 candidate that builds is the reference. With ``precision`` other than
-    fp32 only that precision may be chosen (the reference is still measured, to compare).
+    Every candidate is built first; then each runs one warm-up call on frame 0 and timed
+    rounds, one call per candidate per round on the next frame, in rotating order. The
+    first fp32 candidate that builds is the agreement reference. With ``precision`` other
+    than ``auto`` only that precision may be chosen (the reference is still measured).
     """
-    rows: list[Measurement] = []
-    reference: list[npt.NDArray[np.integer]] | None = None
-    best: tuple[float, int, Backend] | None = None
-    spent = 0.0
-    share = budget_s / max(1, len(candidates))
+    rows: dict[str, Measurement] = {}
+    live: list[_Live] = []
     for cand in candidates:
         t0 = time.perf_counter()
         try:
             backend = build(cand)
         except (BackendError, ImportError, ValueError) as exc:
-            rows.append(Measurement(cand.kind, cand.precision, f"unavailable: {exc}"))
+            rows[cand.label] = Measurement(cand.kind, cand.precision, f"unavailable: {exc}")
             continue
-        setup = time.perf_counter() - t0
-        give_up = SLOWER_GIVE_UP * best[0] / 1e3 if best is not None else float("inf")
-        try:
-            labels, times = _time_calls(backend, frames, share, give_up)
-        except Exception as exc:  # a runtime failing on this graph is a verdict, not a crash
-            rows.append(Measurement(cand.kind, cand.precision, f"failed: {exc}", setup_s=round(setup, 2)))
-            continue
-        spent += sum(times)
-        ms = round(1e3 * min(times[1:] or times), 2)
-        if len(times) == 1:  # gave up after the warm-up: far slower than the best so far
-            rows.append(Measurement(cand.kind, cand.precision, f"too slow: warm-up {ms:.0f} ms", ms,
-                                    None, round(setup, 2)))  # fmt: skip
-            continue
-        if reference is None and cand.precision == "fp32":
-            reference = labels
-        agree = (
-            float(np.mean([np.mean(a == b) for a, b in zip(labels, reference, strict=False)]))
-            if reference is not None
-            else None
-        )
-        verdict = "ok"
-        if agree is None:
-            verdict = "rejected: no fp32 reference built to compare with"
-        elif agree < AGREEMENT_BAR:
-            verdict = f"rejected: agrees on {100 * agree:.2f} % < {100 * AGREEMENT_BAR:.1f} %"
-        elif cand.precision != precision:
-            verdict = f"reference only ({precision} asked for)"
-        else:
-            verdict = accuracy_rejection(cand.label, accuracy) or "ok"
-        rows.append(
-            Measurement(cand.kind, cand.precision, verdict, ms, None if agree is None else round(agree, 5),
-                        round(setup, 2))
-        )  # fmt: skip
-        if verdict == "ok" and (best is None or ms < best[0]):
-            best = (ms, len(rows) - 1, backend)
-        else:
-            del backend  # only the fastest so far stays alive
-    if best is not None:
-        rows[best[1]] = replace(rows[best[1]], status="chosen")
-    return rows, (best[2] if best else None), spent
+        live.append(_Live(cand, backend, round(time.perf_counter() - t0, 2), {}, []))
 
-
-def _time_calls(
-    backend: Backend, frames: Sequence[npt.NDArray[np.uint8]], share_s: float, give_up_s: float
-) -> tuple[list[npt.NDArray[np.integer]], list[float]]:
-    """Labels of every frame and the call times; the first call (frame 0) is the warm-up.
-
-    Up to one timed call per further frame, fewer when the warm-up says they would overrun
-    this candidate's share of the budget — but at least one, so every candidate is timed
-    and checked on two frames even on a busy machine — unless the warm-up alone took
-    ``give_up_s`` (far slower than the best so far: it cannot win, stop paying for it).
-    """
-    labels: list[npt.NDArray[np.integer]] = []
-    times: list[float] = []
-    for i, frame in enumerate(frames):
-        if i == 1 and times[0] > give_up_s:
-            break
-        if i >= 2 and sum(times) + times[0] > share_s:
-            break
+    def call(item: _Live, index: int) -> float:
         t = time.perf_counter()
-        out, _ = backend.infer(frame[None])
-        times.append(time.perf_counter() - t)
-        labels.append(np.asarray(out[0]))
-    return labels, times
+        out, _ = item.backend.infer(frames[index % len(frames)][None])
+        elapsed = time.perf_counter() - t
+        item.labels.setdefault(index % len(frames), np.asarray(out[0]))
+        return elapsed
+
+    spent = 0.0
+    warm: dict[str, float] = {}
+    for item in list(live):
+        try:
+            warm[item.cand.label] = call(item, 0)
+        except Exception as exc:  # a runtime failing on this graph is a verdict, not a crash
+            rows[item.cand.label] = Measurement(item.cand.kind, item.cand.precision, f"failed: {exc}",
+                                                setup_s=item.setup_s)  # fmt: skip
+            live.remove(item)
+    fastest = min(warm.values(), default=0.0)
+    reference = next((item for item in live if item.cand.precision == "fp32"), None)
+    for item in list(live):
+        w = warm[item.cand.label]
+        if w > SLOWER_GIVE_UP * fastest and item is not reference:
+            rows[item.cand.label] = Measurement(
+                item.cand.kind, item.cand.precision,
+                f"too slow: warm-up {1e3 * w:.0f} ms, {w / fastest:.1f}x the fastest", round(1e3 * w, 2),
+                setup_s=item.setup_s,
+            )  # fmt: skip
+            live.remove(item)
+    for r in range(1, max_rounds + 1):
+        if r > min_rounds and spent > budget_s:
+            break
+        order = live[r % len(live) :] + live[: r % len(live)] if live else []
+        for item in order:
+            item.times.append(call(item, r))
+            spent += item.times[-1]
+
+    best: tuple[float, _Live] | None = None
+    for item in live:
+        agree = None
+        if reference is not None:
+            shared = sorted(set(item.labels) & set(reference.labels))
+            agree = float(np.mean([np.mean(item.labels[i] == reference.labels[i]) for i in shared]))
+        verdict = admission(item.cand.label, agree, accuracy)
+        if item is reference:
+            verdict = "admitted: the fp32 reference"
+        if verdict.startswith("admitted") and precision != "auto" and item.cand.precision != precision:
+            verdict = f"reference only ({precision} asked for)"
+        stats = percentiles((1e3 * t for t in item.times), (10, 50, 90))
+        p50 = stats["p50"]
+        rows[item.cand.label] = Measurement(
+            item.cand.kind, item.cand.precision, verdict, round(p50, 2),
+            None if agree is None else round(agree, 5), item.setup_s,
+            round((stats["p90"] - stats["p10"]) / p50, 3) if p50 > 0 else None, len(item.times),
+        )  # fmt: skip
+        if verdict.startswith("admitted") and (best is None or p50 < best[0]):
+            best = (p50, item)
+    table = [rows[c.label] for c in candidates if c.label in rows]
+    if best is not None:
+        chosen = rows[best[1].cand.label]
+        table = [replace(m, status="chosen, " + m.status) if m is chosen else m for m in table]
+    return table, (best[1].backend if best else None), spent
 
 
 def choosable(candidates: Sequence[Candidate], precision: str) -> tuple[Candidate, ...]:
-    """The candidates worth building for ``precision``: those of that precision, plus the
-    first fp32 one as the agreement reference.
+    """The candidates worth building for ``precision``: all of them for ``auto``; else those
+    of that precision, plus the first fp32 one as the agreement reference.
 
-    Only the asked precision may be chosen, so building the others only fills the table, and
-    one of them is costly: INT8 calibration took 14-32 s of the first measurement's 24-38 s
-    (the <= 10 s goal) on 2 cores with ``precision`` fp32, where int8 could never be chosen."""
+    An asked precision is the only one that may be chosen, so building the others would
+    only fill the table (and INT8 calibration on frames costs seconds)."""
+    if precision == "auto":
+        return tuple(candidates)
     reference = next((c for c in candidates if c.precision == "fp32"), None)
     return tuple(c for c in candidates if c.precision == precision or c == reference)
 
@@ -371,7 +510,7 @@ def select_backend(
 
     Reuses ``<graph>.auto.json`` when its key matches; otherwise measures and writes it.
     """
-    from refinenet_ros.backends.factory import create_backend
+    from refinenet_ros.backends.factory import build_candidate, shipped_ranges
 
     candidates = choosable(DEFAULT_CANDIDATES if candidates is None else candidates, options.precision)
     if options.onnx is not None:  # the torch candidate would run the model, not this graph
@@ -379,11 +518,20 @@ def select_backend(
     if build is None:
 
         def build(cand: Candidate) -> Backend:
-            return create_backend(model_cfg, replace(options, kind=cand.kind, precision=cand.precision))
+            return build_candidate(model_cfg, replace(options, kind=cand.kind, precision=cand.precision))
 
-    accuracy = _read_json(accuracy_path(graph))
-    key = decision_key(graph, options, candidates, accuracy)
-    path = decision_path(graph)
+    accuracy, rule = accuracy_for(model_cfg, options, graph)
+    ranges = shipped_ranges(model_cfg, options)
+    int8_source = (
+        hashlib.sha256(json.dumps(ranges["ranges"], sort_keys=True).encode()).hexdigest()[:16]
+        if ranges
+        else None
+    )
+    key = decision_key(graph, options, candidates, accuracy, int8_source)
+    kinds = {c.kind for c in candidates}
+    asked = (kinds.pop() if len(kinds) == 1 else "", options.precision)
+    variant = "-".join(v for v in asked if v and v != "auto")
+    path = decision_path(graph, variant)
     cached = _read_json(path)
     if cached is not None and cached.get("key") == key:
         decision = AutoDecision.from_json(cached, path)
@@ -402,22 +550,25 @@ def select_backend(
     require_build(f"auto: measuring the CPU candidates on {graph.name}")
     size = options.input_size or DYNAMIC_MEASURE_SIZE
     frames = agreement_frames(size)
-    log.info("auto: measuring %d CPU candidates on %d real frames at %dx%d (once per machine + graph)",
-             len(candidates), len(frames), size[1], size[0])  # fmt: skip
+    log.info("auto: measuring %d CPU candidates (%s) on %d real frames at %dx%d, once per machine + "
+             "graph; %s", len(candidates), ", ".join(c.label for c in candidates), len(frames), size[1],
+             size[0], rule)  # fmt: skip
     t0 = time.perf_counter()
     rows, chosen_backend, _ = measure(
         candidates, build, frames, precision=options.precision, accuracy=accuracy
     )
     elapsed = time.perf_counter() - t0
-    chosen = next((m for m in rows if m.status == "chosen"), None)
+    chosen = next((m for m in rows if m.status.startswith("chosen")), None)
     partial = AutoDecision("", "", tuple(rows), key, path, elapsed)
     if chosen is None or chosen_backend is None:
         raise BackendError(
-            f"auto: no CPU candidate both ran and agreed with FP32 at {options.precision}:\n"
+            f"auto: no CPU candidate both ran and was admitted at precision {options.precision}:\n"
             f"{partial.table_text()}\npin one with --backend/--precision (-p backend:=... -p precision:=...)"
         )
     decision = replace(partial, kind=chosen.kind, precision=chosen.precision)
-    log.info("auto: chose %s %s of:\n%s", chosen.kind, chosen.precision, decision.table_text())
+    log.info(
+        "auto: chose %s %s in %.1f s of:\n%s", chosen.kind, chosen.precision, elapsed, decision.table_text()
+    )
     try:
         atomic_write_text(path, json.dumps(decision.to_json(), indent=2, sort_keys=True) + "\n")
     except OSError as exc:  # a read-only cache: the choice stands, it is just measured again next time

@@ -21,8 +21,10 @@ if TYPE_CHECKING:
     from refinenet_ros.backends.calibration import ImageSource
 
 BACKEND_KINDS: tuple[str, ...] = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
-"""bf16: OpenVINO on CPUs with AVX-512-BF16/AMX; the other backends refuse it with the reason."""
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16", "int8")
+"""auto (the default): the fastest precision whose accuracy is known to hold (see
+:mod:`~refinenet_ros.backends.auto_select`); bf16: OpenVINO on CPUs with AVX-512-BF16/AMX;
+a backend without the asked precision refuses it with the reason."""
 
 
 class BackendError(RefineNetRosError, RuntimeError):
@@ -84,7 +86,7 @@ class BackendOptions:
 
     kind: str = "auto"
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"
     input_size: tuple[int, int] | None = None
     max_batch: int = 16
     threads: int = 0

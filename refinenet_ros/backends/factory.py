@@ -11,10 +11,12 @@ restart neither re-exports nor rebuilds.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from refinenet_ros.backends.base import BACKEND_KINDS, PRECISIONS, Backend, BackendError, BackendOptions
 from refinenet_ros.config import ModelConfig, load_model, warn_if_random_weights
@@ -66,6 +68,18 @@ def tensorrt_unavailable_reason() -> str | None:
     return None
 
 
+_AUTO_CANDIDATE: contextvars.ContextVar[bool] = contextvars.ContextVar("auto_candidate", default=False)
+
+
+def build_candidate(model_cfg: ModelConfig, options: BackendOptions) -> Backend:
+    """One candidate of ``auto``'s measurement (logged as such, not as a backend asked for)."""
+    token = _AUTO_CANDIDATE.set(True)
+    try:
+        return create_backend(model_cfg, options)
+    finally:
+        _AUTO_CANDIDATE.reset(token)
+
+
 def choose_kind(options: BackendOptions) -> tuple[str, str]:
     """(kind, why) for ``options.kind``; resolves ``auto`` in preference order."""
     if options.kind != "auto":
@@ -106,8 +120,17 @@ def create_backend(model_cfg: ModelConfig, options: BackendOptions | None = None
     """Build the backend ``options.kind`` for ``model_cfg``.
 
     ``auto`` picks the fastest backend available on this machine. ``options.input_size``
-    should already include the weights' default size (:func:`with_weights_size`).
+    should already include the weights' default size (:func:`with_weights_size`). A first
+    start that builds something (export, INT8 graph, compiled model, ``auto``'s measurement)
+    ends with one line saying what was built and how long it took.
     """
+    from refinenet_ros.backends.prepare import builds_reported
+
+    with builds_reported(model_cfg.describe()):
+        return _create_backend(model_cfg, options)
+
+
+def _create_backend(model_cfg: ModelConfig, options: BackendOptions | None = None) -> Backend:
     model_cfg = model_cfg.resolved()
     options = options or BackendOptions()
     if options.kind not in BACKEND_KINDS:
@@ -124,7 +147,17 @@ def create_backend(model_cfg: ModelConfig, options: BackendOptions | None = None
         )
     if options.kind == "auto" and measured_auto_applies(kind, options):
         return _measured_auto(model_cfg, options, why)
-    log.info("backend: %s (%s)", kind, why)
+    cpu_kind = kind in ("onnxruntime", "openvino")
+    if options.precision == "auto" and cpu_kind and measured_auto_applies(kind, options):
+        return _measured_auto(model_cfg, options, why, only=kind)
+    if options.precision == "auto":
+        precision, how = fixed_precision(model_cfg, options, kind)
+        options = replace(options, precision=precision)
+        log.info("backend: %s %s (%s; precision auto: %s)", kind, precision, why, how)
+    elif _AUTO_CANDIDATE.get():
+        log.info("auto: building candidate %s %s", kind, options.precision)
+    else:
+        log.info("backend: %s %s (%s)", kind, options.precision, why)
     if kind == "torch":
         from refinenet_ros.backends.torch_backend import TorchBackend
 
@@ -185,8 +218,24 @@ def graph_for(model_cfg: ModelConfig, options: BackendOptions) -> Path:
     if options.precision == "int8":
         from refinenet_ros.backends.ort_quantize import quantized_cached
 
-        path = quantized_cached(path, options)
+        path = quantized_cached(path, options, ranges=shipped_ranges(model_cfg, options))
     return path
+
+
+def own_calibration(options: BackendOptions) -> bool:
+    """True when the user gave calibration frames (``--calib-images``/``--calib-bag``): they
+    replace the ranges the weights ship."""
+    return options.calibration.images is not None or options.calibration.bag is not None
+
+
+def shipped_ranges(model_cfg: ModelConfig, options: BackendOptions) -> dict[str, Any] | None:
+    """The weights' INT8 activation ranges, unless the user calibrates on their own frames or
+    runs their own graph (``--onnx``)."""
+    if options.onnx is not None or own_calibration(options):
+        return None
+    from refinenet_ros.weights.records import weights_int8_ranges
+
+    return weights_int8_ranges(model_cfg.weights)
 
 
 def _onnxruntime_backend(model_cfg: ModelConfig, options: BackendOptions) -> Backend:
@@ -216,6 +265,8 @@ def measured_auto_applies(kind: str, options: BackendOptions) -> bool:
     """
     if os.environ.get(AUTO_ENV, "measure") == "fixed" or options.device not in ("auto", "cpu"):
         return False
+    if kind == "openvino":
+        return True
     if kind == "onnxruntime":
         from refinenet_ros.backends.onnxruntime_backend import best_provider
 
@@ -227,12 +278,36 @@ def measured_auto_applies(kind: str, options: BackendOptions) -> bool:
     return False
 
 
-def _measured_auto(model_cfg: ModelConfig, options: BackendOptions, why: str) -> Backend:
-    from refinenet_ros.backends.auto_select import select_backend
+def fixed_precision(model_cfg: ModelConfig, options: BackendOptions, kind: str) -> tuple[str, str]:
+    """(precision, why) for ``precision: auto`` where nothing is measured: TensorRT runs INT8
+    when the weights ship INT8 ranges and a record that admits INT8, else FP16; the other
+    backends (a GPU provider, torch, or ``REFINENET_ROS_AUTO=fixed``) run FP32."""
+    if kind == "tensorrt":
+        from refinenet_ros.weights.records import MIOU_LOSS_LIMIT, weights_accuracy
+
+        record = weights_accuracy(model_cfg.weights) if shipped_ranges(model_cfg, options) else None
+        losses = [record.loss(k) for k in record.miou if k.endswith(" int8")] if record else []
+        loss = min((x for x in losses if x is not None), default=None)
+        if loss is not None and loss <= MIOU_LOSS_LIMIT:
+            return "int8", f"the weights' INT8 ranges, {-loss:+.2f} mIoU vs FP32 by their record"
+        return "fp16", "no INT8 ranges with an accuracy record in the weights"
+    if kind in ("onnxruntime", "openvino") and os.environ.get(AUTO_ENV, "measure") == "fixed":
+        return "fp32", f"{AUTO_ENV}=fixed: no measuring"
+    return "fp32", f"{kind} on {options.device} runs fp32"
+
+
+def _measured_auto(
+    model_cfg: ModelConfig, options: BackendOptions, why: str, only: str | None = None
+) -> Backend:
+    """The CPU ``auto`` measurement; ``only``: a backend the user named (``--backend openvino
+    --precision auto``), whose precisions are measured against its own fp32."""
+    from refinenet_ros.backends.auto_select import DEFAULT_CANDIDATES, select_backend
 
     cpu = replace(options, device="cpu")
-    backend, decision = select_backend(model_cfg, cpu, onnx_for(model_cfg, cpu))
-    log.info("backend: %s %s (auto: %s; %s)", decision.kind, decision.precision, decision.why(), why)
+    candidates = [c for c in DEFAULT_CANDIDATES if only is None or c.kind == only]
+    backend, decision = select_backend(model_cfg, cpu, onnx_for(model_cfg, cpu), candidates=candidates)
+    asked = f"precision auto on {only}" if only else "auto"
+    log.info("backend: %s %s (%s: %s; %s)", decision.kind, decision.precision, asked, decision.why(), why)
     return backend
 
 
@@ -266,4 +341,11 @@ def _tensorrt_backend(model_cfg: ModelConfig, options: BackendOptions) -> Backen
         )
     from refinenet_ros.backends.tensorrt import TensorRTBackend
 
-    return TensorRTBackend.from_onnx(onnx_for(model_cfg, options), options)
+    graph = onnx_for(model_cfg, options)
+    if options.precision == "int8" and options.onnx is None:
+        # Explicit quantisation: the QDQ graph from the weights' ranges (or from the user's
+        # calibration frames), symmetric INT8 as TensorRT wants it; no TensorRT calibrator.
+        from refinenet_ros.backends.ort_quantize import TENSORRT_QUANT, quantized_cached
+
+        graph = quantized_cached(graph, options, TENSORRT_QUANT, ranges=shipped_ranges(model_cfg, options))
+    return TensorRTBackend.from_onnx(graph, options)

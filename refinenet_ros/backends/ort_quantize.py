@@ -75,6 +75,8 @@ class QuantOptions:
     percentile: float = 99.999
     per_channel: bool = True
     keep_fp32: tuple[str, ...] = ()
+    activation: str = "QUInt8"
+    symmetric: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in CALIBRATION_METHODS:
@@ -84,12 +86,13 @@ class QuantOptions:
             )
         if not self.op_types:
             raise BackendError("int8 quantisation needs at least one op type (e.g. Conv)")
+        if self.activation not in ("QUInt8", "QInt8"):
+            raise BackendError(f"int8 activation type {self.activation!r}: QUInt8 or QInt8")
 
     def settings(self) -> dict[str, Any]:
         """JSON-able description: the cache key and the ``quantization`` graph metadata."""
         return {
             "format": "QDQ",
-            "activation": "QUInt8",
             "weight": "QInt8",
             "version": 3,  # 3: the pipeline's pre/post-processing is never quantised
             **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()},
@@ -112,31 +115,15 @@ def _static_size(onnx_path: Path) -> tuple[int, int]:
     return int(dims[1]), int(dims[2])
 
 
+TENSORRT_QUANT = QuantOptions(activation="QInt8", symmetric=True)
+"""TensorRT's explicit quantisation takes symmetric signed INT8 only (zero points of 0); the
+same activation ranges give it (the scale covers the larger of -low and high)."""
+
 CALIBRATION_CHUNK = 8
 """Frames per calibration pass (a divisor of the frame count, at most this many)."""
 
 
-def quantize_graph(
-    fp32_path: Path,
-    out_path: Path,
-    source: ImageSource,
-    *,
-    max_images: int = 64,
-    options: QuantOptions = QuantOptions(),
-) -> Path:
-    """Write the QDQ INT8 version of ``fp32_path`` to ``out_path`` (atomically)."""
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quant_pre_process,
-        quantize_static,
-    )
-
-    size = _static_size(fp32_path)
-
+def _frames(source: ImageSource, size: tuple[int, int], max_images: int) -> list[npt.NDArray[np.uint8]]:
     # Network-size uint8 frames, held once (100 VGA frames: 90 MB). ORT keeps every
     # intermediate tensor of the images one collect pass sees: all 100 frames of the CamVid
     # model at 360x480 in one pass took 21 GB and the OOM killer. Passes of a few frames
@@ -145,62 +132,199 @@ def quantize_graph(
     frames = [b for _, b in zip(range(max_images), calibration_batches(source, size, 1), strict=False)]
     if not frames:
         raise BackendError(f"int8 calibration got no images from {source.describe()}")
-    stride = next(k for k in range(CALIBRATION_CHUNK, 0, -1) if len(frames) % k == 0)
+    return frames
 
-    class Reader(CalibrationDataReader):
-        """Feeds one network-size uint8 image per call, as the backend will see it."""
 
-        def __init__(self) -> None:
-            self.set_range(0, len(frames))
-            self.count = 0
+class _Reader:
+    """Feeds one network-size uint8 image per call, as the backend will see it (ORT's
+    CalibrationDataReader protocol, strided)."""
 
-        def __len__(self) -> int:
-            return len(frames)
+    def __init__(self, frames: list[npt.NDArray[np.uint8]]) -> None:
+        self.frames = frames
+        self.set_range(0, len(frames))
+        self.count = 0
 
-        def set_range(self, start_index: int, end_index: int) -> None:
-            self._next, self._end = start_index, min(end_index, len(frames))
+    def __len__(self) -> int:
+        return len(self.frames)
 
-        def get_next(self) -> dict[str, npt.NDArray[np.uint8]] | None:
-            if self._next >= self._end:
-                return None
-            self._next += 1
-            self.count += 1
-            return {INPUT_NAME: frames[self._next - 1]}
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._next, self._end = start_index, min(end_index, len(self.frames))
 
-    reader = Reader()
+    def get_next(self) -> dict[str, npt.NDArray[np.uint8]] | None:
+        if self._next >= self._end:
+            return None
+        self._next += 1
+        self.count += 1
+        return {INPUT_NAME: self.frames[self._next - 1]}
+
+
+def _quantize(
+    fp32_path: Path,
+    out_path: Path,
+    options: QuantOptions,
+    *,
+    frames: list[npt.NDArray[np.uint8]] | None = None,
+    ranges: dict[str, Any] | None = None,
+    ranges_out: Path | None = None,
+) -> int:
+    """Quantise ``fp32_path`` to ``out_path`` (not atomically: a temporary path) from
+    calibration ``frames`` or a range table; ``ranges_out``: where ORT leaves the ranges it
+    calibrated. Returns the number of frames calibrated on (0 with ``ranges``)."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
+
     with tempfile.TemporaryDirectory(prefix="refinenet_quant_") as tmp:
         pre = Path(tmp) / "pre.onnx"
-        out_tmp = Path(tmp) / "int8.onnx"
         # Shape inference + graph optimisation first, as ORT's quantisation guide asks.
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         nodes = list(onnx.load(str(pre), load_external_data=False).graph.node)
+        excluded = _outside_network(nodes) + _excluded_nodes(nodes, options.keep_fp32, pre.name)
+        reader = _Reader(frames) if frames is not None else None
+        cache = ranges_out or Path(tmp) / "ranges.json"
+        if ranges is not None:
+            missing = sorted(ranges_needed(pre, options, excluded) - set(ranges["ranges"]))
+            if missing:
+                raise RangesMismatch(
+                    f"{len(missing)} activation tensors of {fp32_path.name} have no shipped range "
+                    f"(e.g. {missing[0]!r}): the graph was exported differently from the one the "
+                    "ranges were calibrated on"
+                )
+            _write_ort_ranges(cache, ranges)
         quantize_static(
             str(pre),
-            str(out_tmp),
+            str(out_path),
             reader,
             quant_format=QuantFormat.QDQ,
             per_channel=options.per_channel,
             op_types_to_quantize=list(options.op_types),
-            nodes_to_exclude=_outside_network(nodes) + _excluded_nodes(nodes, options.keep_fp32, pre.name),
-            activation_type=QuantType.QUInt8,
+            nodes_to_exclude=excluded,
+            activation_type=getattr(QuantType, options.activation),
             weight_type=QuantType.QInt8,
             calibrate_method=getattr(CalibrationMethod, options.method),
             extra_options={
-                "CalibStridedMinMax": stride,
+                **({"CalibStridedMinMax": _stride(len(frames))} if frames else {}),
+                **({"ActivationSymmetric": True, "WeightSymmetric": True} if options.symmetric else {}),
                 **({"CalibPercentile": options.percentile} if options.method == "Percentile" else {}),
             },
+            calibration_cache_path=str(cache),
         )
-        if reader.count == 0:
+        return reader.count if reader is not None else 0
+
+
+def _stride(count: int) -> int:
+    return next(k for k in range(CALIBRATION_CHUNK, 0, -1) if count % k == 0)
+
+
+class RangesMismatch(BackendError):
+    """Shipped INT8 ranges that do not name this graph's tensors (another exporter's names)."""
+
+
+RANGES_FORMAT = 1
+"""Layout of the range table stored with weights; a different one is recalibrated, not read."""
+
+
+def ranges_needed(graph: Path, options: QuantOptions, excluded: Sequence[str]) -> set[str]:
+    """Activation tensors the quantiser needs a range for: every non-constant input and output
+    of the quantised op types (``graph`` is the pre-processed FP32 graph)."""
+    import onnx
+
+    model = onnx.load(str(graph), load_external_data=False)
+    constants = {i.name for i in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    skip = set(excluded)
+    needed: set[str] = set()
+    for node in model.graph.node:
+        if node.op_type in options.op_types and node.name not in skip:
+            needed |= {t for t in (*node.input, *node.output) if t and t not in constants}
+    return needed
+
+
+def _write_ort_ranges(path: Path, ranges: dict[str, Any]) -> None:
+    """The range table as ONNX Runtime's calibration cache (``calibration_cache_path``)."""
+    method = str(ranges.get("method", "Percentile"))
+    data = {
+        name: {"lowest": float(lo), "highest": float(hi), "CLS": "TensorData"}
+        for name, (lo, hi) in ranges["ranges"].items()
+    }
+    payload = {
+        "CLS": "TensorsData",
+        "data": data,
+        "calibration_method": {"CLS": "CalibrationMethod", "value": f"CalibrationMethod.{method}"},
+        "smooth_quant": False,
+    }
+    path.write_text(json.dumps(payload))
+
+
+def _read_ort_ranges(path: Path) -> dict[str, list[float]]:
+    """ONNX Runtime's calibration cache -> {tensor: [low, high]} (the histograms are dropped:
+    the QDQ scales need only the range)."""
+    data = json.loads(path.read_text())["data"]
+
+    def scalar(v: Any) -> float:
+        if isinstance(v, dict):  # {"CLS": "numpy.array", "data": ...}
+            v = v["data"]
+        return float(np.asarray(v, dtype=np.float64).reshape(-1)[0])
+
+    return {name: [scalar(t["lowest"]), scalar(t["highest"])] for name, t in sorted(data.items())}
+
+
+def calibrate_ranges(
+    fp32_path: Path, source: ImageSource, *, max_images: int = 64, options: QuantOptions = QuantOptions()
+) -> dict[str, Any]:
+    """INT8 activation ranges of ``fp32_path`` calibrated on ``source``: the small table
+    (one (low, high) per tensor) that weights carry so INT8 needs no frames where they run."""
+    size = _static_size(fp32_path)
+    frames = _frames(source, size, max_images)
+    with tempfile.TemporaryDirectory(prefix="refinenet_ranges_") as tmp:
+        cache = Path(tmp) / "ranges.json"
+        count = _quantize(fp32_path, Path(tmp) / "int8.onnx", options, frames=frames, ranges_out=cache)
+        table = _read_ort_ranges(cache)
+    settings = options.settings()
+    return {
+        "format": RANGES_FORMAT,
+        "method": options.method,
+        "settings": settings,
+        "frames": count,
+        "source": source.describe(),
+        "network_size": list(size),
+        "ranges": table,
+    }
+
+
+def quantize_graph(
+    fp32_path: Path,
+    out_path: Path,
+    source: ImageSource | None,
+    *,
+    max_images: int = 64,
+    options: QuantOptions = QuantOptions(),
+    ranges: dict[str, Any] | None = None,
+) -> Path:
+    """Write the QDQ INT8 version of ``fp32_path`` to ``out_path`` (atomically), calibrated on
+    ``source`` or built from a shipped range table (``ranges``: no frames read)."""
+    if ranges is None and source is None:
+        raise BackendError("int8 quantisation needs calibration frames or shipped ranges")
+    frames = _frames(source, _static_size(fp32_path), max_images) if ranges is None and source else None
+    with tempfile.TemporaryDirectory(prefix="refinenet_quant_") as tmp:
+        out_tmp = Path(tmp) / "int8.onnx"
+        count = _quantize(fp32_path, out_tmp, options, frames=frames, ranges=ranges)
+        if frames is not None and count == 0 and source is not None:
             raise BackendError(f"int8 calibration got no images from {source.describe()}")
         _copy_metadata(fp32_path, out_tmp, options)
         atomic_write_bytes(out_path, out_tmp.read_bytes())
+    how = (
+        f"shipped ranges of {len(ranges['ranges'])} tensors, no frames"
+        if ranges is not None
+        else f"{options.method} calibration on {count} images"
+    )
     log.info(
-        "quantised %s to INT8 (QDQ %s, %s calibration on %d images) -> %s",
-        fp32_path.name,
-        "+".join(options.op_types),
-        options.method,
-        reader.count,
-        out_path,
+        "quantised %s to INT8 (QDQ %s, %s) -> %s", fp32_path.name, "+".join(options.op_types), how, out_path
     )
     return out_path
 
@@ -241,10 +365,32 @@ def _copy_metadata(src: Path, dst: Path, options: QuantOptions) -> None:
     onnx.save(model, str(dst))
 
 
-def quantized_cached(fp32_path: Path, options: BackendOptions, quant: QuantOptions = QuantOptions()) -> Path:
-    """The cached INT8 graph for ``fp32_path``, the options' calibration data and ``quant``."""
-    source = options.calibration.source()
-    record = {"fp32": sha256_file(fp32_path), "calib": source.fingerprint(), "settings": quant.settings()}
+def quantized_cached(
+    fp32_path: Path,
+    options: BackendOptions,
+    quant: QuantOptions = QuantOptions(),
+    *,
+    ranges: dict[str, Any] | None = None,
+) -> Path:
+    """The cached INT8 graph for ``fp32_path`` and ``quant``, from the weights' shipped range
+    table (``ranges``: no calibration pass) or else calibrated on the options' frames.
+
+    Ranges that do not fit the graph (another exporter named its tensors differently) fall
+    back to calibrating, with a warning saying so.
+    """
+    if ranges is not None and (ranges.get("format") != RANGES_FORMAT or ranges.get("method") != quant.method):
+        log.warning(
+            "INT8: the weights' ranges are of another format or method; calibrating on frames instead"
+        )
+        ranges = None
+    if ranges is not None:
+        digest = hashlib.sha256(json.dumps(ranges["ranges"], sort_keys=True).encode()).hexdigest()
+        calib = f"shipped ranges {digest[:16]}"
+        source: ImageSource | None = None
+    else:
+        source = options.calibration.source()
+        calib = source.fingerprint()
+    record = {"fp32": sha256_file(fp32_path), "calib": calib, "settings": quant.settings()}
     key = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
     out = fp32_path.with_name(f"{fp32_path.stem}_int8_{key[:12]}.onnx")
     if out.is_file():
@@ -257,9 +403,20 @@ def quantized_cached(fp32_path: Path, options: BackendOptions, quant: QuantOptio
     neighbours = fp32_path.parent.glob(f"{fp32_path.stem}_int8_*.json")
     why = nearest_differences(neighbours, record, lambda p: json.loads(p.read_text()))
     log.info("%s", cache_decision("INT8 graph", out, hit=False, differences=why))
-    require_build(f"INT8 calibration of {fp32_path.name}")
-    log.info("quantising to INT8, calibrating on %s", source.describe())
-    path = quantize_graph(fp32_path, out, source, max_images=options.calibration.count, options=quant)
+    if source is None:
+        require_build(f"INT8 graph of {fp32_path.name} from the weights' ranges")
+        log.info(
+            "building the INT8 graph from the weights' shipped activation ranges (no calibration frames)"
+        )
+        try:
+            path = quantize_graph(fp32_path, out, None, options=quant, ranges=ranges)
+        except RangesMismatch as exc:
+            log.warning("INT8: %s; calibrating on frames instead", exc)
+            return quantized_cached(fp32_path, options, quant)
+    else:
+        require_build(f"INT8 calibration of {fp32_path.name}")
+        log.info("quantising to INT8, calibrating on %s", source.describe())
+        path = quantize_graph(fp32_path, out, source, max_images=options.calibration.count, options=quant)
     try:
         atomic_write_text(out.with_suffix(".json"), json.dumps(record, indent=2, sort_keys=True) + "\n")
     except OSError as exc:  # the graph is cached; only the next miss's explanation is lost

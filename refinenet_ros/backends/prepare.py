@@ -32,11 +32,38 @@ class BuildCancelled(Exception):
     """The caller's ``cancelled()`` turned true (shutdown) while a child was building."""
 
 
+_BUILT: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("built", default=None)
+
+
 def require_build(what: str) -> None:
     """Call before starting a slow build (seconds or more); raises :class:`BuildNeeded` where
-    builds are forbidden, so the caller can move the work into a child process."""
+    builds are forbidden, so the caller can move the work into a child process. Within
+    :func:`builds_reported`, ``what`` is remembered for the summary line."""
     if not _BUILDS_ALLOWED.get():
         raise BuildNeeded(what)
+    built = _BUILT.get()
+    if built is not None:
+        built.append(what)
+
+
+@contextlib.contextmanager
+def builds_reported(what: str) -> Iterator[None]:
+    """Within: every build started is remembered, and at the end one line says what was built
+    for ``what`` and how long it all took (nothing when every cache was warm). Nested uses
+    report once, at the outermost."""
+    if _BUILT.get() is not None:
+        yield
+        return
+    built: list[str] = []
+    token = _BUILT.set(built)
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        _BUILT.reset(token)
+        if built:
+            log.info("first start of %s: built %s in %.1f s (cached: later starts reuse it)",
+                     what, "; ".join(dict.fromkeys(built)), time.perf_counter() - t0)  # fmt: skip
 
 
 @contextlib.contextmanager

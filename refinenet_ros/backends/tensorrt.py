@@ -239,17 +239,26 @@ def build_engine(
     workspace_mb: int,
     timing_cache: Path | None,
     calibrator: EntropyCalibrator | None = None,
+    explicit: bool = False,
 ) -> bytes:
-    """Parse ``onnx_path`` and build a serialised engine (bytes)."""
+    """Parse ``onnx_path`` and build a serialised engine (bytes).
+
+    ``explicit``: ``onnx_path`` is a QDQ graph (INT8 scales from the weights' activation
+    ranges): TensorRT takes its Q/DQ pairs as they are, no calibrator runs.
+    """
     builder = trt.Builder(_LOGGER)
-    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    strongly_typed = explicit and not hasattr(trt.BuilderFlag, "INT8")
+    # TensorRT 10: explicit batch is the only mode; TensorRT 11 builds QDQ graphs strongly typed.
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, _LOGGER)
     if not parser.parse(onnx_path.read_bytes(), str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise BackendError(f"TensorRT could not parse {onnx_path}: " + "; ".join(errors[:5]))
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    if precision in ("fp16", "int8") and not hasattr(trt.BuilderFlag, precision.upper()):
+    missing_flag = not hasattr(trt.BuilderFlag, precision.upper())
+    if precision in ("fp16", "int8") and not strongly_typed and missing_flag:
         # TensorRT 11 removed the weakly-typed precision flags and implicit INT8 calibration.
         raise BackendError(
             f"TensorRT {trt.__version__} has no BuilderFlag.{precision.upper()}: this package "
@@ -260,6 +269,10 @@ def build_engine(
         if not getattr(builder, "platform_has_fast_fp16", True):
             log.warning("this GPU has no fast FP16: the fp16 engine may be no faster than fp32")
         config.set_flag(trt.BuilderFlag.FP16)
+    elif precision == "int8" and explicit:
+        if not strongly_typed:  # Q/DQ layers run INT8; FP16 for the layers between them
+            config.set_flag(trt.BuilderFlag.INT8)
+            config.set_flag(trt.BuilderFlag.FP16)
     elif precision == "int8":
         if calibrator is None:
             raise BackendError("int8 needs calibration data (--calib-images or --calib-bag/--calib-topic)")
@@ -273,7 +286,7 @@ def build_engine(
     for name, (lo, opt, hi) in shapes.items():
         profile.set_shape(name, trt.Dims(list(lo)), trt.Dims(list(opt)), trt.Dims(list(hi)))
     config.add_optimization_profile(profile)
-    if precision == "int8":
+    if precision == "int8" and not explicit:
         config.set_calibration_profile(profile)
     cache_data = timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else b""
     cache = config.create_timing_cache(cache_data)
@@ -370,8 +383,9 @@ class TensorRTBackend:
                 f"{onnx_path} has no num_classes metadata; re-export it with refinenet-ros export"
             )
         shapes = profile_shapes(onnx_path, options.input_size, options.max_batch)
+        explicit = "quantization" in meta  # a QDQ graph: its scales are in it
         source = None
-        if options.precision == "int8":
+        if options.precision == "int8" and not explicit:
             source = options.calibration.source()
         from refinenet_ros.backends.engine_cache import sha256_file
 
@@ -403,6 +417,7 @@ class TensorRTBackend:
                 workspace_mb=options.workspace_mb,
                 timing_cache=cache.timing_cache_path(key),
                 calibrator=calibrator,
+                explicit=explicit,
             )
 
         extra = {

@@ -51,6 +51,7 @@ class TorchBackend:
         self.num_classes = num_classes
         self.input_size = input_size
         self.max_batch = max_batch
+        self.precision = precision
         self._dtype = torch.float16 if precision == "fp16" else torch.float32
         model.eval()
         if fold_bn:  # 1.02-1.09x on CPU (docs/benchmarks.md), and fewer kernel launches on CUDA

@@ -3,7 +3,11 @@
 Each (backend, precision, network size, batch) gets its own backend (compiled backends are
 built for one shape), a warm-up, then timed ``Backend.infer`` calls on real images (the
 bundled samples at that size), so the figure is what the node's worker thread pays per
-call. The FLOP count is torch's ``FlopCounterMode`` over the bare network forward on the
+call. The configurations of one size and batch are timed in interleaved rounds, so a
+background job slows them alike: compare their ratios, and each row's spread
+((p90 - p10) / p50) says how much the machine moved them. By default it measures what the
+node runs: ``auto`` backend and precision at the weights' network size. The FLOP count is
+torch's ``FlopCounterMode`` over the bare network forward on the
 meta device (no compute, exact shapes): convolutions and matmuls only, 2 FLOP per
 multiply-add; the pipeline's cast/normalise/upsample/argmax are not counted, so GFLOP/s
 is a slight underestimate of the work done. When several configurations share a
@@ -21,7 +25,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from refinenet_ros.backends.base import CalibrationSpec
+from refinenet_ros.backends.base import Backend, CalibrationSpec
 from refinenet_ros.backends.engine_cache import default_cache_dir
 from refinenet_ros.config import ModelConfig
 from refinenet_ros.machine import CpuInfo
@@ -35,17 +39,17 @@ class ModelBenchSettings:
     """Every combination of backends x precisions x network sizes x batches is measured."""
 
     model_cfg: ModelConfig
-    backends: tuple[str, ...] = ("torch",)
-    precisions: tuple[str, ...] = ("fp32",)
-    network_sizes: tuple[tuple[int, int], ...] = ((480, 640),)  # (H, W), as --network-size
+    backends: tuple[str, ...] = ("auto",)
+    precisions: tuple[str, ...] = ("auto",)
+    network_sizes: tuple[tuple[int, int], ...] = ((360, 480),)  # (H, W), as --network-size
     batches: tuple[int, ...] = (1,)
     iterations: int = 10
     warmup: int = 2
     threads: int = 0
     device: str = "auto"
     engine_dir: str = field(default_factory=default_cache_dir)
-    #: INT8 calibration frames: the bundled samples unless given; 16, enough for a bench
-    calibration: CalibrationSpec = field(default_factory=lambda: CalibrationSpec(count=16))
+    #: INT8 calibration frames: none (the weights' ranges), as the node, unless given
+    calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
 
     def to_json(self) -> dict[str, Any]:
         cfg = self.model_cfg.resolved()
@@ -114,7 +118,7 @@ def input_batch(batch: int, height: int, width: int) -> npt.NDArray[np.uint8]:
     return np.ascontiguousarray(np.stack(sample_sequence(batch, (height, width))))
 
 
-def bench_one(
+def prepare_one(
     settings: ModelBenchSettings,
     kind: str,
     precision: str,
@@ -122,9 +126,8 @@ def bench_one(
     height: int,
     batch: int,
     gflop_per_image: float,
-    peak_gflops: float,
-) -> tuple[dict[str, Any], npt.NDArray[np.integer] | None]:
-    """One configuration's figures (or its error) and its labels for the agreement check."""
+) -> tuple[dict[str, Any], Backend | None]:
+    """One configuration's backend (or its error in the row), built and ready to time."""
     from refinenet_ros.backends import BackendError, BackendOptions, create_backend
 
     row: dict[str, Any] = {
@@ -153,23 +156,27 @@ def bench_one(
         log.error("bench model: %s %s %dx%d batch %d: %s", kind, precision, width, height, batch, exc)
         return row, None
     row["setup_s"] = round(time.perf_counter() - t0, 2)
+    row["asked"] = f"{kind} {precision}"  # auto resolves to a backend and precision of its choice
     row["backend"] = backend.name
     row["device"] = backend.device
-    # auto may choose another precision (int8, bf16) than the one asked for
     row["precision"] = str(getattr(backend, "precision", precision))
-    images = input_batch(batch, height, width)
-    labels: npt.NDArray[np.integer] | None = None
-    for _ in range(settings.warmup):
-        labels, _conf = backend.infer(images)
-    times: list[float] = []
-    for _ in range(settings.iterations):
-        t = time.perf_counter()
-        labels, _conf = backend.infer(images)
-        times.append((time.perf_counter() - t) * 1e3)
-    lat = percentiles(times, (50, 95), digits=2)
+    return row, backend
+
+
+def finish_one(row: dict[str, Any], times: list[float], gflop_per_image: float, peak_gflops: float) -> None:
+    """Fill ``row`` with the figures of its timed calls (ms)."""
+    batch = row["batch"]
+    lat = percentiles(times, (10, 50, 90, 95), digits=2)
     mean_ms = float(np.mean(times))
     row["iterations"] = len(times)
-    row["latency_ms"] = {**lat, "mean": round(mean_ms, 2), "min": round(min(times), 2)}
+    row["latency_ms"] = {
+        "p50": lat["p50"],
+        "p95": lat["p95"],
+        "mean": round(mean_ms, 2),
+        "min": round(min(times), 2),
+    }
+    # (p90 - p10) / p50: how much a shared machine moved the calls
+    row["spread"] = round((lat["p90"] - lat["p10"]) / lat["p50"], 3) if lat["p50"] > 0 else None
     row["throughput_fps"] = round(batch * 1e3 / mean_ms, 2)
     gflops = gflop_per_image * batch / (lat["p50"] / 1e3)
     row["gflops"] = round(gflops, 1)
@@ -178,7 +185,6 @@ def bench_one(
     best = gflop_per_image * batch / (min(times) / 1e3)
     row["gflops_best"] = round(best, 1)
     row["peak_fraction_best"] = round(best / peak_gflops, 3) if peak_gflops > 0 else None
-    return row, labels
 
 
 NO_PATH: dict[tuple[str, str], str] = {
@@ -204,36 +210,60 @@ def run_model_bench(settings: ModelBenchSettings, cpu: CpuInfo) -> dict[str, Any
     log.info("torch sgemm 2048^3: %.1f GFLOP/s (%.0f %% of the derived peak)", gemm,
              100 * gemm / cpu.peak_gflops if cpu.peak_gflops > 0 else float("nan"))  # fmt: skip
     results: list[dict[str, Any]] = []
-    reference: dict[tuple[int, int, int], tuple[str, npt.NDArray[np.integer]]] = {}
     for height, width in settings.network_sizes:
         gflop = count_flops(cfg, height, width) / 1e9
         log.info("%s at %dx%d: %.2f GFLOP per image", cfg.model, width, height, gflop)
         for batch in settings.batches:
+            group: list[tuple[dict[str, Any], Backend | None]] = []
             for kind in settings.backends:
                 for precision in settings.precisions:
                     reason = unsupported(kind, precision)
                     if reason is not None:
                         log.info("bench model: %s %s skipped: %s", kind, precision, reason)
                         continue
-                    row, labels = bench_one(
-                        settings, kind, precision, width, height, batch, gflop, cpu.peak_gflops
-                    )
-                    key = (width, height, batch)
-                    if labels is not None:
-                        if key not in reference:
-                            reference[key] = (f"{row['backend']} {precision}", labels)
-                        else:
-                            ref_name, ref_labels = reference[key]
-                            row["agreement_with"] = ref_name
-                            row["pixel_agreement"] = round(float(np.mean(labels == ref_labels)), 5)
-                    results.append(row)
-                    print(_row_line(row), flush=True)
+                    group.append(prepare_one(settings, kind, precision, width, height, batch, gflop))
+            results += time_interleaved(group, settings, gflop, cpu.peak_gflops)
     return {
         "model": cfg.model,
         "gemm_gflops_best": round(gemm, 1),
         "gemm_peak_fraction": round(gemm / cpu.peak_gflops, 3) if cpu.peak_gflops > 0 else None,
         "results": results,
     }
+
+
+def time_interleaved(
+    group: list[tuple[dict[str, Any], Backend | None]],
+    settings: ModelBenchSettings,
+    gflop_per_image: float,
+    peak_gflops: float,
+) -> list[dict[str, Any]]:
+    """Time the configurations of one size and batch in interleaved rounds (one call each per
+    round, the order rotating), so a background job slows them alike and their ratios hold;
+    each row also gets its pixel agreement with the first configuration's labels."""
+    live = [(row, backend) for row, backend in group if backend is not None]
+    height, width, batch = (
+        (group[0][0]["height"], group[0][0]["width"], group[0][0]["batch"]) if group else (0, 0, 1)
+    )
+    images = input_batch(batch, height, width)
+    labels: dict[int, npt.NDArray[np.integer]] = {}
+    for i, (_, backend) in enumerate(live):
+        for _ in range(settings.warmup):
+            labels[i], _conf = backend.infer(images)
+    times: dict[int, list[float]] = {i: [] for i in range(len(live))}
+    for r in range(settings.iterations):
+        for k in range(len(live)):
+            i = (k + r) % len(live)
+            t = time.perf_counter()
+            labels[i], _conf = live[i][1].infer(images)
+            times[i].append((time.perf_counter() - t) * 1e3)
+    for i, (row, _) in enumerate(live):
+        finish_one(row, times[i], gflop_per_image, peak_gflops)
+        if i > 0:
+            row["agreement_with"] = f"{live[0][0]['backend']} {live[0][0]['precision']}"
+            row["pixel_agreement"] = round(float(np.mean(labels[i] == labels[0])), 5)
+    for row, _ in group:
+        print(_row_line(row), flush=True)
+    return [row for row, _ in group]
 
 
 def _row_line(row: dict[str, Any]) -> str:
@@ -248,19 +278,22 @@ def _row_line(row: dict[str, Any]) -> str:
 
 
 def results_table(results: list[dict[str, Any]]) -> str:
-    headers = ["backend", "prec", "WxH", "batch", "p50 ms", "p95 ms", "min ms", "img/s", "GFLOP/img",
-               "GFLOP/s", "% peak", "best %", "agree"]  # fmt: skip
+    headers = ["asked", "backend", "prec", "WxH", "batch", "p50 ms", "spread", "p95 ms", "min ms", "img/s",
+               "GFLOP/img", "GFLOP/s", "% peak", "best %", "agree"]  # fmt: skip
     rows = []
     for r in results:
         if "error" in r:
             where = [r["backend"], r["precision"], f"{r['width']}x{r['height']}", r["batch"]]
-            rows.append([*where, None, None, None, None, r["gflop_per_image"], None, None, None, "error"])
+            blank = [None] * 5
+            rows.append([r.get("asked"), *where, *blank, r["gflop_per_image"], None, None, None, "error"])
             continue
         frac, best = r.get("peak_fraction"), r.get("peak_fraction_best")
         agree = r.get("pixel_agreement")
+        spread = r.get("spread")
         rows.append([
-            r["backend"], r["precision"], f"{r['width']}x{r['height']}", r["batch"],
-            r["latency_ms"]["p50"], r["latency_ms"]["p95"], r["latency_ms"]["min"], r["throughput_fps"],
+            r.get("asked"), r["backend"], r["precision"], f"{r['width']}x{r['height']}", r["batch"],
+            r["latency_ms"]["p50"], None if spread is None else f"{100 * spread:.0f} %",
+            r["latency_ms"]["p95"], r["latency_ms"]["min"], r["throughput_fps"],
             r["gflop_per_image"], r["gflops"], None if frac is None else 100 * frac,
             None if best is None else 100 * best,
             "-" if agree is None else f"{100 * agree:.2f} %",

@@ -57,7 +57,7 @@ class NodeBenchSettings:
     model_cfg: ModelConfig
     backend: str = "auto"
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"
     engine_dir: str = field(default_factory=default_cache_dir)
     threads: int = 0
     network_size: tuple[int, int] | None = None  # (H, W); None: the weights' own size

@@ -275,6 +275,11 @@ ENGINE_DIR_HELP = (
     "else $ROS_HOME/refinenet_ros, else ~/.ros/refinenet_ros)"
 )
 NO_PROGRESS_HELP = "no progress bar (logs, CI)"
+PRECISION_HELP = (
+    "auto (default): the fastest precision whose accuracy is known to hold (the weights' record, "
+    "your `evaluate --record`, else pixel agreement with fp32); fp16: CUDA; bf16: OpenVINO on "
+    "AMX/AVX-512-BF16 CPUs; int8: the weights' INT8 ranges, or your --calib-* frames"
+)
 
 
 WEIGHTS_HELP = (
@@ -364,8 +369,7 @@ def add_backend_arguments(parser: argparse.ArgumentParser, *, batch: bool = True
     g = parser.add_argument_group("backend")
     g.add_argument("--backend", default="auto", choices=BACKEND_KINDS, help=BACKEND_HELP)
     g.add_argument("--device", default="auto", help=DEVICE_HELP)
-    g.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="fp16: CUDA; bf16: OpenVINO on AMX/AVX-512-BF16 CPUs; int8: calibrated")  # fmt: skip
+    g.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     add_network_size_argument(g)
     g.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     g.add_argument("--engine-dir", default=None, help=ENGINE_DIR_HELP)
@@ -377,7 +381,9 @@ def add_backend_arguments(parser: argparse.ArgumentParser, *, batch: bool = True
 def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
     """INT8 calibration data: the robot's own frames (folder or bag topic); one definition for
     every command that can build an INT8 graph or engine."""
-    c = parser.add_argument_group("INT8 calibration (with --precision int8)")
+    c = parser.add_argument_group(
+        "INT8 calibration (default: the ranges the weights ship; these calibrate on your frames instead)"
+    )
     c.add_argument("--calib-images", default=None, help="folder of the robot's camera images")
     c.add_argument("--calib-bag", default=None, help="rosbag2 (sqlite3 or mcap) with camera frames")
     c.add_argument("--calib-topic", default=None, help="Image or CompressedImage topic in --calib-bag")

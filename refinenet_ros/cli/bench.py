@@ -39,9 +39,13 @@ from refinenet_ros.cli import (
 from refinenet_ros.cli.fleet import add_ray_arguments
 
 if TYPE_CHECKING:
+    from refinenet_ros.config import ModelConfig
     from refinenet_ros.machine import CpuInfo
 
 log = logging.getLogger("refinenet_ros")
+
+DEFAULT_BENCH_SIZE = (480, 640)
+"""(H, W) bench model measures weights that record no size at (VGA)."""
 
 
 def _positive(text: str) -> int:
@@ -71,11 +75,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        "(torch FlopCounterMode) against this machine's FP32 peak.")  # fmt: skip
     add_model_arguments(m)
     g = m.add_argument_group("configurations (every combination is measured)")
-    g.add_argument("--backend", nargs="+", default=["torch"],
-                   choices=BACKEND_KINDS, help="default: torch")  # fmt: skip
-    g.add_argument("--precision", nargs="+", default=["fp32"], choices=PRECISIONS,
-                   help="bf16: openvino on AVX512-BF16/AMX CPUs (elsewhere refused, with why)")  # fmt: skip
-    add_network_size_argument(g, multiple=True, default=[(480, 640)])
+    g.add_argument("--backend", nargs="+", default=["auto"], choices=BACKEND_KINDS,
+                   help="default: auto, what the node runs")  # fmt: skip
+    g.add_argument("--precision", nargs="+", default=["auto"], choices=PRECISIONS,
+                   help="default: auto, what the node runs; bf16: openvino on AVX512-BF16/AMX CPUs "
+                   "(elsewhere refused, with why)")  # fmt: skip
+    add_network_size_argument(g, multiple=True)
     g.add_argument("--batch", nargs="+", type=_positive, default=[1], help="images per call (default: 1)")
     g.add_argument("--iterations", type=_positive, default=10, help="timed calls per configuration")
     g.add_argument("--warmup", type=int, default=2, help="untimed calls first (allocator, kernel choice)")
@@ -84,7 +89,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--engine-dir", default=None,
                    help="ONNX/engine cache (default: $ROS_HOME/refinenet_ros)")  # fmt: skip
     add_calibration_arguments(m)
-    m.set_defaults(calib_count=16)  # enough for a bench
     _add_common(m)
 
     n = sub.add_parser("node", help="publisher -> segmentation_node -> subscriber latency and overhead",
@@ -169,15 +173,23 @@ def _write(args: argparse.Namespace, benchmark: str, cpu: CpuInfo, settings: dic
         print(f"wrote {args.json}")
 
 
+def _network_sizes(args: argparse.Namespace, model_cfg: ModelConfig) -> tuple[tuple[int, int], ...]:
+    """The asked sizes, else the one the node would run: the weights' (VGA without one)."""
+    if args.network_size:
+        return tuple(dict.fromkeys((int(h), int(w)) for h, w in args.network_size))
+    return (model_cfg.resolved().network_size or DEFAULT_BENCH_SIZE,)
+
+
 def _run_model(args: argparse.Namespace, cpu: CpuInfo) -> int:
     from refinenet_ros.backends.engine_cache import default_cache_dir
     from refinenet_ros.bench.model import ModelBenchSettings, results_table, run_model_bench
 
+    model_cfg = model_config_from_args(args)
     settings = ModelBenchSettings(
-        model_cfg=model_config_from_args(args),
+        model_cfg=model_cfg,
         backends=tuple(dict.fromkeys(args.backend)),
         precisions=tuple(dict.fromkeys(args.precision)),
-        network_sizes=tuple(dict.fromkeys(tuple(hw) for hw in args.network_size)),
+        network_sizes=_network_sizes(args, model_cfg),
         batches=tuple(dict.fromkeys(args.batch)),
         iterations=args.iterations,
         warmup=max(0, args.warmup),

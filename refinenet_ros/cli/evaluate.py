@@ -33,6 +33,7 @@ from refinenet_ros.cli import (
     backend_options_from_args,
     model_config_from_args,
 )
+from refinenet_ros.weights.records import MIN_RECORD_FRAMES
 
 if TYPE_CHECKING:
     from refinenet_ros.backends.base import BackendOptions
@@ -151,6 +152,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also fit the confidence temperature on this (validation) set and report "
                              "the expected calibration error before/after; store it with "
                              "`refinenet-ros weights --pack CKPT --out FILE --temperature T`")  # fmt: skip
+    parser.add_argument(
+        "--record", action="store_true",
+        help="record this backend + precision's mIoU for `auto` on this machine (your labelled data, at "
+        f"least {MIN_RECORD_FRAMES} frames; evaluate fp32 too, as the reference). Without it, "
+        "evaluate changes nothing",
+    )  # fmt: skip
     add_model_arguments(parser)
     add_backend_arguments(parser)
 
@@ -174,11 +181,13 @@ def run(args: argparse.Namespace) -> int:
     check_mapped_labels(dataset, label_set.name)
     unions = dataset.unions
     scored_set = unions.source_set() if unions is not None else label_set
-    if unions is not None and getattr(args, "record", False):
+    if unions is not None and args.record:
         raise CliError("--record: coarse classes are not the model's; record on labels of its own classes")
     if unions is not None and args.fit_temperature:
         raise CliError("--fit-temperature needs labels of the model's own classes, not coarse ones")
     options = with_weights_size(model_cfg, backend_options_from_args(args))
+    if args.record:
+        _check_record(args, multiscale, len(dataset))
     if multiscale:
         from refinenet_ros.config import load_model, warn_if_random_weights
 
@@ -190,12 +199,14 @@ def run(args: argparse.Namespace) -> int:
             mean=model_cfg.mean, std=model_cfg.std,
         )  # fmt: skip
         backend_name = f"torch (multi-scale {args.scales}{', flip' if args.flip else ''})"
+        precision = "fp32"
     else:
         from refinenet_ros.segmenter import build_segmenter
 
         segmenter = build_segmenter(model_cfg, options)
         predict = segmenter_predictor(segmenter)
         backend_name = segmenter.backend.name
+        precision = str(getattr(segmenter.backend, "precision", options.precision))
     log.info("evaluating %s on %s (%d images), backend %s", model_cfg.describe(), dataset.description,
              len(dataset), backend_name)  # fmt: skip
     result = evaluate(
@@ -215,6 +226,7 @@ def run(args: argparse.Namespace) -> int:
         "dataset": dataset.description,
         "images": result.images,
         "backend": backend_name,
+        "precision": precision,
         "network_size": list(options.input_size) if options.input_size else None,
         "scales": list(args.scales),
         "flip": bool(args.flip),
@@ -238,11 +250,15 @@ def run(args: argparse.Namespace) -> int:
     if args.fit_temperature:
         report["calibration"] = _fit_temperature(args, model_cfg, options, dataset)
     miou = result.metrics.miou
-    if not multiscale and backend_name in ("onnxruntime", "openvino") and miou == miou:  # not NaN
+    if args.record and miou == miou:  # not NaN
         try:
-            _record_for_auto(model_cfg, options, backend_name, 100 * miou, dataset.description)
+            _record_for_auto(model_cfg, options, backend_name, precision, 100 * miou, dataset.description,
+                             result.images)  # fmt: skip
         except OSError as exc:
-            log.warning("mIoU not recorded for auto beside the cached graph (%s)", exc.strerror or exc)
+            raise CliError(
+                f"--record: the mIoU could not be written beside the cached graph ({exc.strerror or exc}); "
+                "give a writable --engine-dir"
+            ) from None
     try:
         atomic_write_text(args.report, json.dumps(report, indent=2) + "\n")
     except OSError as exc:
@@ -282,16 +298,40 @@ def _fit_temperature(
     return fit.to_dict()
 
 
+RECORDED_BACKENDS = ("onnxruntime", "openvino", "torch")
+"""The backends ``auto`` chooses among on a CPU: the ones a record can speak for."""
+
+
+def _check_record(args: argparse.Namespace, multiscale: bool, frames: int) -> None:
+    """--record refuses what ``auto`` could not use, before minutes of evaluation."""
+    if multiscale:
+        raise CliError("--record: --scales/--flip evaluate a path the node never runs; drop them to record")
+    if frames < MIN_RECORD_FRAMES:
+        raise CliError(
+            f"--record: {frames} labelled frames are too few to decide on (at least {MIN_RECORD_FRAMES}: "
+            "fewer move mIoU by more than the 0.5 points auto judges by); give a larger data set"
+        )
+    if args.backend not in ("auto", *RECORDED_BACKENDS):
+        raise CliError(
+            f"--record: auto never chooses {args.backend} on a CPU; record onnxruntime or openvino"
+        )
+
+
 def _record_for_auto(
-    model_cfg: ModelConfig, options: BackendOptions, kind: str, miou: float, dataset: str
+    model_cfg: ModelConfig, options: BackendOptions, kind: str, precision: str, miou: float, dataset: str,
+    frames: int,
 ) -> None:
-    """Leave this path's mIoU beside the FP32 graph, where ``auto`` reads it: a path that
-    loses more than 1.0 point against FP32 is then never chosen on this machine."""
+    """Leave this path's mIoU beside the FP32 graph, where ``auto`` reads it before the
+    weights' own record: a path within 0.5 mIoU of FP32 may then be chosen on this machine,
+    one that loses more never is."""
     from dataclasses import replace
 
     from refinenet_ros.backends.auto_select import record_accuracy
     from refinenet_ros.backends.factory import onnx_for
 
+    if kind not in RECORDED_BACKENDS:
+        raise CliError(f"--record: the backend ran {kind}, which auto never chooses on a CPU")
     graph = onnx_for(model_cfg, replace(options, precision="fp32"))
-    record_accuracy(graph, kind, options.precision, miou, dataset)
-    log.info("recorded %s %s mIoU %.2f %% for auto beside %s", kind, options.precision, miou, graph.name)
+    size = options.input_size
+    path = record_accuracy(graph, kind, precision, miou, dataset, frames=frames, network_size=size)
+    print(f"recorded {kind} {precision} mIoU {miou:.2f} % on {dataset} ({frames} frames) for auto -> {path}")

@@ -53,7 +53,7 @@ class NodeConfig:
     seed: int = 0
     backend: str = "auto"
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"
     engine_dir: str = field(default_factory=default_cache_dir)
     network_height: int = 0
     network_width: int = 0
@@ -106,7 +106,7 @@ PARAMETERS: dict[str, tuple[int, str, dict[str, Any]]] = {
     "seed": (INT, "seed of the random init without weights", _int(0, 2**31 - 1)),
     "backend": (S, "inference backend", {}),
     "device": (S, "auto, cpu, cuda, cuda:N", {}),
-    "precision": (S, "numeric precision of the backend", {}),
+    "precision": (S, "numeric precision (auto: the fastest whose accuracy is known to hold)", {}),
     "engine_dir": (
         S,
         "cache of ONNX graphs, INT8 graphs and TensorRT engines "

@@ -114,7 +114,7 @@ WEIGHTS: dict[str, Weights] = {
             backbone="ImageNet MobileNetV2 1.0/224 from TensorFlow's quantised TFLite model "
             "(google-coral/test_data, Apache-2.0), dequantised",
             metrics=_CAMVID_METRICS,
-            sha256="179d9de89a7b40f1baa2ba208c2e2e88d716f71d26296b479d6de1358f7e3f91",
+            sha256="919716b77a4b0e2f083ec7d867e5170f23d6b217e3849ef98bb14c3310561d35",
         ),
     )
 }
