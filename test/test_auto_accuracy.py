@@ -22,7 +22,7 @@ pytest.importorskip("onnxruntime", reason="ONNX Runtime is needed for the INT8 g
 
 from refinenet_ros.backends import BackendOptions, auto_select, create_backend
 from refinenet_ros.backends.auto_select import Candidate, select_backend
-from refinenet_ros.backends.factory import onnx_for
+from refinenet_ros.backends.factory import candidate_builder, onnx_for
 from refinenet_ros.cli import main
 from refinenet_ros.cli.weights import pack
 from refinenet_ros.config import ModelConfig
@@ -77,7 +77,8 @@ def _options(engine_dir: Path, **kw: object) -> BackendOptions:
 
 def _verdicts(cfg: ModelConfig, options: BackendOptions) -> dict[str, str]:
     graph = onnx_for(cfg, options)
-    _, decision = select_backend(cfg, options, graph, candidates=INT8_PAIR)
+    build = candidate_builder(cfg, options)
+    _, decision = select_backend(cfg, options, graph, candidates=INT8_PAIR, build=build)
     return {m.label: m.status for m in decision.table}
 
 
@@ -165,7 +166,8 @@ def test_the_users_record_wins_over_the_weights_record(packed: Path, tmp_path: P
     graph = onnx_for(cfg, options)
     auto_select.record_accuracy(graph, "onnxruntime", "fp32", 55.0, "my robot", frames=MIN_RECORD_FRAMES)
     auto_select.record_accuracy(graph, "onnxruntime", "int8", 52.0, "my robot", frames=MIN_RECORD_FRAMES)
-    _, decision = select_backend(cfg, options, graph, candidates=INT8_PAIR)
+    build = candidate_builder(cfg, options)
+    _, decision = select_backend(cfg, options, graph, candidates=INT8_PAIR, build=build)
     rows = {m.label: m.status for m in decision.table}
     assert rows["onnxruntime int8"].startswith("rejected: loses 3.00 mIoU points by your evaluate --record")
 

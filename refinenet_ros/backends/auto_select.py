@@ -51,6 +51,7 @@ import numpy.typing as npt
 
 from refinenet_ros.backends.base import Backend, BackendError
 from refinenet_ros.backends.engine_cache import sha256_file
+from refinenet_ros.backends.int8_ranges import own_calibration, shipped_ranges
 from refinenet_ros.backends.prepare import require_build
 from refinenet_ros.io import atomic_write_text
 from refinenet_ros.machine import cpu_info, installed_versions
@@ -260,8 +261,6 @@ def accuracy_for(
     """
     from dataclasses import replace as dc_replace
 
-    from refinenet_ros.backends.factory import own_calibration
-
     mine = user_accuracy(graph)
     if mine is not None:
         return mine, f"accuracy: your evaluate --record on {mine.dataset} ({mine.frames} frames)"
@@ -332,8 +331,6 @@ def decision_key(
     ``int8_source``: what the INT8 candidates' graph is built from (the weights' ranges'
     digest), since a new range table makes another INT8 graph from the same FP32 one.
     """
-    from refinenet_ros.backends.factory import own_calibration
-
     record = None
     if accuracy is not None:
         blob = json.dumps({"source": accuracy.source, **accuracy.to_json()}, sort_keys=True).encode()
@@ -504,22 +501,17 @@ def select_backend(
     graph: Path,
     *,
     candidates: Sequence[Candidate] | None = None,
-    build: Builder | None = None,
+    build: Builder,
 ) -> tuple[Backend, AutoDecision]:
     """The backend ``auto`` chooses on this CPU for ``graph`` (the FP32 export), and why.
 
-    Reuses ``<graph>.auto.json`` when its key matches; otherwise measures and writes it.
+    ``build`` makes one candidate's backend (the factory passes
+    :func:`~refinenet_ros.backends.factory.candidate_builder`). Reuses ``<graph>.auto.json``
+    when its key matches; otherwise measures and writes it.
     """
-    from refinenet_ros.backends.factory import build_candidate, shipped_ranges
-
     candidates = choosable(DEFAULT_CANDIDATES if candidates is None else candidates, options.precision)
     if options.onnx is not None:  # the torch candidate would run the model, not this graph
         candidates = tuple(c for c in candidates if c.kind != "torch")
-    if build is None:
-
-        def build(cand: Candidate) -> Backend:
-            return build_candidate(model_cfg, replace(options, kind=cand.kind, precision=cand.precision))
-
     accuracy, rule = accuracy_for(model_cfg, options, graph)
     ranges = shipped_ranges(model_cfg, options)
     int8_source = (

@@ -14,12 +14,17 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from refinenet_ros.backends.base import BACKEND_KINDS, PRECISIONS, Backend, BackendError, BackendOptions
+from refinenet_ros.backends.int8_ranges import shipped_ranges
 from refinenet_ros.config import ModelConfig, load_model, warn_if_random_weights
+
+if TYPE_CHECKING:
+    from refinenet_ros.backends.auto_select import Candidate
 
 log = logging.getLogger("refinenet_ros")
 
@@ -78,6 +83,16 @@ def build_candidate(model_cfg: ModelConfig, options: BackendOptions) -> Backend:
         return create_backend(model_cfg, options)
     finally:
         _AUTO_CANDIDATE.reset(token)
+
+
+def candidate_builder(model_cfg: ModelConfig, options: BackendOptions) -> Callable[[Candidate], Backend]:
+    """How ``auto``'s measurement builds each candidate: ``options`` with the candidate's kind
+    and precision (``select_backend(build=...)``)."""
+
+    def build(cand: Candidate) -> Backend:
+        return build_candidate(model_cfg, replace(options, kind=cand.kind, precision=cand.precision))
+
+    return build
 
 
 def choose_kind(options: BackendOptions) -> tuple[str, str]:
@@ -222,22 +237,6 @@ def graph_for(model_cfg: ModelConfig, options: BackendOptions) -> Path:
     return path
 
 
-def own_calibration(options: BackendOptions) -> bool:
-    """True when the user gave calibration frames (``--calib-images``/``--calib-bag``): they
-    replace the ranges the weights ship."""
-    return options.calibration.images is not None or options.calibration.bag is not None
-
-
-def shipped_ranges(model_cfg: ModelConfig, options: BackendOptions) -> dict[str, Any] | None:
-    """The weights' INT8 activation ranges, unless the user calibrates on their own frames or
-    runs their own graph (``--onnx``)."""
-    if options.onnx is not None or own_calibration(options):
-        return None
-    from refinenet_ros.weights.records import weights_int8_ranges
-
-    return weights_int8_ranges(model_cfg.weights)
-
-
 def _onnxruntime_backend(model_cfg: ModelConfig, options: BackendOptions) -> Backend:
     from refinenet_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
 
@@ -305,7 +304,9 @@ def _measured_auto(
 
     cpu = replace(options, device="cpu")
     candidates = [c for c in DEFAULT_CANDIDATES if only is None or c.kind == only]
-    backend, decision = select_backend(model_cfg, cpu, onnx_for(model_cfg, cpu), candidates=candidates)
+    graph = onnx_for(model_cfg, cpu)
+    build = candidate_builder(model_cfg, cpu)
+    backend, decision = select_backend(model_cfg, cpu, graph, candidates=candidates, build=build)
     asked = f"precision auto on {only}" if only else "auto"
     log.info("backend: %s %s (%s: %s; %s)", decision.kind, decision.precision, asked, decision.why(), why)
     return backend
