@@ -159,6 +159,17 @@ def test_a_record_for_another_network_size_falls_back_to_agreement(packed: Path,
     )
 
 
+def test_a_decision_measured_on_a_busy_machine_is_measured_again_when_it_is_quiet(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    busy, quiet = {"load_average_1m": 8.3}, {"load_average_1m": 0.9}
+    monkeypatch.setattr(auto_select, "load_average", lambda: 1.1)  # 2 CPUs, quiet now
+    assert "busy machine (load 8.3 on 2 CPUs" in (auto_select.measured_when_busy(busy, 2) or "")
+    assert auto_select.measured_when_busy(quiet, 2) is None
+    monkeypatch.setattr(auto_select, "load_average", lambda: 6.0)  # still busy: keep it
+    assert auto_select.measured_when_busy(busy, 2) is None
+
+
 @pytest.mark.slow
 def test_the_users_record_wins_over_the_weights_record(packed: Path, tmp_path: Path) -> None:
     cfg = _with_accuracy(packed, tmp_path / "w.pt", {"onnxruntime fp32": 69.4, "onnxruntime int8": 69.3})
@@ -179,6 +190,7 @@ def test_precision_auto_chooses_among_precisions_and_logs_auto(
     cfg = _with_accuracy(packed, tmp_path / "w.pt", {"onnxruntime fp32": 69.4, "onnxruntime int8": 69.3})
     monkeypatch.setenv("REFINENET_ROS_AUTO", "measure")  # the suite runs with "fixed" (conftest)
     monkeypatch.setattr(auto_select, "DEFAULT_CANDIDATES", INT8_PAIR)
+    monkeypatch.setattr(auto_select, "BUSY_LOAD", float("inf"))  # a busy test machine's decision stands
     options = _options(tmp_path)
     assert options.kind == "auto" and options.precision == "auto"  # the defaults
     with caplog.at_level(logging.INFO, logger="refinenet_ros"):

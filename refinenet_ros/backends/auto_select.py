@@ -77,13 +77,18 @@ MIN_ROUNDS = 4
 """Timed rounds every surviving candidate gets, whatever the budget (after one warm-up)."""
 MAX_ROUNDS = 15
 """Timed rounds at most."""
-MEASURE_BUDGET_S = 4.0
+MEASURE_BUDGET_S = 2.5
 """Seconds of timed calls, all candidates together, beyond which no new round starts."""
 SLOWER_GIVE_UP = 3.0
 """A candidate whose warm-up call takes this many times the fastest warm-up is not timed
 further (warm-ups run 1-2x slower than steady state; 3x cannot catch up)."""
 DYNAMIC_MEASURE_SIZE = (480, 640)
 """(H, W) measured at when the graph takes any size: VGA, the commonest robot camera mode."""
+BUSY_LOAD = 1.5
+"""Load average per usable CPU above which a measurement counts as taken on a busy machine:
+measured again at the next configure that finds the machine quiet (:data:`QUIET_LOAD`)."""
+QUIET_LOAD = 0.75
+"""Load average per usable CPU at or below which the machine counts as quiet."""
 DECISION_FORMAT = 2
 """Part of the decision key: bump when what is measured or how it is judged changes."""
 VERSIONED = ("refinenet_ros", "torch", "onnxruntime", "openvino")
@@ -164,6 +169,7 @@ class AutoDecision:
         return {
             "chosen": {"kind": self.kind, "precision": self.precision},
             "measured_s": round(self.measured_s, 2),
+            "load_average_1m": load_average(),
             "table": [asdict(m) for m in self.table],
             "key": self.key,
         }
@@ -179,6 +185,23 @@ class AutoDecision:
             measured_s=float(data["measured_s"]),
             cached=True,
         )
+
+
+def load_average() -> float | None:
+    """The machine's 1-minute load average (None where the OS has none)."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
+def measured_when_busy(cached: dict[str, Any], usable_cpus: int) -> str | None:
+    """Why a cached decision should be measured again although its key matches: it was
+    measured while other work kept the CPUs busy (load above the usable CPUs) and the
+    machine is quiet now, so a busy hour's noise is not kept for good. None to keep it."""
+    then, now = cached.get("load_average_1m"), load_average()
+    if not isinstance(then, (int, float)) or now is None:
+        return None
+    if then > BUSY_LOAD * usable_cpus and now <= QUIET_LOAD * usable_cpus:
+        return f"it was measured on a busy machine (load {then:.1f} on {usable_cpus} CPUs; now {now:.1f})"
+    return None
 
 
 def runtime_versions() -> dict[str, str | None]:
@@ -413,6 +436,12 @@ def measure(
     rows: dict[str, Measurement] = {}
     live: list[_Live] = []
     for cand in candidates:
+        if cand.kind == "torch" and any(item.cand.precision == "fp32" for item in live):
+            # eager torch is the fallback where no compiled runtime builds: on CPUs it ran
+            # 1.5-4x slower than ONNX Runtime/OpenVINO fp32, so building it only costs time
+            skip = "not measured: a compiled fp32 runtime runs here"
+            rows[cand.label] = Measurement(cand.kind, cand.precision, skip)
+            continue
         t0 = time.perf_counter()
         try:
             backend = build(cand)
@@ -525,7 +554,10 @@ def select_backend(
     variant = "-".join(v for v in asked if v and v != "auto")
     path = decision_path(graph, variant)
     cached = _read_json(path)
-    if cached is not None and cached.get("key") == key:
+    busy = measured_when_busy(cached, key["machine"]["usable_cpus"]) if cached is not None else None
+    if busy is not None:
+        log.info("auto: %s: %s; measuring again", path.name, busy)
+    elif cached is not None and cached.get("key") == key:
         decision = AutoDecision.from_json(cached, path)
         try:
             backend = build(Candidate(decision.kind, decision.precision))
@@ -535,7 +567,7 @@ def select_backend(
             log.info("auto: %s %s from %s (measured before; delete it to measure again)",
                      decision.kind, decision.precision, path)  # fmt: skip
             return backend, decision
-    elif cached is not None:
+    elif cached is not None and cached.get("key") != key:
         changed = sorted(k for k in key if cached.get("key", {}).get(k) != key[k])
         what = ", ".join(changed) or "format"
         log.info("auto: %s no longer matches (%s changed); measuring again", path.name, what)
