@@ -112,7 +112,8 @@ def test_auto_explains_its_choice(
         options = BackendOptions(device="cpu", input_size=(H, W), engine_dir=str(engine_dir))
         backend = create_backend(small_model_cfg, options)
     assert backend.name == "onnxruntime"
-    assert "backend: onnxruntime (ONNX Runtime with CPUExecutionProvider (TensorRT skipped" in caplog.text
+    assert "backend: onnxruntime fp32 (ONNX Runtime with CPUExecutionProvider (TensorRT skipped" in caplog.text
+    assert "precision auto: " in caplog.text  # the default precision, resolved and said so
 
 
 @pytest.mark.skipif(
@@ -183,7 +184,7 @@ def test_segment_cli_with_onnxruntime_matches_torch(
         capture_output=True, text=True, cwd=tmp_path, timeout=240,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert "backend: onnxruntime (asked for)" in proc.stderr
+    assert "backend: onnxruntime fp32 (asked for" in proc.stderr
     assert list((tmp_path / "eng" / "onnx").glob("*.onnx"))  # the export went to the cache
     labels = read_label_png(tmp_path / "out" / "chelsea_labels.png")
     torch_seg = Segmenter(
