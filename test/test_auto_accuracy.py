@@ -261,3 +261,28 @@ def test_bundled_weights_record_accuracy_and_int8_ranges() -> None:
     assert {"onnxruntime fp32", "onnxruntime int8", "openvino int8"} <= set(record.miou)
     ranges = weights_int8_ranges(path)
     assert ranges is not None and ranges["network_size"] == [360, 480]
+
+
+@pytest.mark.slow
+def test_tensorrt_gets_a_symmetric_int8_graph_from_the_same_ranges(packed: Path, tmp_path: Path) -> None:
+    """TensorRT's explicit quantisation takes Q/DQ pairs with zero points of 0 (signed INT8);
+    the graph is built here, on a CPU, from the weights' ranges (TensorRT itself needs a GPU)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from refinenet_ros.backends.ort_quantize import TENSORRT_QUANT, quantized_cached
+
+    cfg = ModelConfig(weights=str(packed)).resolved()
+    options = _options(tmp_path, precision="int8")
+    ranges = weights_int8_ranges(packed)
+    graph = quantized_cached(onnx_for(cfg, options), options, TENSORRT_QUANT, ranges=ranges)
+    model = onnx.load(str(graph))
+    consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    zero_points = [
+        consts[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2
+    ]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
+    meta = {p.key: p.value for p in model.metadata_props}
+    # the TensorRT backend builds any graph with this record as explicitly quantised
+    assert json.loads(meta["quantization"])["symmetric"] is True

@@ -1,10 +1,16 @@
-"""INT8 for the ONNX Runtime backend: static QDQ quantisation calibrated on real images.
+"""INT8 as a QDQ graph, for ONNX Runtime, OpenVINO and TensorRT alike.
 
 ``onnxruntime.quantization.quantize_static`` inserts QuantizeLinear/DequantizeLinear
-pairs (QDQ format, per-channel weight scales) around the ops of :class:`QuantOptions`,
-with activation ranges measured by running the FP32 graph on calibration images — the
-same sources and the same preprocessing as TensorRT's INT8 calibration
-(:mod:`calibration`). The default op set (Conv, Add, MaxPool, Relu, Clip) keeps
+pairs (QDQ format, per-channel weight scales) around the ops of :class:`QuantOptions`.
+The activation ranges come from one of two places: the weights' own range table (one
+(low, high) per tensor, calibrated once when the weights were packed, see
+:func:`calibrate_ranges`; no frames are read on the robot, and building the graph takes
+about a second), or a calibration pass over the user's frames (``--calib-images`` /
+``--calib-bag``, the same sources and preprocessing as every calibration,
+:mod:`calibration`). TensorRT takes the same ranges as a symmetric signed-INT8 graph
+(:data:`TENSORRT_QUANT`), explicitly quantised: no TensorRT calibrator.
+
+The default op set (Conv, Add, MaxPool, Relu, Clip) keeps
 activations INT8 from one convolution to the next; quantising Conv alone leaves the
 residual adds and the chained residual pooling converting back and forth, which costs
 most of the INT8 gain on this kind of CPU (docs/benchmarks.md has the figures). Only the
@@ -13,7 +19,7 @@ softmax/argmax head stay FP32 (a quantised normalisation Add on the full-size im
 more than it saved).
 
 The quantised graph is cached beside the FP32 one, keyed by the FP32 graph's sha256, the
-calibration fingerprint and the quantisation settings.
+ranges' digest or the calibration frames' fingerprint, and the quantisation settings.
 """
 
 from __future__ import annotations
