@@ -77,6 +77,15 @@ def test_folder_source_samples_evenly_and_fingerprints_content(tmp_path: Path) -
     assert [b.shape for b in batches] == [(2, *SIZE, 3)] * 2
 
 
+def test_a_folder_of_subfolders_is_sampled_across_them(tmp_path: Path) -> None:
+    frames = sample_sequence(6, (40, 40))
+    for room in ("bedroom", "kitchen", "office"):
+        write_images(tmp_path / room, frames[:2])
+    source = FolderSource(tmp_path, count=3)
+    assert [p.parent.name for p in source.files()] == ["bedroom", "kitchen", "office"]
+    assert len(list(source.images())) == 3
+
+
 def test_folder_errors_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(CalibrationError, match="does not exist"):
         FolderSource(tmp_path / "missing").files()

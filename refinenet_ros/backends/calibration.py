@@ -63,7 +63,9 @@ def _evenly_spaced(total: int, count: int) -> list[int]:
 
 @dataclass
 class FolderSource:
-    """Image files of a folder (sorted, sampled evenly when there are more than ``count``)."""
+    """Image files of a folder, or of its subfolders when it holds none itself (a data set
+    laid out per sequence or per room); sorted, sampled evenly when there are more than
+    ``count``."""
 
     folder: Path
     count: int = 64
@@ -73,8 +75,11 @@ class FolderSource:
             raise CalibrationError(f"calibration folder {self.folder} does not exist")
         files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
+            files = sorted(p for p in self.folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
             raise CalibrationError(
-                f"calibration folder {self.folder} holds no images ({', '.join(IMAGE_SUFFIXES)})"
+                f"calibration folder {self.folder} holds no images ({', '.join(IMAGE_SUFFIXES)}), "
+                "nor do its subfolders"
             )
         return [files[i] for i in _evenly_spaced(len(files), self.count)]
 
@@ -91,7 +96,7 @@ class FolderSource:
         h = hashlib.sha256()
         for path in self.files():
             st = path.stat()
-            h.update(f"{path.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+            h.update(f"{path.relative_to(self.folder)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
         return h.hexdigest()
 
     def describe(self) -> str:
