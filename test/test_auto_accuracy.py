@@ -286,3 +286,18 @@ def test_tensorrt_gets_a_symmetric_int8_graph_from_the_same_ranges(packed: Path,
     meta = {p.key: p.value for p in model.metadata_props}
     # the TensorRT backend builds any graph with this record as explicitly quantised
     assert json.loads(meta["quantization"])["symmetric"] is True
+
+
+@pytest.mark.slow
+@needs_camvid
+def test_pack_records_the_val_miou_of_each_path_with_the_shipped_ranges(packed: Path, tmp_path: Path) -> None:
+    out = tmp_path / "recorded.pt"
+    rc = main(["weights", "--pack", str(packed), "--out", str(out), "--no-progress",
+               "--dataset", "camvid", "--root", str(CAMVID), "--split", "val", "--limit", "3",
+               "--paths", "onnxruntime fp32", "onnxruntime int8"])  # fmt: skip
+    assert rc == 0
+    record = weights_accuracy(out)
+    assert record is not None and set(record.miou) == {"onnxruntime fp32", "onnxruntime int8"}
+    assert record.frames == 3 and record.network_size == SIZE
+    assert str(CAMVID) not in record.dataset and "val" in record.dataset  # no machine paths shipped
+    assert weights_int8_ranges(out) == weights_int8_ranges(packed)  # the input's ranges stay

@@ -148,10 +148,17 @@ def accuracy_record(weights: Path, args: argparse.Namespace, paths: list[str], c
         )
     return {
         "miou": miou,
-        "dataset": dataset.description.split(" (")[0],  # no machine paths in a shipped file
+        "dataset": _dataset_name(args, dataset.description),
         "frames": len(dataset),
         "network_size": list(size) if size else None,
     }
+
+
+def _dataset_name(args: argparse.Namespace, description: str) -> str:
+    """The val set's name as the shipped record says it: no machine paths in it."""
+    if args.images is not None:
+        return f"{Path(args.images).name} (labels {Path(args.labels_dir).name})"
+    return description.split(" (")[0]
 
 
 def run_pack(args: argparse.Namespace) -> int:
