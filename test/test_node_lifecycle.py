@@ -105,7 +105,8 @@ def test_lifecycle_transitions_through_the_services(ros_client: RosClient, nodes
     assert set_param(ros_client, "model", "lw_refinenet_mobilenetv2").successful
 
     assert transition(ros_client, Transition.TRANSITION_CONFIGURE)
-    assert state(ros_client) == "inactive" and "backend torch on cpu ready" in lc.log()  # configure built it
+    # configure built it, and says which precision auto resolved to
+    assert state(ros_client) == "inactive" and "backend torch fp32 (auto) on cpu ready" in lc.log()
     labels = ros_client.subscribe(Image, f"/lc/{OUT}/labels")
     pub = ros_client.publisher(Image, "/lc/image")
     img = smooth_image(seed=21)

@@ -294,17 +294,21 @@ class SegmentationNode(LifecycleNode):
             cancelled=lambda: not self.context.ok(),
         )
         backend = segmenter.backend
+        # what ran, and that auto chose it: "int8 (auto)"
+        precision = str(getattr(backend, "precision", cfg.precision))
+        if cfg.precision == "auto" and precision != "auto":
+            precision = f"{precision} (auto)"
         self._info = {
             "model": model_cfg.describe(),
             "labels": segmenter.label_set.name,
             "backend": backend.name,
             "device": backend.device,
-            "precision": cfg.precision,
+            "precision": precision,
             "network_size": "x".join(map(str, segmenter.network_size)) if segmenter.network_size else "input",
             "output_resolution": cfg.output_resolution,
         }
         self.get_logger().info(
-            f"backend {backend.name} on {backend.device} ready in {time.monotonic() - t0:.1f} s "
+            f"backend {backend.name} {precision} on {backend.device} ready in {time.monotonic() - t0:.1f} s "
             f"({segmenter.label_set.num_classes} classes)"
         )
         return segmenter
