@@ -112,7 +112,8 @@ def test_auto_explains_its_choice(
         options = BackendOptions(device="cpu", input_size=(H, W), engine_dir=str(engine_dir))
         backend = create_backend(small_model_cfg, options)
     assert backend.name == "onnxruntime"
-    assert "backend: onnxruntime fp32 (ONNX Runtime with CPUExecutionProvider (TensorRT skipped" in caplog.text
+    line = "backend: onnxruntime fp32 (ONNX Runtime with CPUExecutionProvider (TensorRT skipped"
+    assert line in caplog.text
     assert "precision auto: " in caplog.text  # the default precision, resolved and said so
 
 
