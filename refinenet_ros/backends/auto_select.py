@@ -77,7 +77,7 @@ MIN_ROUNDS = 4
 """Timed rounds every surviving candidate gets, whatever the budget (after one warm-up)."""
 MAX_ROUNDS = 15
 """Timed rounds at most."""
-MEASURE_BUDGET_S = 2.5
+MEASURE_BUDGET_S = 2.0
 """Seconds of timed calls, all candidates together, beyond which no new round starts."""
 SLOWER_GIVE_UP = 3.0
 """A candidate whose warm-up call takes this many times the fastest warm-up is not timed
