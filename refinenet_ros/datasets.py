@@ -12,6 +12,7 @@ palette PNGs already hold class ids (255 = boundary); exports that reserve 0 for
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ import numpy.typing as npt
 from refinenet_ros.errors import RefineNetRosError
 from refinenet_ros.io import read_rgb
 from refinenet_ros.labels import CITYSCAPES_ID_TO_TRAINID, IGNORE_INDEX, LabelMapping
+
+log = logging.getLogger("refinenet_ros")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 LABEL_SUFFIXES = (".png", ".tif", ".tiff", ".pgm", ".bmp")
@@ -266,6 +269,18 @@ def voc(root: str | Path, split: str = "val") -> SegmentationDataset:
     return SegmentationDataset(samples, description=f"voc {split_file.stem} ({root})")
 
 
+def _labelled_a_subset(lab_dir: Path) -> bool:
+    """Whether ``refinenet-ros label --every N`` (N > 1) wrote this folder: its record says so,
+    and the images it skipped on purpose are then no mismatch."""
+    import json
+
+    try:
+        record = json.loads((lab_dir / "labelling.json").read_text())
+        return int(record["options"]["every"]) > 1
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def folder_pairs(
     images: str | Path, labels: str | Path, *, label_offset: int = 0, description: str | None = None
 ) -> SegmentationDataset:
@@ -299,6 +314,10 @@ def folder_pairs(
             f"no image in {img_dir} has a label in {lab_dir} (matched by name without suffix), "
             f"e.g. {unmatched[0].name}"
         )
+    if unmatched and _labelled_a_subset(lab_dir):
+        log.info("%s: %d of %d images have no label (the labelling run took every N-th image)",
+                 img_dir, len(unmatched), len(unmatched) + len(samples))  # fmt: skip
+        unmatched = []
     if unmatched:
         raise DatasetError(
             f"{len(unmatched)} of {len(unmatched) + len(samples)} images in {img_dir} have no label "

@@ -300,3 +300,14 @@ def test_evaluate_scores_nyu_style_labels_through_a_mapping(tmp_path: Path, caps
     assert evaluate("camvid") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "maps to indoor but the model predicts camvid" in err
+
+
+def test_a_label_run_over_every_nth_image_trains_on_the_labelled_ones(teacher_setup, tmp_path: Path) -> None:
+    images, teacher, mapping = teacher_setup
+    out = tmp_path / "labels"
+    args = [str(images), "--out", str(out), "--teacher", str(teacher), "--mapping", str(mapping)]
+    assert label(*args, "--every", "2") == 0
+    assert len(folder_pairs(images, out)) == 1  # the skipped image is no mismatch
+    (out / "labelling.json").unlink()  # without the record a missing label is a mistake
+    with pytest.raises(ValueError, match="1 of 2 images"):
+        folder_pairs(images, out)
