@@ -73,6 +73,9 @@ PER_COMMAND = {
     "--engine-dir": "the same cache; bench may say it in its own words",
     "--iterations": "bench-only",
     "--warmup": "bench-only",
+    "--flip": "evaluate averages the model over the mirror image, label averages the teacher",
+    "--scales": "evaluate averages the model over scales, label averages the teacher",
+    "--labels": "label: the set of the written labels when no --mapping names it",
 }
 
 

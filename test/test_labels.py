@@ -13,6 +13,7 @@ from refinenet_ros.labels import (
 
 EXPECTED_SIZES = {
     "camvid": 11,
+    "indoor": 14,
     "cityscapes": 19,
     "voc": 21,
     "nyud40": 40,

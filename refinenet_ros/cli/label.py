@@ -69,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s = parser.add_argument_group("selection")
     add_image_topic_argument(s, multiple=False, required=False)
     s.add_argument("--every", type=int, default=1, help="label every N-th image or frame")
-    s.add_argument("--limit", type=int, default=0, help="label at most N images (0: all)")
+    s.add_argument("--limit", type=int, default=0, help="use only the first N images (0: all)")
     parser.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     parser.add_argument("--summary", default=None, help="also write the run's summary as JSON here")
     parser.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
