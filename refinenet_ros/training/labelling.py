@@ -24,7 +24,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -192,12 +192,31 @@ def label_folder(
     _check_record(out, _record(teacher, mapping, options, images))
     if summary.skipped:
         log.info("label: %d of %d images already labelled in %s, skipped", summary.skipped, len(files), out)
+
+    def write(item: tuple[Path, Path], labels: npt.NDArray[np.uint8]) -> None:
+        write_label_png(item[1], labels, label_set)
+
+    return _label_all(teacher, todo, lambda item: read_rgb(item[0]), write, mapping, options, label_set,
+                      summary, progress)  # fmt: skip
+
+
+def _label_all(
+    teacher: Teacher,
+    todo: list[Any],
+    image_of: Callable[[Any], npt.NDArray[np.uint8]],
+    write: Callable[[Any, npt.NDArray[np.uint8]], None],
+    mapping: LabelMapping | None,
+    options: LabelOptions,
+    label_set: LabelSet,
+    summary: LabelSummary,
+    progress: bool,
+) -> LabelSummary:
+    """The one labelling loop of folders and bags: teacher -> labels -> ``write``, with statistics."""
     stats = _Stats(label_set.classes)
     start = time.monotonic()
-    for source, target in _progress(todo, progress, "label"):
-        rgb = read_rgb(source)
-        labels = teacher_labels(teacher, rgb, mapping, options)
-        write_label_png(target, labels, label_set)
+    for item in _progress(todo, progress, "label"):
+        labels = teacher_labels(teacher, image_of(item), mapping, options)
+        write(item, labels)
         stats.add(labels)
         summary.labelled += 1
     summary.seconds = round(time.monotonic() - start, 1)
@@ -230,17 +249,13 @@ def label_bag(
             todo.append((name, rgb))
     mapping = resolve_mapping(teacher, mapping, todo[0][1]) if todo else mapping
     _check_record(out, _record(teacher, mapping, options, bag))
-    stats = _Stats(label_set.classes)
-    start = time.monotonic()
-    for name, rgb in _progress(todo, progress, "label"):
-        labels = teacher_labels(teacher, rgb, mapping, options)
-        write_rgb_png(out / "images" / f"{name}.png", rgb)
-        write_label_png(out / "labels" / f"{name}.png", labels, label_set)
-        stats.add(labels)
-        summary.labelled += 1
-    summary.seconds = round(time.monotonic() - start, 1)
-    stats.fill(summary)
-    return summary
+
+    def write(item: tuple[str, npt.NDArray[np.uint8]], labels: npt.NDArray[np.uint8]) -> None:
+        write_rgb_png(out / "images" / f"{item[0]}.png", item[1])
+        write_label_png(out / "labels" / f"{item[0]}.png", labels, label_set)
+
+    return _label_all(teacher, todo, lambda item: item[1], write, mapping, options, label_set, summary,
+                      progress)  # fmt: skip
 
 
 def _bag_frames(bag: Path, options: LabelOptions) -> Iterator[tuple[str, npt.NDArray[np.uint8]]]:
