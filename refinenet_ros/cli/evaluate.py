@@ -318,7 +318,12 @@ def _check_record(args: argparse.Namespace, multiscale: bool, frames: int) -> No
 
 
 def _record_for_auto(
-    model_cfg: ModelConfig, options: BackendOptions, kind: str, precision: str, miou: float, dataset: str,
+    model_cfg: ModelConfig,
+    options: BackendOptions,
+    kind: str,
+    precision: str,
+    miou: float,
+    dataset: str,
     frames: int,
 ) -> None:
     """Leave this path's mIoU beside the FP32 graph, where ``auto`` reads it before the

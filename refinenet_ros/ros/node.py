@@ -58,6 +58,8 @@ RCLError: type[Exception] = rclpy_implementation.RCLError
 
 NODE_NAME = "refinenet_segmentation"
 OUTPUTS = OUTPUT_KINDS
+
+
 class ConfigureInterrupted(Exception):
     """SIGINT/SIGTERM arrived while configure was building the model or an engine."""
 
