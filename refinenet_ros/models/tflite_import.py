@@ -173,7 +173,7 @@ def _identity_conv_bn(block: ConvBNAct) -> None:
 
 def _encoder_blocks(model: MobileNetV2Base) -> list[ConvBNAct | None]:
     """Our encoder's conv slots in TFLite order; None marks the identity expansion."""
-    slots: list[ConvBNAct | None] = [cast(ConvBNAct, model.layer1)]
+    slots: list[ConvBNAct | None] = [model.layer1]
     first = True
     for i in range(2, 9):
         for block in cast(nn.Sequential, getattr(model, f"layer{i}")):
@@ -182,7 +182,7 @@ def _encoder_blocks(model: MobileNetV2Base) -> list[ConvBNAct | None]:
                 [None if first else cast(ConvBNAct, expand), cast(ConvBNAct, dw), cast(ConvBNAct, project)]
             )
             first = False
-    return cast(list[ConvBNAct | None], slots)
+    return slots
 
 
 def load_mobilenetv2_tflite(model: nn.Module, path: str | Path) -> list[TFLiteConv]:
