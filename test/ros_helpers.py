@@ -211,7 +211,28 @@ class RosClient:
         self._thread.join(timeout=2.0)
 
 
-class NodeProcess:
+class LoggedProcess:
+    """A child process whose output goes to ``log_path``, waited on by what it logs."""
+
+    log_path: Path
+    proc: subprocess.Popen[bytes]
+    poll_s = 0.1
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, text: str, timeout: float = 60.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return True
+            if self.proc.poll() is not None:
+                return text in self.log()
+            time.sleep(self.poll_s)
+        return False
+
+
+class NodeProcess(LoggedProcess):
     """``segmentation_node --ros-args ...`` as a child process with its log in a file."""
 
     def __init__(self, ros_args: list[str], log_path: Path, cmd: list[str] | None = None) -> None:
@@ -227,19 +248,6 @@ class NodeProcess:
             env=env,
             preexec_fn=die_with_parent,
         )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_log(self, text: str, timeout: float = 60.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.log():
-                return True
-            if self.proc.poll() is not None:
-                return text in self.log()
-            time.sleep(0.1)
-        return False
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 10.0) -> tuple[int | None, float]:
         """Send ``sig``; return (exit code or None if it had to be killed, seconds to exit)."""

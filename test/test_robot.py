@@ -21,6 +21,7 @@ import pytest
 import yaml
 from ros_helpers import (
     ROS_ENV,
+    LoggedProcess,
     RosClient,
     camera_info_publisher,
     diagnostics,
@@ -68,8 +69,10 @@ def param(node: str, name: str) -> str:
     return out.stdout.strip()
 
 
-class Launch:
+class Launch(LoggedProcess):
     """``ros2 launch refinenet_ros ...`` in the background, its output in a file."""
+
+    poll_s = 0.2
 
     def __init__(self, log_path: Path, *args: str) -> None:
         self.log_path = log_path
@@ -82,18 +85,8 @@ class Launch:
             start_new_session=True,
         )
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
     def wait_log(self, text: str, timeout: float = START_S) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.log():
-                return True
-            if self.proc.poll() is not None:
-                return text in self.log()
-            time.sleep(0.2)
-        return False
+        return super().wait_log(text, timeout)
 
     def wait(self, timeout: float) -> int | None:
         try:
