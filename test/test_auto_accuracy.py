@@ -199,7 +199,10 @@ def test_precision_auto_chooses_among_precisions_and_logs_auto(
     assert "onnxruntime fp32, onnxruntime int8" in text  # both precisions were candidates
     assert "accuracy: the weights' record" in text and "verdict" in text
     assert "asked for" not in text
-    assert any("backend: onnxruntime" in line and "(auto:" in line for line in text.splitlines())
+    chosen = [line for line in text.splitlines() if "backend: onnxruntime" in line and "(auto:" in line]
+    assert chosen
+    # the measured choice is said once: not also the fixed order's "ONNX Runtime with <provider>"
+    assert not any("ONNX Runtime with" in line for line in chosen)
     assert getattr(backend, "precision", None) in ("fp32", "int8")
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="refinenet_ros"):

@@ -308,7 +308,11 @@ def _measured_auto(
     build = candidate_builder(model_cfg, cpu)
     backend, decision = select_backend(model_cfg, cpu, graph, candidates=candidates, build=build)
     asked = f"precision auto on {only}" if only else "auto"
-    log.info("backend: %s %s (%s: %s; %s)", decision.kind, decision.precision, asked, decision.why(), why)
+    # ``why`` is the fixed preference order's reason ("ONNX Runtime with ..."): only its
+    # skip notes (no CUDA, no TensorRT) still hold once the measurement has chosen.
+    skipped = why.partition(" (")[2].rstrip(")") if why.startswith("ONNX Runtime with") else why
+    log.info("backend: %s %s (%s: %s%s)", decision.kind, decision.precision, asked, decision.why(),
+             f"; {skipped}" if skipped else "")  # fmt: skip
     return backend
 
 
