@@ -190,7 +190,7 @@ def test_cli_train_refuses_ground_truth_beyond_the_label_set(tmp_path: Path, cap
         label[10:20, 10:20] = 200  # not a person_part class, not the ignore index
         write_label_png(tmp_path / "labels" / f"{i}.png", label, get_label_set("person_part"))
     rc = main([
-        "train", "--root", str(tmp_path), "--labels", "person_part", "--steps", "1", "--batch-size", "1",
+        "train", "--root", str(tmp_path), "--labels", "person_part", "--steps", "1", "--batch-size", "2",
         "--crop", "40", "40", "--val-split", "none", "--out", str(tmp_path / "run"), "--no-progress",
     ])  # fmt: skip
     assert rc == 2

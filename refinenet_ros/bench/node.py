@@ -131,8 +131,9 @@ def node_command(settings: NodeBenchSettings, outputs: tuple[str, ...]) -> list[
         "publish_overlay": str("overlay" in outputs).lower(),
         "publish_confidence": str("confidence" in outputs).lower(),
     }
-    if cfg.weights:
-        params["weights"] = str(Path(cfg.weights).resolve())
+    # the resolved weights, or "random" where the command line resolved to random weights (the
+    # node itself refuses to fall back to them)
+    params["weights"] = str(Path(cfg.weights).resolve()) if cfg.weights else "random"
     if settings.network_size:
         params["network_height"], params["network_width"] = map(str, settings.network_size)
     ros = ["--ros-args", "-r", f"__ns:={NAMESPACE}", "-r", f"__node:={NODE_NAME}", *param_args(**params)]

@@ -450,7 +450,13 @@ class Terminated(KeyboardInterrupt):
     folder, atomic writes) runs exactly as for Ctrl-C instead of the process vanishing."""
 
 
+_TERMINATED = threading.Event()
+
+
 def _raise_terminated(signum: int, frame: object) -> None:
+    # Remembered as well as raised: a C extension waiting in a call (Ray's ray.get) may turn
+    # the exception a signal handler raised into a plain KeyboardInterrupt.
+    _TERMINATED.set()
     raise Terminated
 
 
@@ -466,14 +472,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     prog = f"refinenet-ros {args.command}"
     # The node keeps rclpy's own signal handling (it shuts the context down, the node exits cleanly).
     previous = None
+    _TERMINATED.clear()
     if args.command != "node" and threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return int(args._run(args) or 0)
-    except Terminated:
-        print(f"{prog}: terminated", file=sys.stderr)
-        return 128 + signal.SIGTERM
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Terminated) or _TERMINATED.is_set():
+            print(f"{prog}: terminated", file=sys.stderr)
+            return 128 + signal.SIGTERM
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:

@@ -182,8 +182,8 @@ def _torch_load(path: Path, map_location: Any, *, mmap: bool = False) -> Any:
                 f"(not a plain tensor archive); expected {_EXPECTED}"
             ) from exc
         raise CheckpointError(
-            f"cannot read checkpoint {str(path)!r}: {type(exc).__name__}: {first[:300]}. "
-            f"Expected {_EXPECTED}."
+            f"{str(path)!r} is not a PyTorch checkpoint this package can read "
+            f"({type(exc).__name__}: {first[:300]}); expected {_EXPECTED}"
         ) from exc
 
 
