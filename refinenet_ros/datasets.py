@@ -129,6 +129,11 @@ def _files(folder: Path, suffixes: Sequence[str]) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
 
 
+def image_files(folder: Path) -> list[Path]:
+    """Every image under ``folder``, sorted: what a data set (and the labelling tool) sees."""
+    return _files(folder, IMAGE_SUFFIXES)
+
+
 def _require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
         raise DatasetError(f"{what}: folder {path} does not exist")

@@ -140,7 +140,7 @@ class BagSource:
         return conns
 
     def images(self) -> Iterator[npt.NDArray[np.uint8]]:
-        from refinenet_ros.images.encodings import MalformedImage, decode_compressed, decode_image
+        from refinenet_ros.images.encodings import MalformedImage, decode_message
 
         with self._open() as reader:
             conns = self._connections(reader)
@@ -151,12 +151,7 @@ class BagSource:
                     continue
                 msg = reader.deserialize(raw, conn.msgtype)
                 try:
-                    if conn.msgtype.endswith("CompressedImage"):
-                        yield decode_compressed(msg.data, msg.format)
-                    else:
-                        yield decode_image(
-                            msg.data, msg.encoding, msg.width, msg.height, msg.step, bool(msg.is_bigendian)
-                        )
+                    yield decode_message(msg)
                 except MalformedImage as exc:
                     log.warning("calibration: skipping message %d of %s: %s", index, self.topic, exc)
 

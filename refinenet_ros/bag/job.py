@@ -263,19 +263,10 @@ class _BagJob:
             yield item
 
     def _decode(self, conn: Connection, raw: Any) -> tuple[Any, npt.NDArray[np.uint8]]:
-        from refinenet_ros.images.encodings import decode_compressed, decode_image
+        from refinenet_ros.images.encodings import decode_message
 
         msg: Any = self.reader.deserialize(raw, conn.msgtype)
-        limit = self.options.max_pixels
-        if conn.msgtype == COMPRESSED_TYPE:
-            return msg, decode_compressed(
-                msg.data, msg.format, max_pixels=limit, limit_name="--max-image-pixels"
-            )
-        rgb = decode_image(
-            msg.data, msg.encoding, msg.width, msg.height, msg.step, bool(msg.is_bigendian),
-            max_pixels=limit, limit_name="--max-image-pixels",
-        )  # fmt: skip
-        return msg, rgb
+        return msg, decode_message(msg, max_pixels=self.options.max_pixels, limit_name="--max-image-pixels")
 
     def _write(self, writer: Writer) -> None:
         """Read -> segment -> render + write, in log-time order.

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import array
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
 
 import cv2
 import numpy as np
@@ -257,6 +257,22 @@ def decode_compressed(
             f"{' or '.join(COMPRESSED_FORMATS)} stream"
         )
     return np.asarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), dtype=np.uint8)
+
+
+def decode_message(
+    msg: Any,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    limit_name: str = "max_image_pixels",
+) -> npt.NDArray[np.uint8]:
+    """A deserialised ``sensor_msgs/Image`` or ``CompressedImage`` (rclpy or rosbags) -> HxWx3
+    RGB: the one decode of bag readers and calibration (a CompressedImage has ``format``)."""
+    if hasattr(msg, "format"):
+        return decode_compressed(msg.data, msg.format, max_pixels=max_pixels, limit_name=limit_name)
+    return decode_image(
+        msg.data, msg.encoding, msg.width, msg.height, msg.step, bool(msg.is_bigendian),
+        max_pixels=max_pixels, limit_name=limit_name,
+    )  # fmt: skip
 
 
 def encode_image(

@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("refinenet_ros")
 
 RECORD_NAME = "labelling.json"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class LabellingError(RefineNetRosError, ValueError):
@@ -123,11 +122,6 @@ def resolve_mapping(
     return mapping
 
 
-def image_files(folder: Path) -> list[Path]:
-    """Every image under ``folder``, sorted (so runs are deterministic)."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-
-
 def _check_record(out: Path, record: dict[str, Any]) -> None:
     """Refuse to mix two teachers' (or settings') labels in one folder."""
     from refinenet_ros.io import atomic_write_text
@@ -177,6 +171,7 @@ def label_folder(
     progress: bool = True,
 ) -> LabelSummary:
     """Label every image under ``images`` into ``out`` (same relative paths, ``.png``)."""
+    from refinenet_ros.datasets import IMAGE_SUFFIXES, image_files
     from refinenet_ros.io import read_rgb, write_label_png
 
     files = image_files(images)
@@ -264,7 +259,7 @@ def _bag_frames(bag: Path, options: LabelOptions) -> Iterator[tuple[str, npt.NDA
     from rosbags.typesys import Stores, get_typestore
 
     from refinenet_ros.bag.topics import COMPRESSED_TYPE, IMAGE_TYPE
-    from refinenet_ros.images.encodings import decode_compressed, decode_image
+    from refinenet_ros.images.encodings import decode_message
 
     try:
         reader = AnyReader([bag], default_typestore=get_typestore(Stores.ROS2_HUMBLE))
@@ -284,14 +279,7 @@ def _bag_frames(bag: Path, options: LabelOptions) -> Iterator[tuple[str, npt.NDA
             if index % options.every:
                 continue
             msg: Any = reader.deserialize(raw, c.msgtype)
-            if c.msgtype == COMPRESSED_TYPE:
-                rgb = decode_compressed(
-                    msg.data, msg.format, max_pixels=limit, limit_name="--max-image-pixels"
-                )
-            else:
-                rgb = decode_image(msg.data, msg.encoding, msg.width, msg.height, msg.step,
-                                   bool(msg.is_bigendian), max_pixels=limit,
-                                   limit_name="--max-image-pixels")  # fmt: skip
+            rgb = decode_message(msg, max_pixels=limit, limit_name="--max-image-pixels")
             stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec or timestamp
             yield f"{slug}_{stamp:020d}", np.array(rgb)
             count += 1
