@@ -119,9 +119,8 @@ def _mapped(ds: SegmentationDataset, spec: str) -> SegmentationDataset:
         ds.mapped_to = mapping.target.name
         ds.description += f" through {mapping.name} (unions)"
         return ds
-    table = np.full(65536, IGNORE_INDEX, dtype=np.uint16)
-    table[: len(mapping.table)] = mapping.table
-    table[IGNORE_INDEX] = IGNORE_INDEX
+    table = mapping.lut()
+    table[IGNORE_INDEX] = IGNORE_INDEX  # an offset table's ignore stays ignore
     base = ds.lut if ds.lut is not None else np.arange(65536, dtype=np.uint16)
     ds.lut = table[base]
     ds.mapped_to = mapping.target.name
