@@ -36,6 +36,7 @@ from refinenet_ros.backends.base import BackendOptions
 from refinenet_ros.bench import BenchError
 from refinenet_ros.bench.report import model_json
 from refinenet_ros.config import ModelConfig
+from refinenet_ros.fleet.runner import import_ray
 from refinenet_ros.machine import busy_cores, cpu_times
 from refinenet_ros.stats import format_table
 
@@ -164,7 +165,7 @@ def start_ray(settings: FleetBenchSettings) -> tuple[bool, float | None]:
     A process already connected to Ray (a notebook, a test) keeps its instance: no
     start-up to time (None)."""
     try:
-        import ray
+        ray = import_ray()
     except ImportError:
         raise BenchError(
             "bench fleet needs Ray: pip install 'refinenet_ros[fleet]' (or ray==2.60.0)"
@@ -233,7 +234,7 @@ def run_fleet_bench(settings: FleetBenchSettings) -> dict[str, Any]:
     """Generate the bags, run the bag path then each fleet width; the JSON figures."""
     settings.check()
     try:
-        import ray
+        ray = import_ray()
     except ImportError:
         raise BenchError(
             "bench fleet needs Ray: pip install 'refinenet_ros[fleet]' (or ray==2.60.0)"

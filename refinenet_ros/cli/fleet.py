@@ -95,9 +95,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from refinenet_ros.bag import BagOptions
     from refinenet_ros.fleet.inputs import FleetError, discover
+    from refinenet_ros.fleet.runner import import_ray
 
     try:
-        import ray  # noqa: F401
+        import_ray()
     except ImportError:
         raise CliError("fleet needs Ray: pip install 'refinenet_ros[fleet]' (or ray==2.60.0)") from None
     if args.workers < 0:

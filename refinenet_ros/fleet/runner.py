@@ -15,7 +15,7 @@ import os
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,7 +224,7 @@ class _Run:
         self.finished_frames: dict[str, int] = {}
 
     def run(self) -> None:
-        import ray
+        ray = import_ray()
 
         started = False
         if not ray.is_initialized():
@@ -412,7 +412,6 @@ def init_ray(settings: FleetSettings) -> None:
     """Start an embedded local Ray sized for ``settings`` (or join ``settings.address``), as
     :func:`run_fleet` does when this process is not connected yet; public so ``bench fleet``
     can start (and time) exactly the Ray a fleet run gets, apart from the run itself."""
-    import ray
 
     if settings.address is None:
         cpus = os.cpu_count() or 1
@@ -426,17 +425,15 @@ def init_ray(settings: FleetSettings) -> None:
                 want,
                 cpus,
             )
-        with _keep_sigterm_handler():
-            ray.init(
-                num_cpus=max(cpus, want),
-                include_dashboard=False,
-                object_store_memory=LOCAL_OBJECT_STORE_BYTES,
-            )
+        _ray_init_shielded(
+            num_cpus=max(cpus, want),
+            include_dashboard=False,
+            object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+        )
     else:
         check_address(settings.address)
         try:
-            with _keep_sigterm_handler():
-                ray.init(address=settings.address)
+            _ray_init_shielded(address=settings.address)
         except ConnectionError as exc:
             raise FleetError(_no_cluster(settings.address, f" ({exc})")) from None
 
@@ -470,29 +467,63 @@ def _unreachable(address: str) -> str | None:
         return exc.strerror or type(exc).__name__
 
 
-@contextlib.contextmanager
-def _keep_sigterm_handler() -> Iterator[None]:
-    """``ray.init`` replaces the driver's SIGTERM handler with ``sys.exit(15)``: keep this
-    process's own (the CLI's "terminated", exit 143, after cleanup), also for a SIGTERM that
-    arrives while Ray starts."""
+def import_ray() -> Any:
+    """Import Ray for a fleet run, leaving Ray's C++ crash handler out of this process.
+
+    That handler also catches SIGTERM and ends the process with a stack dump before any
+    cleanup runs (no "terminated", a half-run stage folder). Ray reads
+    ``RAY_DISABLE_FAILURE_SIGNAL_HANDLER`` once, when it is first imported, so this sets it
+    first unless the environment already does (set it to 0 to have Ray's crash stacks back).
+    Raises ImportError where Ray is not installed."""
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+    import ray
+
+    return ray
+
+
+def _ray_init_shielded(**kwargs: Any) -> None:
+    """``ray.init`` that a Ctrl-C or SIGTERM cannot cut in half.
+
+    An exception raised by a signal handler in the middle of ``ray.init`` leaves Ray's
+    half-built driver behind, which can hang or abort this process at exit instead of it
+    ending as "interrupted"/"terminated". So while Ray starts, both signals are only
+    remembered (and Ray is kept from swapping in its own SIGTERM handler, a ``sys.exit(15)``
+    that would strike anywhere in it); once ``ray.init`` is over, a remembered signal shuts
+    Ray down again and is delivered to this process's own handler. Ray must start on the
+    main thread: the processes it starts are tied to the thread that started them.
+    """
     import signal
     import threading
 
+    ray = import_ray()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        ray.init(**kwargs)
         return
-    previous = signal.getsignal(signal.SIGTERM)
+    held: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        held.append(signum)
+
+    utils = getattr(ray._private, "utils", None)
+    ray_sets_handler = getattr(utils, "set_sigterm_handler", None)
+    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGTERM, signal.SIGINT)}
+    if ray_sets_handler is not None:
+        utils.set_sigterm_handler = _leave_sigterm_alone  # type: ignore[union-attr]
     try:
-        yield
-    except SystemExit as exc:
-        if exc.code != signal.SIGTERM or previous is None:
-            raise
-        signal.signal(signal.SIGTERM, previous)
-        signal.raise_signal(signal.SIGTERM)  # delivered to the handler this process had
-        raise
+        ray.init(**kwargs)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        if ray_sets_handler is not None:
+            utils.set_sigterm_handler = ray_sets_handler  # type: ignore[union-attr]
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        if held:
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            signal.raise_signal(held[0])  # this process's own handler: interrupted/terminated
+
+
+def _leave_sigterm_alone(handler: object) -> None:
+    """Stands in for Ray's SIGTERM installer while :func:`_ray_init_shielded` runs."""
 
 
 def _worker_count(settings: FleetSettings, bags: int) -> int:
