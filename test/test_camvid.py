@@ -37,7 +37,7 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
 
 
 def val_frames(n: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    from refinenet_ros.datasets import open_dataset
+    from refinenet_ros.training.datasets import open_dataset
 
     ds = open_dataset("camvid", CAMVID, "val")
     step = len(ds) // n  # spread over the sequence, not n neighbouring frames
@@ -49,8 +49,8 @@ def val_frames(n: int) -> list[tuple[np.ndarray, np.ndarray]]:
 
 @needs_camvid
 def test_camvid_reader_splits_and_ignores_unlabelled() -> None:
-    from refinenet_ros.datasets import open_dataset
     from refinenet_ros.labels import IGNORE_INDEX, get_label_set
+    from refinenet_ros.training.datasets import open_dataset
 
     train = open_dataset("camvid", CAMVID, "train")
     val = open_dataset("camvid", CAMVID, "val")
@@ -212,7 +212,7 @@ def test_load_api_returns_a_ready_segmenter(tmp_path: Path) -> None:
 def test_bundled_model_segments_real_street_frames() -> None:
     """A handful of val frames (never test): the shipped model must really segment streets."""
     import refinenet_ros
-    from refinenet_ros.metrics import ConfusionMatrix
+    from refinenet_ros.training.metrics import ConfusionMatrix
 
     frames = val_frames(6)
     seg = refinenet_ros.load("camvid", backend="torch")

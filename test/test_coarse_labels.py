@@ -18,15 +18,15 @@ import pytest
 import torch
 
 from refinenet_ros.cli import main
-from refinenet_ros.datasets import (
+from refinenet_ros.labels import CAMVID_CLASSES, IGNORE_INDEX, MappingError, get_label_set, load_mapping
+from refinenet_ros.training.datasets import (
     DatasetError,
     open_dataset,
     read_label,
     write_shapes_dataset,
 )
-from refinenet_ros.evaluate import evaluate
-from refinenet_ros.labels import CAMVID_CLASSES, IGNORE_INDEX, MappingError, get_label_set, load_mapping
-from refinenet_ros.train import union_loss, union_targets
+from refinenet_ros.training.evaluate import evaluate
+from refinenet_ros.training.train import union_loss, union_targets
 
 IDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "idd_lite"
 needs_idd = pytest.mark.skipif(

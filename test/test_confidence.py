@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from refinenet_ros.cli import main
-from refinenet_ros.temperature import (
+from refinenet_ros.training.temperature import (
     calibrate,
     expected_calibration_error,
     fit_temperature,
@@ -107,7 +107,7 @@ def test_weights_recording_a_bad_temperature_are_refused_in_one_line(
 def test_evaluate_fits_the_temperature_and_reports_the_calibration_error(
     checkpoint: Path, tmp_path: Path, capsys
 ) -> None:
-    from refinenet_ros.datasets import write_shapes_dataset
+    from refinenet_ros.training.datasets import write_shapes_dataset
 
     root = write_shapes_dataset(tmp_path / "d", "val", 4, (64, 96), classes=4, seed=2)
     report = tmp_path / "r.json"

@@ -11,11 +11,18 @@ import numpy as np
 import pytest
 
 from refinenet_ros.cli import main
-from refinenet_ros.datasets import DatasetError, TrainAugment, cityscapes, folder_pairs, open_dataset, voc
-from refinenet_ros.evaluate import evaluate
 from refinenet_ros.io import write_label_png, write_rgb_png
 from refinenet_ros.labels import CITYSCAPES_ID_TO_TRAINID, IGNORE_INDEX, get_label_set
-from refinenet_ros.metrics import ConfusionMatrix
+from refinenet_ros.training.datasets import (
+    DatasetError,
+    TrainAugment,
+    cityscapes,
+    folder_pairs,
+    open_dataset,
+    voc,
+)
+from refinenet_ros.training.evaluate import evaluate
+from refinenet_ros.training.metrics import ConfusionMatrix
 
 H, W = 48, 64
 VOC = get_label_set("voc")

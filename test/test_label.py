@@ -13,9 +13,9 @@ import pytest
 from onnx import TensorProto, helper
 
 from refinenet_ros.cli import main
-from refinenet_ros.datasets import folder_pairs, open_dataset
 from refinenet_ros.io import read_label_png
 from refinenet_ros.labels import IGNORE_INDEX, get_label_set, load_mapping
+from refinenet_ros.training.datasets import folder_pairs, open_dataset
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "indoor"
 INDOOR = get_label_set("indoor")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from refinenet_ros.labels import IGNORE_INDEX
-from refinenet_ros.metrics import ConfusionMatrix, SegmentationMetrics
+from refinenet_ros.training.metrics import ConfusionMatrix, SegmentationMetrics
 
 
 def test_hand_computed_three_classes() -> None:

@@ -46,10 +46,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelConfig, Path
     """(model config with trained weights, shapes data root): 120 SGD steps, ~15 s on 2 idle cores."""
     import torch
 
-    from refinenet_ros.datasets import open_dataset, write_shapes_dataset
     from refinenet_ros.labels import get_label_set
     from refinenet_ros.models import build_model
-    from refinenet_ros.train import TrainConfig, train
+    from refinenet_ros.training.datasets import open_dataset, write_shapes_dataset
+    from refinenet_ros.training.train import TrainConfig, train
 
     root = tmp_path_factory.mktemp("shapes")
     write_shapes_dataset(root, "train", 32, SIZE, classes=4, seed=0)

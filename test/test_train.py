@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from refinenet_ros.cli import main
-from refinenet_ros.datasets import open_dataset, write_shapes_dataset
 from refinenet_ros.labels import get_label_set
 from refinenet_ros.models import build_model, load_checkpoint, read_checkpoint_metadata
-from refinenet_ros.train import TrainConfig, decoder_lr_mult_for, param_groups, poly_lr, train
+from refinenet_ros.training.datasets import open_dataset, write_shapes_dataset
+from refinenet_ros.training.train import TrainConfig, decoder_lr_mult_for, param_groups, poly_lr, train
 
 MODEL = "lw_refinenet_mobilenetv2"
 LABELS = get_label_set("person_part")  # 7 classes; the toy set uses 0..3
@@ -87,7 +87,7 @@ def test_resume_from_mid_run_checkpoint_matches_straight_run(
         pass
 
     # Interrupt the same 4-step run right after its step-2 checkpoint (as Ctrl-C would).
-    import refinenet_ros.train as train_module
+    import refinenet_ros.training.train as train_module
 
     original = train_module._save_optimizer
     calls: list[int] = []

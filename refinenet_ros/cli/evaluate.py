@@ -38,14 +38,14 @@ from refinenet_ros.weights.records import MIN_RECORD_FRAMES
 if TYPE_CHECKING:
     from refinenet_ros.backends.base import BackendOptions
     from refinenet_ros.config import ModelConfig
-    from refinenet_ros.datasets import SegmentationDataset
+    from refinenet_ros.training.datasets import SegmentationDataset
 
 log = logging.getLogger("refinenet_ros")
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     """--dataset/--root/--split or --images/--labels-dir; shared with ``train``."""
-    from refinenet_ros.datasets import DATASET_FORMATS
+    from refinenet_ros.training.datasets import DATASET_FORMATS
 
     g = parser.add_argument_group("data set")
     g.add_argument("--dataset", default="folders", choices=DATASET_FORMATS,
@@ -72,7 +72,7 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def dataset_from_args(args: argparse.Namespace, split: str | None = None) -> SegmentationDataset:
-    from refinenet_ros.datasets import DatasetError, open_dataset
+    from refinenet_ros.training.datasets import DatasetError, open_dataset
 
     split = split if split is not None else args.split
     root = Path(args.root) if args.root else None
@@ -96,7 +96,7 @@ def dataset_from_args(args: argparse.Namespace, split: str | None = None) -> Seg
         raise CliError(str(exc)) from None
     label_map = getattr(args, "label_map", None)
     if label_map is None and args.dataset == "idd_lite" and args.images is None:
-        from refinenet_ros.datasets import IDD_LITE_MAPPING
+        from refinenet_ros.training.datasets import IDD_LITE_MAPPING
 
         label_map = IDD_LITE_MAPPING  # level-1 ids mean nothing to a model without a mapping
     if label_map:
@@ -162,8 +162,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from refinenet_ros.evaluate import _safe, evaluate, segmenter_predictor, torch_predictor
     from refinenet_ros.io import atomic_write_text
+    from refinenet_ros.training.evaluate import _safe, evaluate, segmenter_predictor, torch_predictor
 
     multiscale = list(args.scales) != [1.0] or args.flip
     if any(s <= 0 for s in args.scales):
@@ -275,7 +275,7 @@ def _fit_temperature(
     """Fit the confidence temperature on the data set's labelled pixels (the PyTorch model's
     logits at the network size) and print ECE before/after and the command that stores it."""
     from refinenet_ros.config import load_model
-    from refinenet_ros.temperature import calibrate, sample_logits
+    from refinenet_ros.training.temperature import calibrate, sample_logits
 
     if model_cfg.weights is None:
         raise CliError("--fit-temperature: random weights have nothing to calibrate; give --weights")

@@ -22,7 +22,7 @@ from refinenet_ros.cli import (
     backend_options_from_args,
     model_config_from_args,
 )
-from refinenet_ros.datasets import IMAGE_SUFFIXES
+from refinenet_ros.training.datasets import IMAGE_SUFFIXES
 
 log = logging.getLogger("refinenet_ros")
 

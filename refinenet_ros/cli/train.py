@@ -39,11 +39,11 @@ from refinenet_ros.cli import (
     model_config_from_args,
 )
 from refinenet_ros.cli.evaluate import add_dataset_arguments, dataset_from_args
-from refinenet_ros.train import AMP_MODES, CLASS_WEIGHTINGS, OPTIMIZERS, Triple
+from refinenet_ros.training.train import AMP_MODES, CLASS_WEIGHTINGS, OPTIMIZERS, Triple
 
 if TYPE_CHECKING:
     from refinenet_ros.config import ModelConfig
-    from refinenet_ros.datasets import SegmentationDataset
+    from refinenet_ros.training.datasets import SegmentationDataset
 
 log = logging.getLogger("refinenet_ros")
 
@@ -146,7 +146,7 @@ def _train_set(args: argparse.Namespace) -> SegmentationDataset:
 
 
 def _val_set(args: argparse.Namespace) -> SegmentationDataset | None:
-    from refinenet_ros.datasets import DatasetError, open_dataset
+    from refinenet_ros.training.datasets import DatasetError, open_dataset
 
     if args.val_split == "none":
         return None
@@ -169,7 +169,7 @@ def _val_set(args: argparse.Namespace) -> SegmentationDataset | None:
     except DatasetError as exc:
         raise CliError(f"validation set: {exc}") from None
     from refinenet_ros.cli.evaluate import _mapped
-    from refinenet_ros.datasets import IDD_LITE_MAPPING
+    from refinenet_ros.training.datasets import IDD_LITE_MAPPING
 
     idd = args.dataset == "idd_lite" and args.images is None
     label_map = args.label_map or (IDD_LITE_MAPPING if idd else None)
@@ -181,7 +181,7 @@ def _val_set(args: argparse.Namespace) -> SegmentationDataset | None:
 def _mix_set(args: argparse.Namespace) -> SegmentationDataset | None:
     """The --mix set, its labels through --mix-label-map (idd_lite: the bundled unions)."""
     from refinenet_ros.cli.evaluate import _mapped
-    from refinenet_ros.datasets import IDD_LITE_MAPPING, DatasetError, open_dataset
+    from refinenet_ros.training.datasets import IDD_LITE_MAPPING, DatasetError, open_dataset
 
     if args.mix is None:
         if args.mix_label_map is not None:
@@ -266,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from refinenet_ros.models import CheckpointError, build_model, load_checkpoint
-    from refinenet_ros.train import TrainConfig, resolve_amp, train
+    from refinenet_ros.training.train import TrainConfig, resolve_amp, train
 
     if args.config is not None:
         apply_config_file(args)
@@ -316,8 +316,8 @@ def run(args: argparse.Namespace) -> int:
     assert cfg.model is not None
     label_set = cfg.label_set
     from refinenet_ros.cli.evaluate import check_mapped_labels
-    from refinenet_ros.datasets import DatasetError, MixedDataset
-    from refinenet_ros.train import union_targets
+    from refinenet_ros.training.datasets import DatasetError, MixedDataset
+    from refinenet_ros.training.train import union_targets
 
     for ds, flag in ((train_set, "--label-map"), (mix_set, "--mix-label-map"), (val_set, "--label-map")):
         if ds is not None and ds.mapped_to is not None and ds.mapped_to != label_set.name:

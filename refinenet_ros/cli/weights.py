@@ -119,8 +119,8 @@ def accuracy_record(weights: Path, args: argparse.Namespace, paths: list[str], c
     from refinenet_ros.backends.base import BackendError, BackendOptions
     from refinenet_ros.cli.evaluate import dataset_from_args
     from refinenet_ros.config import ModelConfig
-    from refinenet_ros.evaluate import evaluate, segmenter_predictor
     from refinenet_ros.segmenter import build_segmenter
+    from refinenet_ros.training.evaluate import evaluate, segmenter_predictor
 
     dataset = dataset_from_args(args)
     cfg = ModelConfig(weights=str(weights)).resolved()
@@ -218,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
                 "model": w.model, "labels": w.labels, "network_size": list(w.network_size),
                 "mean": list(w.mean), "std": list(w.std), "description": w.description, "recipe": w.recipe,
                 "command": w.command, "dataset": w.dataset, "backbone": w.backbone, "metrics": w.metrics,
+                "teacher": w.teacher or None,
             }
             for name, w in WEIGHTS.items()
         }  # fmt: skip
@@ -229,6 +230,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  trained with: {w.command}  (recipe {w.recipe})")
         print(f"  data: {w.dataset}")
         print(f"  backbone: {w.backbone}")
+        if w.teacher:
+            print(f"  labels learnt from a teacher, not from people: {w.teacher}")
         h, w_ = w.network_size
         print(f"  preprocessing: RGB, mean {list(w.mean)}, std {list(w.std)}, network {h}x{w_}")
         try:

@@ -171,8 +171,8 @@ def label_folder(
     progress: bool = True,
 ) -> LabelSummary:
     """Label every image under ``images`` into ``out`` (same relative paths, ``.png``)."""
-    from refinenet_ros.datasets import IMAGE_SUFFIXES, image_files
     from refinenet_ros.io import read_rgb, write_label_png
+    from refinenet_ros.training.datasets import IMAGE_SUFFIXES, image_files
 
     files = image_files(images)
     if not files:

@@ -47,6 +47,9 @@ class Weights:
     dataset: str
     backbone: str
     metrics: dict[str, Any] = field(default_factory=dict, compare=False)
+    #: the model whose labels it learnt, for weights trained without human labels ("": none);
+    #: its figures are then agreement with that teacher, not accuracy against people
+    teacher: str = ""
     #: sha256 of the shipped file, checked whenever it is used (empty: not checked)
     sha256: str = ""
 
@@ -76,7 +79,10 @@ class Weights:
 
     def summary(self) -> str:
         miou = self.metrics.get("val_miou")
+        agreement = self.metrics.get("teacher_agreement_miou")
         score = f", val mIoU {100 * miou:.1f} %" if isinstance(miou, float) else ""
+        if isinstance(agreement, float):
+            score = f", mIoU against its teacher's labels {100 * agreement:.1f} %"
         h, w = self.network_size
         return f"{self.name}: {self.model} [{self.labels}] at {h}x{w}{score}"
 

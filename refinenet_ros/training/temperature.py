@@ -25,7 +25,7 @@ import numpy.typing as npt
 if TYPE_CHECKING:
     from torch import nn
 
-    from refinenet_ros.datasets import SegmentationDataset
+    from refinenet_ros.training.datasets import SegmentationDataset
 
 ECE_BINS = 15
 TEMPERATURE_RANGE = (0.05, 20.0)

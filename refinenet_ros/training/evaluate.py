@@ -16,10 +16,10 @@ import numpy.typing as npt
 if TYPE_CHECKING:
     from torch import nn
 
-    from refinenet_ros.datasets import SegmentationDataset
     from refinenet_ros.labels import LabelMapping, LabelSet
-    from refinenet_ros.metrics import SegmentationMetrics
     from refinenet_ros.segmenter import Segmenter
+    from refinenet_ros.training.datasets import SegmentationDataset
+    from refinenet_ros.training.metrics import SegmentationMetrics
 
 log = logging.getLogger("refinenet_ros")
 
@@ -108,8 +108,8 @@ def evaluate(
     counted through the unions (:meth:`LabelMapping.score_prediction`); predictions are
     still saved in the model's colours.
     """
-    from refinenet_ros.datasets import DatasetError
-    from refinenet_ros.metrics import ConfusionMatrix
+    from refinenet_ros.training.datasets import DatasetError
+    from refinenet_ros.training.metrics import ConfusionMatrix
 
     scored = len(score_through.source) if score_through is not None else label_set.num_classes
     # one more column for fine classes that no coarse class covers (wrong wherever predicted)

@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from refinenet_ros.datasets import SegmentationDataset, TrainAugment
     from refinenet_ros.labels import LabelSet
+    from refinenet_ros.training.datasets import SegmentationDataset, TrainAugment
 
 log = logging.getLogger("refinenet_ros")
 
@@ -221,7 +221,7 @@ def union_targets(datasets: list[SegmentationDataset], num_classes: int) -> np.n
     coarse (plain cross-entropy). The loss of a pixel with target ``u`` is then
     ``-log sum_c M[u, c] p_c`` (:func:`union_loss`).
     """
-    from refinenet_ros.datasets import DatasetError
+    from refinenet_ros.training.datasets import DatasetError
 
     rows = [np.eye(num_classes, dtype=np.float32)]
     offset = num_classes
@@ -286,7 +286,7 @@ def _check_labels(labels: np.ndarray, label_set: LabelSet, coarse: int = 0) -> N
     value, not inside torch's loss."""
     bad = labels[(labels >= label_set.num_classes + coarse) & (labels != label_set.ignore_index)]
     if bad.size:
-        from refinenet_ros.datasets import DatasetError
+        from refinenet_ros.training.datasets import DatasetError
 
         values = sorted({int(v) for v in np.unique(bad)[:8]})
         raise DatasetError(
@@ -318,9 +318,9 @@ def train(
     import torch.nn.functional as F
 
     from refinenet_ros.backends.pipeline import Normalise
-    from refinenet_ros.datasets import TrainAugment
-    from refinenet_ros.evaluate import evaluate, torch_predictor
     from refinenet_ros.malloc_tuning import keep_freed_memory
+    from refinenet_ros.training.datasets import TrainAugment
+    from refinenet_ros.training.evaluate import evaluate, torch_predictor
 
     keep_freed_memory()  # activations are freed and re-allocated every step: no page faults
     device = config.device
