@@ -36,7 +36,7 @@ from refinenet_ros.backends.base import BackendOptions
 from refinenet_ros.bench import BenchError
 from refinenet_ros.bench.report import model_json
 from refinenet_ros.config import ModelConfig
-from refinenet_ros.fleet.runner import import_ray
+from refinenet_ros.fleet.cluster import import_ray
 from refinenet_ros.machine import busy_cores, cpu_times
 from refinenet_ros.stats import format_table
 
@@ -171,7 +171,7 @@ def start_ray(settings: FleetBenchSettings) -> tuple[bool, float | None]:
             "bench fleet needs Ray: pip install 'refinenet_ros[fleet]' (or ray==2.60.0)"
         ) from None
     from refinenet_ros.fleet import FleetError, FleetSettings
-    from refinenet_ros.fleet.runner import init_ray
+    from refinenet_ros.fleet.cluster import init_ray
 
     if ray.is_initialized():
         return False, None

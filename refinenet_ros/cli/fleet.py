@@ -94,8 +94,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from refinenet_ros.bag import BagOptions
+    from refinenet_ros.fleet.cluster import import_ray
     from refinenet_ros.fleet.inputs import FleetError, discover
-    from refinenet_ros.fleet.runner import import_ray
 
     try:
         import_ray()

@@ -7,9 +7,10 @@ makes reruns skip what is done. Ray itself is imported only when a run starts
 (``pip install refinenet_ros[fleet]``); the command line lives in :mod:`refinenet_ros.cli.fleet`.
 """
 
+from refinenet_ros.fleet.cluster import FleetSettings
 from refinenet_ros.fleet.inputs import BagInput, FleetError, discover
 from refinenet_ros.fleet.manifest import MANIFEST_NAME, SUMMARY_NAME, Manifest
-from refinenet_ros.fleet.runner import FleetProgress, FleetSettings, FleetSummary, run_fleet
+from refinenet_ros.fleet.runner import FleetProgress, FleetSummary, run_fleet
 from refinenet_ros.fleet.worker import FleetJob
 
 __all__ = [
