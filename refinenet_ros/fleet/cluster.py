@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from refinenet_ros.fleet.inputs import FleetError
+from refinenet_ros.io import signals_deferred
 
 log = logging.getLogger("refinenet_ros")
 
@@ -116,40 +117,27 @@ def _ray_init_shielded(**kwargs: Any) -> None:
 
     An exception raised by a signal handler in the middle of ``ray.init`` leaves Ray's
     half-built driver behind, which can hang or abort this process at exit instead of it
-    ending as "interrupted"/"terminated". So while Ray starts, both signals are only
-    remembered (and Ray is kept from swapping in its own SIGTERM handler, a ``sys.exit(15)``
-    that would strike anywhere in it); once ``ray.init`` is over, a remembered signal shuts
-    Ray down again and is delivered to this process's own handler. Ray must start on the
-    main thread: the processes it starts are tied to the thread that started them.
-    """
-    import signal
-    import threading
-
+    ending as "interrupted"/"terminated". So both signals are held while Ray starts (and Ray
+    is kept from swapping in its own SIGTERM handler, a ``sys.exit(15)`` that would strike
+    anywhere in it); a held signal is delivered once ``ray.init`` is over, and Ray is shut
+    down again before its exception leaves here. Ray must start on the main thread: the
+    processes it starts are tied to the thread that started them."""
     ray = import_ray()
-    if threading.current_thread() is not threading.main_thread():
-        ray.init(**kwargs)
-        return
-    held: list[int] = []
-
-    def hold(signum: int, frame: object) -> None:
-        held.append(signum)
-
     utils = getattr(ray._private, "utils", None)
     ray_sets_handler = getattr(utils, "set_sigterm_handler", None)
-    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGTERM, signal.SIGINT)}
-    if ray_sets_handler is not None:
-        utils.set_sigterm_handler = _leave_sigterm_alone  # type: ignore[union-attr]
     try:
-        ray.init(**kwargs)
-    finally:
-        if ray_sets_handler is not None:
-            utils.set_sigterm_handler = ray_sets_handler  # type: ignore[union-attr]
-        for sig, handler in previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        if held:
-            with contextlib.suppress(Exception):
-                ray.shutdown()
-            signal.raise_signal(held[0])  # this process's own handler: interrupted/terminated
+        with signals_deferred():
+            if ray_sets_handler is not None:
+                utils.set_sigterm_handler = _leave_sigterm_alone  # type: ignore[union-attr]
+            try:
+                ray.init(**kwargs)
+            finally:
+                if ray_sets_handler is not None:
+                    utils.set_sigterm_handler = ray_sets_handler  # type: ignore[union-attr]
+    except KeyboardInterrupt:  # Ctrl-C, or the command line's SIGTERM exception
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        raise
 
 
 def _leave_sigterm_alone(handler: object) -> None:
