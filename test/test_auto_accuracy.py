@@ -20,7 +20,7 @@ import pytest
 
 pytest.importorskip("onnxruntime", reason="ONNX Runtime is needed for the INT8 graph")
 
-from refinenet_ros.backends import BackendOptions, auto_select, create_backend
+from refinenet_ros.backends import BackendOptions, admission, auto_select, create_backend
 from refinenet_ros.backends.auto_select import Candidate, select_backend
 from refinenet_ros.backends.factory import candidate_builder, onnx_for
 from refinenet_ros.cli import main
@@ -175,8 +175,8 @@ def test_the_users_record_wins_over_the_weights_record(packed: Path, tmp_path: P
     cfg = _with_accuracy(packed, tmp_path / "w.pt", {"onnxruntime fp32": 69.4, "onnxruntime int8": 69.3})
     options = _options(tmp_path)
     graph = onnx_for(cfg, options)
-    auto_select.record_accuracy(graph, "onnxruntime", "fp32", 55.0, "my robot", frames=MIN_RECORD_FRAMES)
-    auto_select.record_accuracy(graph, "onnxruntime", "int8", 52.0, "my robot", frames=MIN_RECORD_FRAMES)
+    admission.record_accuracy(graph, "onnxruntime", "fp32", 55.0, "my robot", frames=MIN_RECORD_FRAMES)
+    admission.record_accuracy(graph, "onnxruntime", "int8", 52.0, "my robot", frames=MIN_RECORD_FRAMES)
     build = candidate_builder(cfg, options)
     _, decision = select_backend(cfg, options, graph, candidates=INT8_PAIR, build=build)
     rows = {m.label: m.status for m in decision.table}
@@ -244,16 +244,16 @@ def test_evaluate_without_record_changes_no_decision_and_record_needs_enough_fra
               "--report", str(tmp_path / "r.json")]  # fmt: skip
     assert main([*common, "--limit", "3"]) == 0
     graph = onnx_for(ModelConfig().resolved(), _options(tmp_path, precision="fp32"))
-    assert not auto_select.accuracy_path(graph).exists()  # evaluating alone records nothing
+    assert not admission.accuracy_path(graph).exists()  # evaluating alone records nothing
 
     assert main([*common, "--limit", "3", "--record"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--record" in err[0] and str(MIN_RECORD_FRAMES) in err[0]
 
     assert main([*common, "--limit", str(MIN_RECORD_FRAMES), "--record"]) == 0
-    saved = json.loads(auto_select.accuracy_path(graph).read_text())
+    saved = json.loads(admission.accuracy_path(graph).read_text())
     assert saved["frames"] == MIN_RECORD_FRAMES and "onnxruntime fp32" in saved["miou"]
-    record = auto_select.user_accuracy(graph)
+    record = admission.user_accuracy(graph)
     assert record is not None and record.source == "your evaluate --record"
 
 

@@ -22,6 +22,7 @@ from refinenet_ros.backends import (
     BackendError,
     BackendOptions,
     CalibrationSpec,
+    admission,
     auto_select,
     create_backend,
 )
@@ -278,7 +279,7 @@ def test_a_path_below_the_agreement_bar_is_never_chosen(trained_cfg: ModelConfig
     rows = {m.label: m for m in decision.table}
     broken = rows["broken fp32"]
     assert broken.status.startswith("rejected: agrees on") and broken.agreement is not None
-    assert broken.agreement < auto_select.AGREEMENT_BAR
+    assert broken.agreement < admission.AGREEMENT_BAR
     # it was the fastest by far, and still not chosen
     assert broken.ms is not None and rows["onnxruntime fp32"].ms is not None
     assert (decision.kind, backend.name) == ("onnxruntime", "onnxruntime")
@@ -290,8 +291,8 @@ def test_a_path_losing_more_than_half_a_miou_point_is_never_chosen(
 ) -> None:
     options = _options(tmp_path, kind="auto", precision="fp32")
     graph = onnx_for(trained_cfg, options)
-    auto_select.record_accuracy(graph, "onnxruntime", "fp32", 60.0, "camvid val", frames=60)
-    auto_select.record_accuracy(graph, "openvino", "fp32", 58.5, "camvid val", frames=60)
+    admission.record_accuracy(graph, "onnxruntime", "fp32", 60.0, "camvid val", frames=60)
+    admission.record_accuracy(graph, "openvino", "fp32", 58.5, "camvid val", frames=60)
     _, decision = select_backend(
         trained_cfg, options, graph, candidates=CHEAP, build=_Counting(trained_cfg, options)
     )

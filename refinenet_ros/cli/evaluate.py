@@ -330,7 +330,7 @@ def _record_for_auto(
     one that loses more never is."""
     from dataclasses import replace
 
-    from refinenet_ros.backends.auto_select import record_accuracy
+    from refinenet_ros.backends.admission import record_accuracy
     from refinenet_ros.backends.factory import onnx_for
 
     if kind not in RECORDED_BACKENDS:
