@@ -516,7 +516,16 @@ def _exit_now(code: int) -> None:
 
 def main(args: Sequence[str] | None = None) -> int:
     """Entry point of ``segmentation_node``: spin until SIGINT/SIGTERM, exit within 2 s."""
-    rclpy.init(args=list(args) if args is not None else None)
+    try:
+        rclpy.init(args=list(args) if args is not None else None)
+    except RCLError as exc:  # a --ros-args rule rcl cannot parse: one line, not rclpy's traceback
+        reason = str(exc).removeprefix("failed to initialize rcl: ").split(". Error:", 1)[0]
+        print(
+            f"{NODE_NAME}: error: {reason}; give parameters as -p name:=value "
+            "(an empty string: -p \"name:=''\")",
+            file=sys.stderr,
+        )
+        return 2
     node: SegmentationNode | None = None
     code = 0
     try:
