@@ -57,6 +57,13 @@ def test_presets_set_only_declared_parameters(preset: str) -> None:
     params = file_parameters(path)
     assert params == yaml.safe_load(path.read_text())["/**"]["ros__parameters"]
     assert set(params) <= declared_parameters()
-    if preset == "street":  # the bundled model, at the size it was trained and measured at
-        assert (params["weights"], params["labels"]) == ("camvid", "camvid")
-        assert (params["network_height"], params["network_width"]) == (360, 480)
+    # each preset runs its bundled model, at the size it was packed and measured at
+    from refinenet_ros.weights import get_weights
+
+    bundled = get_weights({"street": "camvid", "indoor": "indoor"}[preset])
+    assert (params["weights"], params["labels"], params["model"]) == (
+        bundled.name,
+        bundled.labels,
+        bundled.model,
+    )
+    assert (params["network_height"], params["network_width"]) == bundled.network_size

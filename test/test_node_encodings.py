@@ -192,5 +192,5 @@ def test_presets_set_only_declared_parameters_with_valid_values(preset: str) -> 
     assert set(params) <= set(PARAMETERS), set(params) - set(PARAMETERS)
     assert all(check_value(k, v) is None for k, v in params.items())
     assert params["model"] in MODEL_NAMES and params["labels"] in LABEL_SET_NAMES
-    expected = {"street": ("camvid", 360, 480), "indoor": ("nyud40", 480, 640)}[preset]
+    expected = {"street": ("camvid", 360, 480), "indoor": ("indoor", 288, 384)}[preset]
     assert (params["labels"], params["network_height"], params["network_width"]) == expected

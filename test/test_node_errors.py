@@ -56,6 +56,11 @@ def test_bad_parameter_values_are_one_line_naming_type_and_range(
     [line] = [ln for ln in log.splitlines() if "error:" in ln]
     assert "-p overlay_alpha:=1: overlay_alpha takes a double within 0.0..1.0 (write 1.0)" in line
     assert "-p network_height:=abc: network_height takes an integer within 0..8192" in line
+    # a rule rcl itself cannot parse (the shell ate the quotes of weights:='')
+    code, log = run_node(tmp_path, "unparsable", "-p", "weights:=")
+    assert code == 2 and "Traceback" not in log, log
+    [line] = [ln for ln in log.splitlines() if "error:" in ln]
+    assert "'-p weights:='" in line and "-p \"name:=''\"" in line, line
 
 
 def test_bad_camera_names_and_engine_dir_fail_configure_with_the_parameter_named(
@@ -72,6 +77,21 @@ def test_bad_camera_names_and_engine_dir_fail_configure_with_the_parameter_named
     code, log = run_node(tmp_path, "engdir", *node_args(engine_dir=str(a_file), **FAST))
     assert code == 2, log
     assert f"configure failed: -p engine_dir:={a_file}: {a_file} is a file, not a folder" in log, log
+
+
+def test_the_indoor_preset_without_fitting_weights_fails_configure_in_one_line(
+    ros_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The indoor preset with a network no bundled weights fit: configure fails naming what to
+    give, instead of publishing random labels."""
+    preset = Path(__file__).resolve().parents[1] / "config" / "indoor.yaml"
+    code, log = run_node(tmp_path, "noweights", "--params-file", str(preset),
+                         *node_args(weights="''", model="lw_refinenet_resnet50"))  # fmt: skip
+    assert code == 2, log
+    [line] = [ln for ln in log.splitlines() if "configure failed: " in ln]
+    assert "no trained weights fit model lw_refinenet_resnet50, labels indoor" in line, line
+    assert "indoor" in line.split("give weights", 1)[1] and "random" in line, line
+    assert "Traceback" not in log and "runs seeded random weights" not in log
 
 
 def test_a_failed_configure_leaks_no_publishers_and_says_why(

@@ -94,7 +94,7 @@ def test_lifecycle_transitions_through_the_services(ros_client: RosClient, nodes
 
     req = GetParameters.Request(names=["labels", "network_height", "max_input_age_ms"])
     values = ros_client.call(GetParameters, f"/lc/{OUT}/get_parameters", req).values
-    assert (values[0].string_value, values[1].integer_value) == ("nyud40", 64)  # preset + -p override
+    assert (values[0].string_value, values[1].integer_value) == ("indoor", 64)  # preset + -p override
     assert values[2].double_value == 300.0
     # choices are validated when set; a bad model makes configure fail with a clear log line
     rejected = set_param(ros_client, "backend", "bogus")

@@ -186,6 +186,21 @@ def test_street_preset_end_to_end(launch: Any, client: RosClient) -> None:
     assert "process has finished cleanly" in run.log()
 
 
+def test_indoor_preset_runs_the_bundled_indoor_model(launch: Any, client: RosClient) -> None:
+    """``preset:=indoor`` alone: the bundled indoor weights at 288x384, all outputs arrive."""
+    run = launch(
+        "segmentation.launch.py", "preset:=indoor", "namespace:=indoor", "image:=/indoor/cam/image_raw",
+        "backend:=onnxruntime",
+    )  # fmt: skip
+    assert run.wait_log("active: segmenting"), run.log()[-3000:]
+    node = "/indoor/refinenet_segmentation"
+    assert param(node, "weights") == "String value is: indoor"
+    assert param(node, "network_width") == "Integer value is: 384"
+    camera_until_outputs(client, "/indoor/cam/image_raw", node)
+    assert "runs seeded random weights" not in run.log()
+    assert run.stop() == 0, run.log()[-2000:]
+
+
 def test_a_params_file_stands_unless_an_argument_is_given(
     launch: Any, tmp_path: Path, client: RosClient
 ) -> None:

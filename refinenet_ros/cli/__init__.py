@@ -283,7 +283,7 @@ PRECISION_HELP = (
 
 
 WEIGHTS_HELP = (
-    "bundled weights name (camvid; see `refinenet-ros weights`) or a checkpoint file "
+    "bundled weights name (camvid, indoor; see `refinenet-ros weights`) or a checkpoint file "
     "(default: the bundled camvid street model; 'random' = seeded random weights, meaningless labels)"
 )
 

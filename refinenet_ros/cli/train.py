@@ -127,7 +127,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 TRAIN_WEIGHTS_HELP = (
-    "initial weights: a bundled name (camvid; see `refinenet-ros weights`) or a checkpoint file "
+    "initial weights: a bundled name (camvid, indoor; see `refinenet-ros weights`) or a checkpoint file "
     "(default: random initialisation, or the --backbone-init encoder)"
 )
 

@@ -98,11 +98,11 @@ PARAMETERS: dict[str, tuple[int, str, dict[str, Any]]] = {
     "model": (S, "network architecture, e.g. lw_refinenet_mobilenetv2", {}),
     "weights": (
         S,
-        "bundled weights name (camvid) or a checkpoint file; empty = the bundled camvid model "
-        "when model/labels fit it; 'random' = seeded random weights (meaningless labels)",
+        "bundled weights name (camvid, indoor) or a checkpoint file; empty = the bundled model "
+        "that fits model/labels (camvid by default); 'random' = seeded random weights (meaningless labels)",
         {},
     ),
-    "labels": (S, "label set (camvid, cityscapes, voc, ...); empty = from the weights", {}),
+    "labels": (S, "label set (camvid, indoor, cityscapes, voc, ...); empty = from the weights", {}),
     "seed": (INT, "seed of the random init without weights", _int(0, 2**31 - 1)),
     "backend": (S, "inference backend", {}),
     "device": (S, "auto, cpu, cuda, cuda:N", {}),
