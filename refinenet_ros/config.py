@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from refinenet_ros.errors import RefineNetRosError
+from refinenet_ros.errors import RefineNetRosError, option
 from refinenet_ros.labels import LabelSet, get_label_set
 from refinenet_ros.model_specs import MODEL_NAMES, MODEL_SPECS
 
@@ -177,12 +177,12 @@ def check_metadata(weights: str | Path, meta: dict[str, Any], *, size_given: boo
     if isinstance(label_set, str) and label_set not in LABEL_SET_NAMES:
         raise ConfigError(
             f"{where} label set {label_set!r}, unknown here (known: {', '.join(LABEL_SET_NAMES)}); "
-            "pass the label set it was trained for (--labels / labels:=)"
+            f"pass the label set it was trained for ({option('labels')})"
         )
     model = meta.get("model_name")
     if model is not None and model not in MODEL_NAMES:
         raise ConfigError(
-            f"{where} model {model!r}, unknown here; pass --model (one of {', '.join(MODEL_NAMES)})"
+            f"{where} model {model!r}, unknown here; pass {option('model')} (one of {', '.join(MODEL_NAMES)})"
         )
     classes = meta.get("num_classes")
     if classes is not None and (isinstance(classes, bool) or not isinstance(classes, int) or classes < 1):
@@ -214,10 +214,7 @@ def check_metadata(weights: str | Path, meta: dict[str, Any], *, size_given: boo
     if size is not None and not size_given:
         problem = network_size_problem(size)
         if problem is not None:
-            raise ConfigError(
-                f"{where} network size {size!r}: {problem}; pass --network-size H W "
-                "(node: network_height/width)"
-            )
+            raise ConfigError(f"{where} network size {size!r}: {problem}; pass {option('network_size')}")
 
 
 def recorded_temperature(meta: dict[str, Any]) -> float | None:
@@ -244,9 +241,10 @@ def warn_if_random_weights(cfg: ModelConfig) -> None:
     if cfg.weights is None:
         log.warning(
             "%s runs seeded random weights (seed %d), so its labels are meaningless; "
-            "drop --weights random / weights:=random for the bundled camvid model, or pass a checkpoint",
+            "drop %s for the bundled camvid model, or pass a checkpoint",
             cfg.model,
             cfg.seed,
+            option("weights", "random"),
         )
 
 

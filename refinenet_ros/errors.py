@@ -7,6 +7,11 @@ package and keeps its traceback. The command line (``cli.main``) and the library
 report per-item failures without stopping (``fleet`` reports a corrupt bag by path and goes
 on) both tell the two apart with :func:`user_error_text`.
 
+Advice names settings through :func:`option`, rendered in the words of whoever runs the
+process: ``device='cpu'`` for Python callers, ``--device cpu`` on the command line (set by
+``cli.main``), ``-p device:=cpu`` in the node (set by the node). The library never guesses
+who reads it.
+
 This module imports nothing from the package, so every module can import the root.
 """
 
@@ -15,6 +20,52 @@ from __future__ import annotations
 import errno
 import sqlite3
 import sys
+from collections.abc import Callable
+
+OptionWords = Callable[[str, object], str]
+"""How one audience sets a setting: ``(name, value) -> text``. ``name`` is the Python API's
+keyword (``device``, ``network_size``); ``value`` None stands for "a value of your choice"."""
+
+_NETWORK_SIZE = "network_size"
+
+
+def python_words(name: str, value: object | None = None) -> str:
+    """``device='cpu'``: the keyword of :func:`refinenet_ros.load` and the config dataclasses."""
+    name = {"engine_dir": "cache_dir"}.get(name, name)
+    if name == _NETWORK_SIZE and value is None:
+        return "network_size=(H, W)"
+    return f"{name}=..." if value is None else f"{name}={value!r}"
+
+
+def cli_words(name: str, value: object | None = None) -> str:
+    """``--device cpu``: the command line's flag (``-`` for ``_``)."""
+    flag = "--" + name.replace("_", "-")
+    if name == _NETWORK_SIZE:
+        return f"{flag} {' '.join(map(str, value)) if isinstance(value, tuple) else 'H W'}"
+    return flag if value is None else f"{flag} {value}"
+
+
+_words: OptionWords = python_words
+
+
+def use_option_words(words: OptionWords) -> OptionWords:
+    """Make :func:`option` speak ``words`` in this process; returns the previous words, for
+    an entry point that hands the process back (``cli.main``) to restore."""
+    global _words
+    previous, _words = _words, words
+    return previous
+
+
+def option_words() -> OptionWords:
+    """The words :func:`option` speaks now (a child process the library spawns takes them along)."""
+    return _words
+
+
+def option(name: str, value: object | None = None) -> str:
+    """Setting ``name`` (the Python keyword) to ``value``, in the words of whoever runs this
+    process: ``option("device", "cpu")`` reads ``device='cpu'``, ``--device cpu`` or
+    ``-p device:=cpu``."""
+    return _words(name, value)
 
 
 class RefineNetRosError(Exception):
@@ -47,7 +98,7 @@ def user_error_text(exc: BaseException) -> str | None:
     if isinstance(exc, sqlite3.Error):  # the output bag's database: disk full, read-only, locked
         return one_line(f"output bag database: {exc}; check free space and write permission")
     if isinstance(exc, MemoryError):
-        return "out of memory: use smaller images, --network-size or --batch"
+        return f"out of memory: use smaller images, {option('network_size')} or {option('batch')}"
     return None
 
 

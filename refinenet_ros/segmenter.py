@@ -24,6 +24,7 @@ from refinenet_ros.backends.base import Backend, BackendOptions
 from refinenet_ros.backends.child_build import create_backend_interruptibly
 from refinenet_ros.backends.factory import create_backend, with_weights_size
 from refinenet_ros.config import ModelConfig
+from refinenet_ros.errors import option
 from refinenet_ros.labels import LabelSet, colorize
 
 OutputResolution = Literal["input", "network"]
@@ -161,7 +162,7 @@ class Segmenter:
         if backend.num_classes != label_set.num_classes:
             raise ValueError(
                 f"backend predicts {backend.num_classes} classes but label set "
-                f"{label_set.name!r} has {label_set.num_classes}; pass the matching --labels"
+                f"{label_set.name!r} has {label_set.num_classes}; pass the matching {option('labels')}"
             )
         if network_size is None:
             network_size = backend.input_size

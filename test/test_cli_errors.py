@@ -38,6 +38,18 @@ def test_backend_options_are_checked_before_any_model_work(args: list[str], need
     one_line_error(run_cli("segment", "--samples", *args), *needles)
 
 
+def test_the_backends_advice_names_the_flag_on_the_command_line_and_the_keyword_in_python() -> None:
+    """One refusal of the library, in each caller's words: ``--backend openvino`` for the
+    command line, ``backend='openvino'`` for :func:`refinenet_ros.load`."""
+    proc = run_cli("segment", "--samples", "--backend", "onnxruntime", "--precision", "bf16")
+    one_line_error(proc, "bf16 runs on --backend openvino on CPUs")
+    import refinenet_ros
+    from refinenet_ros.errors import RefineNetRosError
+
+    with pytest.raises(RefineNetRosError, match=r"bf16 runs on backend='openvino' on CPUs"):
+        refinenet_ros.load(backend="onnxruntime", precision="bf16")
+
+
 @pytest.mark.slow
 def test_engine_dir_under_a_file_is_named(tmp_path: Path) -> None:
     blocker = tmp_path / "file"

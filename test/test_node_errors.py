@@ -257,13 +257,10 @@ def test_bombs_are_malformed_and_diagnostics_reflect_a_recent_window(
         node.stop()
 
 
-def test_cli_advice_reads_as_node_parameters_once() -> None:
-    """The library's hints name CLI flags, often with the node's words in brackets: a node
-    user reads each once ("pin -p backend:=(-p backend:=onnxruntime)" was garbled)."""
-    from refinenet_ros.ros.node_log import in_node_words
-
-    assert in_node_words("or pin --backend (-p backend:=onnxruntime)") == "or pin -p backend:=onnxruntime"
-    assert in_node_words("pin one with --backend/--precision (-p backend:=... -p precision:=...)") == (
-        "pin one with -p backend:=... -p precision:=..."
-    )
-    assert in_node_words("use --device cpu") == "use -p device:=cpu"
+def test_the_backends_advice_names_node_parameters(ros_env: dict[str, str], tmp_path: Path) -> None:
+    """A backend's refusal, said by the library, reaches a node user as the parameter to set."""
+    code, log = run_node(tmp_path, "advice", *node_args(backend="onnxruntime", precision="bf16"))
+    assert code == 2, log
+    [line] = [ln for ln in log.splitlines() if "configure failed: " in ln]
+    assert "onnxruntime backend has no bf16 path; bf16 runs on -p backend:=openvino on CPUs" in line, line
+    assert "--backend" not in line and "backend=" not in line, line

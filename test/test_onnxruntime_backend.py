@@ -124,7 +124,7 @@ def test_auto_explains_its_choice(
 def test_unavailable_devices_and_backends_fail_with_the_fix(
     small_model_cfg: ModelConfig, engine_dir: Path
 ) -> None:
-    with pytest.raises(BackendError, match="install onnxruntime-gpu or use --device cpu"):
+    with pytest.raises(BackendError, match="install onnxruntime-gpu or use device='cpu'"):
         create_backend(
             small_model_cfg,
             BackendOptions(kind="onnxruntime", device="cuda", input_size=(H, W), engine_dir=str(engine_dir)),

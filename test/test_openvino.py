@@ -111,9 +111,9 @@ def test_a_compiled_model_miss_names_the_key_field_that_differed(
 @pytest.mark.slow
 @pytest.mark.skipif(cpu_has_native_bf16(), reason="this CPU has AVX512-BF16/AMX: bf16 runs here")
 def test_bf16_is_refused_with_the_reason_without_the_units(trained_cfg: ModelConfig, tmp_path: Path) -> None:
-    with pytest.raises(BackendError, match=r"bf16 needs AVX-512-BF16 or AMX-BF16.*--precision fp32"):
+    with pytest.raises(BackendError, match=r"bf16 needs AVX-512-BF16 or AMX-BF16.*precision='fp32'"):
         create_backend(trained_cfg, _options(tmp_path, kind="openvino", precision="bf16"))
-    with pytest.raises(BackendError, match="bf16 runs on --backend openvino"):
+    with pytest.raises(BackendError, match="bf16 runs on backend='openvino'"):
         create_backend(trained_cfg, _options(tmp_path, kind="onnxruntime", precision="bf16"))
 
 
@@ -161,7 +161,7 @@ def test_int8_refuses_an_unquantised_graph_and_cuda(trained_cfg: ModelConfig, tm
     graph = onnx_for(trained_cfg, _options(tmp_path))
     with pytest.raises(BackendError, match="not a quantised graph"):
         OpenVinoBackend(graph, precision="int8")
-    with pytest.raises(BackendError, match=r"not .cuda.*--backend onnxruntime"):
+    with pytest.raises(BackendError, match=r"not .cuda.*backend='onnxruntime'"):
         OpenVinoBackend(graph, device="cuda")
 
 

@@ -48,6 +48,7 @@ from refinenet_ros.backends.base import Backend, BackendError
 from refinenet_ros.backends.engine_cache import sha256_file
 from refinenet_ros.backends.int8_ranges import own_calibration, shipped_ranges
 from refinenet_ros.backends.prepare import require_build
+from refinenet_ros.errors import option
 from refinenet_ros.io import atomic_write_text
 from refinenet_ros.machine import cpu_info, installed_versions
 from refinenet_ros.stats import percentiles
@@ -460,7 +461,7 @@ def select_backend(
     if chosen is None or chosen_backend is None:
         raise BackendError(
             f"auto: no CPU candidate both ran and was admitted at precision {options.precision}:\n"
-            f"{partial.table_text()}\npin one with --backend/--precision (-p backend:=... -p precision:=...)"
+            f"{partial.table_text()}\npin one with {option('backend')} {option('precision')}"
         )
     decision = replace(partial, kind=chosen.kind, precision=chosen.precision)
     log.info(

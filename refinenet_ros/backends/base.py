@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from refinenet_ros.errors import RefineNetRosError
+from refinenet_ros.errors import RefineNetRosError, option
 
 if TYPE_CHECKING:
     from refinenet_ros.backends.calibration import ImageSource
@@ -141,7 +141,7 @@ def check_batch(images: npt.NDArray[np.uint8], backend: Backend) -> None:
     if images.shape[0] > backend.max_batch:
         raise BackendError(
             f"{backend.name}: batch {images.shape[0]} exceeds max_batch {backend.max_batch}; "
-            "rebuild with a larger --batch or split the batch"
+            f"rebuild with a larger {option('batch')} or split the batch"
         )
     if backend.input_size is not None and tuple(images.shape[1:3]) != backend.input_size:
         raise BackendError(

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from refinenet_ros.backends.base import Backend, BackendError
 from refinenet_ros.backends.factory import create_backend
 from refinenet_ros.backends.prepare import BuildCancelled, BuildNeeded, builds_forbidden
+from refinenet_ros.errors import OptionWords, option_words, use_option_words
 from refinenet_ros.lifetime import die_with_parent
 
 if TYPE_CHECKING:
@@ -90,7 +91,10 @@ def build_in_child(model_cfg: ModelConfig, options: BackendOptions, cancelled: C
     ctx = multiprocessing.get_context("spawn")  # fork would copy DDS threads and locks mid-use
     parent_end, child_end = ctx.Pipe(duplex=False)
     proc = ctx.Process(
-        target=_child_main, args=(model_cfg, options, child_end), name="refinenet-build", daemon=True
+        target=_child_main,
+        args=(model_cfg, options, option_words(), child_end),
+        name="refinenet-build",
+        daemon=True,
     )
     t0 = time.monotonic()
     proc.start()
@@ -148,8 +152,11 @@ class _PipeHandler(logging.Handler):
             self._conn.send(("log", record))
 
 
-def _child_main(model_cfg: ModelConfig, options: BackendOptions, conn: Connection) -> None:
+def _child_main(
+    model_cfg: ModelConfig, options: BackendOptions, words: OptionWords, conn: Connection
+) -> None:
     die_with_parent(signal.SIGKILL)
+    use_option_words(words)  # the parent's audience: its advice reads as the parent's would
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C to the process group: just go
     pkg = logging.getLogger("refinenet_ros")
     pkg.handlers[:] = [_PipeHandler(conn)]

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from refinenet_ros.backends.base import BACKEND_KINDS, PRECISIONS, Backend, BackendError, BackendOptions
 from refinenet_ros.backends.int8_ranges import shipped_ranges
 from refinenet_ros.config import ModelConfig, load_model, warn_if_random_weights
+from refinenet_ros.errors import option
 
 if TYPE_CHECKING:
     from refinenet_ros.backends.auto_select import Candidate
@@ -157,7 +158,7 @@ def _create_backend(model_cfg: ModelConfig, options: BackendOptions | None = Non
         warn_if_random_weights(model_cfg)
     if options.precision == "bf16" and kind != "openvino" and options.kind != "auto":
         raise BackendError(
-            f"{kind} backend has no bf16 path; bf16 runs on --backend openvino (-p backend:=openvino) "
+            f"{kind} backend has no bf16 path; bf16 runs on {option('backend', 'openvino')} "
             "on CPUs with AVX-512-BF16/AMX"
         )
     if options.kind == "auto" and measured_auto_applies(kind, options):
@@ -212,7 +213,7 @@ def onnx_for(model_cfg: ModelConfig, options: BackendOptions, *, dynamic_hw: boo
     if options.onnx:
         path = Path(options.onnx)
         if not path.is_file():
-            raise BackendError(f"--onnx {path}: no such file")
+            raise BackendError(f"{option('onnx', path)}: no such file")
         return path
     from refinenet_ros.backends.onnx_export import ExportSpec, export_cached
 
@@ -338,11 +339,14 @@ def _tensorrt_backend(model_cfg: ModelConfig, options: BackendOptions) -> Backen
     if reason is not None:
         raise BackendError(f"tensorrt backend: {reason}")
     if options.device == "cpu":
-        raise BackendError("tensorrt backend runs on CUDA only; use --backend onnxruntime for --device cpu")
+        raise BackendError(
+            f"tensorrt backend runs on CUDA only; use {option('backend', 'onnxruntime')} "
+            f"for {option('device', 'cpu')}"
+        )
     if options.input_size is None and options.onnx is None:
         raise BackendError(
             "tensorrt backend needs a fixed network size (engines are built for one shape): "
-            "set --network-size H W / the network_size parameter"
+            f"set {option('network_size')}"
         )
     from refinenet_ros.backends.tensorrt import TensorRTBackend
 

@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from refinenet_ros.backends.base import BackendError, check_batch, classes_from_metadata, pad_to_batch
 from refinenet_ros.backends.onnx_export import INPUT_NAME, OUTPUT_NAMES
+from refinenet_ros.errors import option
 
 log = logging.getLogger("refinenet_ros")
 
@@ -57,7 +58,8 @@ def _provider_list(device: str, precision: str, engine_dir: str | None) -> list[
     if device.startswith("cuda") and not providers:
         raise BackendError(
             f"onnxruntime backend: device {device!r} asked for but this onnxruntime has no CUDA/TensorRT "
-            f"provider (has: {', '.join(available)}); install onnxruntime-gpu or use --device cpu"
+            f"provider (has: {', '.join(available)}); install onnxruntime-gpu "
+            f"or use {option('device', 'cpu')}"
         )
     providers.append("CPUExecutionProvider")
     return providers
@@ -88,8 +90,9 @@ class OnnxRuntimeBackend:
             (p[0] if isinstance(p, tuple) else p) == "TensorrtExecutionProvider" for p in providers
         ):
             raise BackendError(
-                "onnxruntime backend: fp16 needs the TensorRT execution provider; use fp32 "
-                "(or --precision int8 for a quantised CPU graph)"
+                "onnxruntime backend: fp16 needs the TensorRT execution provider; "
+                f"use {option('precision', 'fp32')} "
+                f"(or {option('precision', 'int8')} for a quantised CPU graph)"
             )
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

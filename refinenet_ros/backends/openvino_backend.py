@@ -48,6 +48,7 @@ from refinenet_ros.backends.engine_cache import (
 )
 from refinenet_ros.backends.onnx_export import INPUT_NAME, OUTPUT_NAMES, read_metadata
 from refinenet_ros.backends.prepare import require_build
+from refinenet_ros.errors import option
 from refinenet_ros.io import atomic_write_bytes, atomic_write_text
 from refinenet_ros.machine import cpu_flags, cpu_has_native_bf16
 
@@ -89,8 +90,8 @@ def ov_device(device: str) -> str:
         return "CPU"
     if device.startswith("cuda"):
         raise BackendError(
-            f"openvino backend runs on Intel CPU/GPU/NPU, not {device!r}; use --backend onnxruntime "
-            "or torch for CUDA (-p backend:=onnxruntime)"
+            f"openvino backend runs on Intel CPU/GPU/NPU, not {device!r}; "
+            f"use {option('backend', 'onnxruntime')} or torch for CUDA"
         )
     head, sep, tail = device.partition(":")
     return head.upper() + sep + tail.upper() if sep else device.upper()
@@ -112,14 +113,15 @@ def precision_refusal(precision: str, device: str, capabilities: list[str]) -> s
             return (
                 "bf16 needs AVX-512-BF16 or AMX-BF16 and this CPU has neither "
                 f"({' '.join(units) or 'no AVX-512'}): OpenVINO would emulate it, slower than fp32; "
-                "use --precision fp32 or int8 (-p precision:=int8)"
+                f"use {option('precision', 'fp32')} or int8"
             )
         if "BF16" not in capabilities:
-            return f"{device} does not report BF16 ({' '.join(capabilities)}); use --precision fp32 or int8"
+            listed = " ".join(capabilities)
+            return f"{device} does not report BF16 ({listed}); use {option('precision', 'fp32')} or int8"
     if precision == "fp16" and "FP16" not in capabilities:
         return (
             f"{device} does not run fp16 natively (capabilities: {' '.join(capabilities)}); "
-            "use --precision fp32, bf16 or int8"
+            f"use {option('precision', 'fp32')}, bf16 or int8"
         )
     return None
 
@@ -154,7 +156,7 @@ class OpenVinoBackend:
         if base not in ("AUTO", "HETERO", "MULTI", "BATCH") and self.ov_device not in core.available_devices:
             raise BackendError(
                 f"openvino backend: device {self.ov_device!r} not found; this machine has "
-                f"{', '.join(core.available_devices)} (--device / -p device:=)"
+                f"{', '.join(core.available_devices)} ({option('device')})"
             )
         try:
             capabilities = [str(c) for c in core.get_property(self.ov_device, "OPTIMIZATION_CAPABILITIES")]
@@ -166,7 +168,8 @@ class OpenVinoBackend:
         if precision == "int8" and read_metadata(self.path).get("precision") != "int8":
             raise BackendError(
                 f"openvino backend: {self.path.name} is not a quantised graph; int8 runs the QDQ graph "
-                "create_backend makes (--precision int8 without --onnx, or an int8 --onnx)"
+                f"create_backend makes ({option('precision', 'int8')} without {option('onnx')}, "
+                f"or an int8 {option('onnx')})"
             )
         self.precision = precision
         self.threads = threads

@@ -47,6 +47,7 @@ from refinenet_ros.backends.engine_cache import (
 )
 from refinenet_ros.backends.onnx_export import INPUT_NAME
 from refinenet_ros.backends.prepare import require_build
+from refinenet_ros.errors import option
 from refinenet_ros.io import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
@@ -115,8 +116,7 @@ def _static_size(onnx_path: Path) -> tuple[int, int]:
     ]
     if len(dims) != 4 or dims[1] is None or dims[2] is None:
         raise BackendError(
-            "onnxruntime int8 needs a fixed network size to calibrate at: pass --network-size H W "
-            "(network_size parameter)"
+            f"onnxruntime int8 needs a fixed network size to calibrate at: pass {option('network_size')}"
         )
     return int(dims[1]), int(dims[2])
 

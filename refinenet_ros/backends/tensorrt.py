@@ -37,6 +37,7 @@ from refinenet_ros.backends.calibration import ImageSource, calibration_batches
 from refinenet_ros.backends.engine_cache import BuildRecord, EngineCache, EngineKey, ShapeTriple, default_stem
 from refinenet_ros.backends.onnx_export import INPUT_NAME, OUTPUT_NAMES, read_metadata
 from refinenet_ros.backends.prepare import require_build
+from refinenet_ros.errors import option
 from refinenet_ros.io import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -219,7 +220,7 @@ def profile_shapes(
         if input_size is None:
             raise BackendError(
                 f"{onnx_path.name} has dynamic H/W: give the network size the engine is built for "
-                "(--network-size H W / network_size parameter)"
+                f"({option('network_size')})"
             )
         h, w = input_size
     elif input_size is not None and (h, w) != tuple(input_size):
@@ -263,7 +264,7 @@ def build_engine(
         raise BackendError(
             f"TensorRT {trt.__version__} has no BuilderFlag.{precision.upper()}: this package "
             f"builds {precision} engines with the TensorRT 10 API; use TensorRT 10.x, or fp32, or "
-            "the ONNX Runtime backend with --precision int8 (an explicitly quantised QDQ graph)"
+            f"the ONNX Runtime backend with {option('precision', 'int8')} (an explicitly quantised QDQ graph)"
         )
     if precision == "fp16":
         if not getattr(builder, "platform_has_fast_fp16", True):

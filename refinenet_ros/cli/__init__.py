@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from refinenet_ros import __version__
 from refinenet_ros.backends.base import BACKEND_KINDS, MAX_NETWORK_SIDE, MIN_NETWORK_SIDE, PRECISIONS
 from refinenet_ros.config import DEFAULT_MODEL
-from refinenet_ros.errors import RefineNetRosError, one_line, user_error_text
+from refinenet_ros.errors import RefineNetRosError, cli_words, one_line, use_option_words, user_error_text
 from refinenet_ros.labels import LABEL_SET_NAMES
 from refinenet_ros.model_specs import MODEL_NAMES
 from refinenet_ros.segmenter import OUTPUT_KINDS
@@ -472,6 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prog = f"refinenet-ros {args.command}"
     # The node keeps rclpy's own signal handling (it shuts the context down, the node exits cleanly).
     previous = None
+    words_before = use_option_words(cli_words)
     _TERMINATED.clear()
     if args.command != "node" and threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
@@ -490,5 +491,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prog}: error: {text}", file=sys.stderr)
         return 2
     finally:
+        use_option_words(words_before)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -11,10 +11,11 @@ import logging
 import os
 import socket
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from refinenet_ros.errors import OptionWords, option_words, use_option_words
 from refinenet_ros.fleet.manifest import output_counts
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ class FleetJob:
     backend: BackendOptions
     bag: BagOptions
     overlap: str = "auto"  # auto | on | off, as ``refinenet-ros bag --overlap``
+    words: OptionWords = field(default_factory=option_words)  # the driver's, for the workers' advice
 
     def description(self) -> dict[str, Any]:
         """Everything that can change an output's bytes (not threads or progress): a new
@@ -106,6 +108,7 @@ class BagWorker:
         from refinenet_ros.bag import overlap_helps
         from refinenet_ros.segmenter import build_segmenter
 
+        use_option_words(job.words)
         t0 = time.perf_counter()
         self.segmenter = build_segmenter(job.model, job.backend)
         self.load_s = time.perf_counter() - t0

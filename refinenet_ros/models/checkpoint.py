@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from refinenet_ros.errors import RefineNetRosError
+from refinenet_ros.errors import RefineNetRosError, option
 from refinenet_ros.io import atomic_write, signals_deferred
 from refinenet_ros.model_specs import MODEL_NAMES
 
@@ -476,7 +476,8 @@ def _mismatch_message(
         if key.split(".")[0] in cls_names and ck_shape[:1] != model_shape[:1]:
             msg += (
                 f" The checkpoint's classifier has {ck_shape[0]} classes but the model was built for "
-                f"{model_shape[0]}: pass --labels with the checkpoint's {ck_shape[0]}-class label set "
+                f"{model_shape[0]}: pass {option('labels')} with the checkpoint's "
+                f"{ck_shape[0]}-class label set "
                 f"(or build the model with num_classes={ck_shape[0]})."
             )
             break

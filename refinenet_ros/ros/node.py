@@ -35,10 +35,11 @@ from rclpy.subscription import Subscription
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from refinenet_ros.backends.prepare import BuildCancelled
+from refinenet_ros.errors import use_option_words
 from refinenet_ros.images.encodings import MalformedImage
 from refinenet_ros.ros.diagnostics import LOW_CONFIDENCE, NodeStats, diagnostic_array, input_silence
 from refinenet_ros.ros.messages import image_to_rgb
-from refinenet_ros.ros.node_log import RosLogHandler, in_node_words
+from refinenet_ros.ros.node_log import RosLogHandler, node_words
 from refinenet_ros.ros.outputs import CameraIO, PublishSink
 from refinenet_ros.ros.params import (
     LIVE,
@@ -76,8 +77,9 @@ class SegmentationNode(LifecycleNode):
             post_set(self._on_params_set)
         else:  # Humble: apply live values from the (only) on-set callback once they pass
             self.add_on_set_parameters_callback(self._validate_and_apply)
-        # The package's log goes to this node's log while the node exists (destroy_node puts
-        # the package logger back as it was).
+        # The package's log goes to this node's log, and its advice names parameters, while the
+        # node exists (destroy_node puts the package logger and its words back as they were).
+        self._words_before = use_option_words(node_words)
         self._log_handler = RosLogHandler(self)
         pkg_log = logging.getLogger("refinenet_ros")
         self._pkg_log_before = (pkg_log.level, pkg_log.propagate)
@@ -144,7 +146,7 @@ class SegmentationNode(LifecycleNode):
             text = f"{exc.filename}: {exc.strerror or text}"
             if str(exc.filename).startswith(self.cfg.engine_dir):
                 text += f" (the engine cache, -p engine_dir:={self.cfg.engine_dir})"
-        return in_node_words(text)
+        return text
 
     def _build_interruptibly(self, cfg: NodeConfig) -> Segmenter:
         """Build the Segmenter, giving up within ~0.1 s of SIGINT/SIGTERM.
@@ -238,6 +240,7 @@ class SegmentationNode(LifecycleNode):
             if not pkg_log.handlers:
                 pkg_log.setLevel(self._pkg_log_before[0])
                 pkg_log.propagate = self._pkg_log_before[1]
+            use_option_words(self._words_before)
         super().destroy_node()
 
     def _stop_inputs(self) -> None:

@@ -1,43 +1,32 @@
-"""The package's Python logging in the node's log, in the node's words.
+"""The package's Python logging in the node's log, and the node's words for settings.
 
-Model, backend and engine-build messages are written for the command line (``--device cpu``);
-a node user sets parameters (``-p device:=cpu``), so the handler rewrites the flags it knows
-into parameter words on the way.
+Model, backend and engine-build advice names settings through
+:func:`refinenet_ros.errors.option`; in the node, :func:`node_words` renders them as the
+parameters a node user sets (``-p device:=cpu``).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 
 from rclpy.lifecycle import LifecycleNode
 
+from refinenet_ros.errors import cli_words
 from refinenet_ros.ros.params import PARAMETERS
 
-__all__ = ["RosLogHandler", "in_node_words"]
-
-_FLAG = re.compile(r"--([a-z][a-z0-9-]*)(?:[ =]([^\s;,'\"(]+))?")
-_FLAG_WITH_NODE_WORDS = re.compile(
-    r"(--[a-z][a-z0-9/-]*(?:[ =][^\s;,'\"(]+)?) \(((?:-p [a-z_]+:=\S+?\s?)+)\)"
-)
+__all__ = ["RosLogHandler", "node_words"]
 
 
-def in_node_words(text: str) -> str:
-    """Rewrite the library's CLI advice for node users: ``use --device cpu`` ->
-    ``use -p device:=cpu``, ``--network-size`` -> ``-p network_height/network_width``."""
-
-    def swap(m: re.Match[str]) -> str:
-        flag, value = m.group(1), m.group(2)
-        if flag == "network-size":
-            return "-p network_height:=H -p network_width:=W"
-        name = flag.replace("-", "_")
-        if name not in PARAMETERS:
-            return m.group(0)
-        return f"-p {name}:={value}" if value and not value.startswith("-") else f"-p {name}:=..."
-
-    # advice that already gives the node's words in brackets: keep those, drop the flags' copy
-    text = _FLAG_WITH_NODE_WORDS.sub(lambda m: m.group(2), text)
-    return _FLAG.sub(swap, text)
+def node_words(name: str, value: object | None = None) -> str:
+    """``-p device:=cpu``; ``network_size`` is two parameters. A setting the node does not
+    have (an export's batch) keeps the command line's words, for the ``refinenet-ros`` step
+    that sets it."""
+    if name == "network_size":
+        height, width = value if isinstance(value, tuple) else ("H", "W")
+        return f"-p network_height:={height} -p network_width:={width}"
+    if name not in PARAMETERS:
+        return cli_words(name, value)
+    return f"-p {name}:={'...' if value is None else value}"
 
 
 class RosLogHandler(logging.Handler):
@@ -48,7 +37,7 @@ class RosLogHandler(logging.Handler):
         self._logger = node.get_logger()
 
     def emit(self, record: logging.LogRecord) -> None:
-        text = in_node_words(record.getMessage())
+        text = record.getMessage()
         if record.levelno >= logging.ERROR:
             self._logger.error(text)
         elif record.levelno >= logging.WARNING:
