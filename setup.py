@@ -83,7 +83,7 @@ setup(
     entry_points={
         "console_scripts": [
             "refinenet-ros = refinenet_ros.cli:main",
-            "segmentation_node = refinenet_ros.ros.node:main",
+            "segmentation_node = refinenet_ros.ros.main:main",
         ],
     },
 )

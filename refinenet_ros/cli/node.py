@@ -27,6 +27,6 @@ def ros_argv(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from refinenet_ros.ros.node import main
+    from refinenet_ros.ros.main import main
 
     return main(ros_argv(args))

@@ -1,4 +1,4 @@
-"""``refinenet_segmentation``: the lifecycle node (executable ``segmentation_node``).
+"""``refinenet_segmentation``: the lifecycle node (the executable ``segmentation_node`` is :mod:`.main`).
 
 configure builds the Segmenter (backend + model, engine build progress in the log);
 activate creates the subscriptions, the lifecycle publishers start publishing and the
@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import sys
 import threading
 import time
@@ -26,10 +25,7 @@ from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.impl.implementation_singleton import rclpy_implementation
 from rclpy.lifecycle import LifecycleNode, LifecyclePublisher, LifecycleState, TransitionCallbackReturn
 from rclpy.subscription import Subscription
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
@@ -44,7 +40,6 @@ from refinenet_ros.ros.outputs import CameraIO, PublishSink
 from refinenet_ros.ros.params import (
     LIVE,
     NodeConfig,
-    ParameterError,
     declare_parameters,
     read_config,
     validate_change,
@@ -52,10 +47,6 @@ from refinenet_ros.ros.params import (
 from refinenet_ros.ros.qos import publisher_callbacks, qos_profile, subscription_callbacks
 from refinenet_ros.scheduling import Frame, LatestFrameSlots, Throttle
 from refinenet_ros.segmenter import OUTPUT_KINDS, Segmenter
-
-# rclpy's error for calls on a context that is gone; rclpy reaches it the same way on every
-# distro (no public name for it on Humble).
-RCLError: type[Exception] = rclpy_implementation.RCLError
 
 NODE_NAME = "refinenet_segmentation"
 OUTPUTS = OUTPUT_KINDS
@@ -494,17 +485,6 @@ def _stamp_ns(msg: Any) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
-def _warn_about_transport(node: SegmentationNode) -> None:
-    """Measured here: with ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, rmw_fastrtps replaces the
-    SHM-only builtin transports with UDP loopback and ~90 % of best-effort VGA frames are lost."""
-    shm = "SHM" in os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", "")
-    if shm and os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE") == "LOCALHOST":
-        node.get_logger().warning(
-            "ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST overrides FASTDDS_BUILTIN_TRANSPORTS=SHM with UDP "
-            "loopback, which drops most large frames: unset it (SHM never leaves the machine anyway)"
-        )
-
-
 def _exit_now(code: int) -> None:
     """Exit in the middle of a model build, flushing Python's and C's buffers
     first (rcutils writes the log through C stdio, which ``os._exit`` would drop)."""
@@ -515,59 +495,3 @@ def _exit_now(code: int) -> None:
 
         ctypes.CDLL(None).fflush(None)
     os._exit(code)
-
-
-def main(args: Sequence[str] | None = None) -> int:
-    """Entry point of ``segmentation_node``: spin until SIGINT/SIGTERM, exit within 2 s."""
-    try:
-        rclpy.init(args=list(args) if args is not None else None)
-    except RCLError as exc:  # a --ros-args rule rcl cannot parse: one line, not rclpy's traceback
-        reason = str(exc).removeprefix("failed to initialize rcl: ").split(". Error:", 1)[0]
-        print(
-            f"{NODE_NAME}: error: {reason}; give parameters as -p name:=value "
-            "(an empty string: -p \"name:=''\")",
-            file=sys.stderr,
-        )
-        return 2
-    node: SegmentationNode | None = None
-    code = 0
-    try:
-        try:
-            node = SegmentationNode()
-        except ParameterError as exc:
-            print(f"{NODE_NAME}: error: {exc}", file=sys.stderr)
-            return 2
-        _warn_about_transport(node)
-        if node.autostart:
-            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                if not node.context.ok():
-                    print(f"{NODE_NAME}: interrupted during configure", file=sys.stderr)
-                    return 0
-                node.get_logger().fatal("autostart: configure failed (see above); exiting")
-                return 2
-            node.trigger_activate()
-        else:
-            node.get_logger().info(
-                "autostart is false: waiting for lifecycle transitions (configure, activate)"
-            )
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except RCLError as exc:  # the context went away under the executor (shutdown race)
-        if rclpy.ok():
-            raise
-        print(f"{NODE_NAME}: shutting down after: {exc}", file=sys.stderr)
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C during teardown kills at once
-        if node is not None:
-            node._stop_worker()
-            with contextlib.suppress(RCLError):
-                node.destroy_node()
-        rclpy.try_shutdown()
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -30,7 +30,7 @@ SHM_ONLY = "SHM?max_msg_size=8MB&sockets_size=64MB"
 """``FASTDDS_BUILTIN_TRANSPORTS`` value for shared memory only: no UDP, nothing leaves the
 machine, and 8 MB messages carry a VGA frame losslessly (the Makefile exports the same)."""
 RMW_IMPLEMENTATION = "rmw_fastrtps_cpp"
-NODE_MODULE = "refinenet_ros.ros.node"
+NODE_MODULE = "refinenet_ros.ros.main"
 
 
 def own_domain_id() -> str:
@@ -78,5 +78,5 @@ def param_args(**params: Any) -> list[str]:
 
 
 def node_module_command(*ros_args: str) -> list[str]:
-    """``python -m refinenet_ros.ros.node [ros args]`` with this interpreter."""
+    """``python -m refinenet_ros.ros.main [ros args]`` with this interpreter."""
     return [sys.executable, "-m", NODE_MODULE, *ros_args]
