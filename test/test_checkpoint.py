@@ -457,7 +457,7 @@ def _lying(
     tensors: Callable[[dict[str, Tensor]], None] | None = None,
     rehash: bool = False,
 ) -> Path:
-    from refinenet_ros.models.checkpoint import state_digest
+    from refinenet_ros.models.checkpoint_file import state_digest
 
     obj = torch.load(good, weights_only=True)
     obj["metadata"].update(metadata or {})

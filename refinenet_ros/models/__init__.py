@@ -19,15 +19,8 @@ from __future__ import annotations
 
 from refinenet_ros.model_specs import IMAGENET_MEAN, IMAGENET_STD, MODEL_NAMES, MODEL_SPECS, ModelSpec
 
-from .checkpoint import (
-    CheckpointError,
-    LoadReport,
-    checkpoint_num_classes,
-    guess_model_name,
-    load_checkpoint,
-    read_checkpoint_metadata,
-    save_checkpoint,
-)
+from .checkpoint import LoadReport, checkpoint_num_classes, guess_model_name, load_checkpoint
+from .checkpoint_file import CheckpointError, read_checkpoint_metadata, save_checkpoint
 from .fold import fold_batchnorm
 from .multiscale import PAPER_SCALES, predict_probs
 from .refinenet import (

@@ -504,11 +504,11 @@ def _resume_optimizer(optim_path: Path, optimizer: torch.optim.Optimizer, step: 
     import copy
 
     from refinenet_ros.models import CheckpointError
-    from refinenet_ros.models.checkpoint import _torch_load
+    from refinenet_ros.models.checkpoint_file import torch_load_safely
 
     fix = f"delete {optim_path} to resume with the optimiser momentum restarting from zero"
     try:
-        state = _torch_load(optim_path, "cpu")
+        state = torch_load_safely(optim_path, "cpu")
     except CheckpointError:
         raise TrainError(f"{optim_path}: not optimiser state written by refinenet-ros train; {fix}") from None
     saved = state.get("optimizer") if isinstance(state, dict) else None

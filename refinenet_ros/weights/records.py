@@ -105,7 +105,7 @@ def _extra(weights: str | os.PathLike[str] | None) -> dict[str, Any]:
         return {}
     key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
     if key not in _CACHE:
-        from refinenet_ros.models.checkpoint import CheckpointError, read_checkpoint_metadata
+        from refinenet_ros.models.checkpoint_file import CheckpointError, read_checkpoint_metadata
 
         try:
             meta = read_checkpoint_metadata(path) or {}
