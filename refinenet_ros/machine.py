@@ -204,8 +204,8 @@ def measure_clock_ghz(
     Runs the add chain on ``threads`` threads at once (ctypes drops the GIL during the
     call) and keeps each thread's fastest repeat: preemption only ever adds time, so the
     fastest run is the clock. Repeats are short (0.3 ms at 3 GHz) and many, so some run
-    unpreempted even on a busy machine (measured here beside a 2-thread training run:
-    3.26-3.29 GHz for a VM listing 2.59 GHz; 5 repeats of 8 ms read 0.1 GHz). The median
+    unpreempted even on a busy machine (a few long repeats would all be preempted there,
+    and read a fraction of the clock). The median
     over threads is returned. A scalar chain may run one AVX-512 frequency licence above
     heavy FMA code on older Xeons (Skylake-SP), so the peak is then a little generous,
     never short: "% of peak" stays conservative.

@@ -26,7 +26,7 @@ from refinenet_ros.training.datasets import (
     write_shapes_dataset,
 )
 from refinenet_ros.training.evaluate import evaluate
-from refinenet_ros.training.train import union_loss, union_targets
+from refinenet_ros.training.losses import union_loss, union_targets
 
 IDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "idd_lite"
 needs_idd = pytest.mark.skipif(

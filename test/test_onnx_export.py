@@ -13,15 +13,14 @@ import torch
 
 from refinenet_ros.backends.base import BackendError
 from refinenet_ros.backends.onnx_export import (
-    TENSORRT_SUPPORTED_OPS,
     ExportSpec,
     cache_key,
     export_cached,
     export_onnx,
     read_metadata,
-    tensorrt_problems,
 )
 from refinenet_ros.backends.pipeline import InferencePipeline
+from refinenet_ros.backends.tensorrt_support import TENSORRT_SUPPORTED_OPS, tensorrt_problems
 from refinenet_ros.config import ModelConfig, load_model
 from refinenet_ros.models import IMAGENET_MEAN, IMAGENET_STD
 

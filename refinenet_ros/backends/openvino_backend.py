@@ -14,10 +14,10 @@ Precisions:
 * ``fp16``: only on devices that report FP16 (Intel iGPU/NPU, AMX-FP16 CPUs).
 * ``int8``: the ONNX Runtime QDQ graph (:mod:`ort_quantize`, calibrated on the same
   images) read by OpenVINO, whose low-precision transformations turn the Q/DQ pairs into
-  int8 convolutions (VNNI/AMX-INT8). No NNCF: one calibrated graph serves both runtimes,
-  and measured here it ran as fast as ORT's own INT8 (2.2x FP32 on LW-MobileNetV2).
+  int8 convolutions (VNNI/AMX-INT8). No NNCF: one calibrated graph serves both runtimes
+  at ORT's own INT8 speed (docs/benchmarks.md).
 
-Compiling takes seconds (16 s for the INT8 graph on a busy 2-core machine), so the
+Compiling takes seconds (tens of seconds for the INT8 graph on a small CPU), so the
 compiled model is exported beside the ONNX graph (``<graph>.<device>.<precision>.<key>.ovblob``
 + a JSON sidecar), keyed by the graph's sha256, the OpenVINO version, the device, the
 precision, the thread count and the CPU flags, written atomically and imported on the

@@ -22,9 +22,8 @@ def overlap_helps(device: str, threads: int, cpus: int | None = None) -> bool:
 
     It can when inference leaves CPU time free: an accelerator, or a CPU backend limited to
     fewer threads than there are CPUs. A CPU backend on every core (``threads`` 0 = the
-    library's default) already keeps the machine busy: measured on 2 cores, overlapping
-    then cost 5 % (threads oversubscribe ONNX Runtime's pool), while with ``--threads 1``
-    it took the bag tool from 0.84x to 0.93x of backend-only (docs/benchmarks.md).
+    library's default) already keeps the machine busy, and overlapping then costs time
+    (the I/O threads oversubscribe ONNX Runtime's pool); docs/benchmarks.md has the figures.
     """
     cpus = cpus if cpus is not None else (os.cpu_count() or 1)
     return not device.startswith("cpu") or 0 < threads < cpus

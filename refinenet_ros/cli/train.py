@@ -317,7 +317,7 @@ def run(args: argparse.Namespace) -> int:
     label_set = cfg.label_set
     from refinenet_ros.cli.evaluate import check_mapped_labels
     from refinenet_ros.training.datasets import DatasetError, MixedDataset
-    from refinenet_ros.training.train import union_targets
+    from refinenet_ros.training.losses import union_targets
 
     for ds, flag in ((train_set, "--label-map"), (mix_set, "--mix-label-map"), (val_set, "--label-map")):
         if ds is not None and ds.mapped_to is not None and ds.mapped_to != label_set.name:

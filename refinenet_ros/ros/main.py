@@ -26,8 +26,8 @@ RCLError: type[Exception] = rclpy_implementation.RCLError
 
 
 def _warn_about_transport(node: SegmentationNode) -> None:
-    """Measured here: with ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, rmw_fastrtps replaces the
-    SHM-only builtin transports with UDP loopback and ~90 % of best-effort VGA frames are lost."""
+    """With ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, rmw_fastrtps replaces the SHM-only
+    builtin transports with UDP loopback, where most best-effort VGA frames are lost."""
     shm = "SHM" in os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", "")
     if shm and os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE") == "LOCALHOST":
         node.get_logger().warning(

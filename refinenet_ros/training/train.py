@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from refinenet_ros.errors import RefineNetRosError
-from refinenet_ros.labels import IGNORE_INDEX
+from refinenet_ros.training.losses import enet_class_weights, union_loss
 
 if TYPE_CHECKING:
     import torch
@@ -105,29 +105,12 @@ def resolve_amp(mode: str, device: str) -> str:
     return "bf16" if cpu_has_native_bf16() else "off"
 
 
-def enet_class_weights(dataset: SegmentationDataset, num_classes: int, c: float = 1.02) -> np.ndarray:
-    """ENet's class weights ``1 / ln(c + p_k)`` from the training labels' class frequencies p_k.
-
-    Thin, rare classes (poles, signs, pedestrians) get up to ~10x the weight of road and
-    sky, which is what lifts their IoU on street scenes; normalised to mean 1 so the
-    learning rate means the same with and without weighting.
-    """
-    counts = np.zeros(num_classes, np.int64)
-    for i in range(len(dataset)):
-        _, label = dataset[i]
-        valid = label[label < num_classes]
-        counts += np.bincount(valid.ravel(), minlength=num_classes)[:num_classes]
-    p = counts / max(1, counts.sum())
-    w = 1.0 / np.log(c + p)
-    return (w / w.mean()).astype(np.float32)
-
-
 def poly_lr(base: float, step: int, total: int, power: float, warmup: int = 0) -> float:
     """Poly decay to 0 at ``total``, after a linear warm-up over the first ``warmup`` steps.
 
     The warm-up matters for decoders trained from scratch without normalisation (the
     Light-Weight RefineNet's): Adam's first steps move every weight by about the full
-    learning rate, which blew the loss up to ~10 and killed ReLU6 units (measured on CamVid).
+    learning rate, which can blow the loss up and kill ReLU6 units for good.
     """
     lr = base * (1.0 - min(step, total) / max(1, total)) ** power
     return lr * (step + 1) / warmup if step < warmup else lr
@@ -212,75 +195,6 @@ class _Batches:
             step += 1
 
 
-def union_targets(datasets: list[SegmentationDataset], num_classes: int) -> np.ndarray | None:
-    """One target space for fine and coarse labels: ``[U, C]`` 0/1 rows, one per target id.
-
-    Ids ``0..C-1`` are the model's classes (identity rows); each data set with a union
-    mapping (``dataset.unions``) gets its source classes appended as further ids, and its
-    label lookup is rewritten to send its files' class ids there. None when no set is
-    coarse (plain cross-entropy). The loss of a pixel with target ``u`` is then
-    ``-log sum_c M[u, c] p_c`` (:func:`union_loss`).
-    """
-    from refinenet_ros.training.datasets import DatasetError
-
-    rows = [np.eye(num_classes, dtype=np.float32)]
-    offset = num_classes
-    for ds in datasets:
-        mapping = ds.unions
-        if mapping is None:
-            continue
-        if mapping.target.num_classes != num_classes:
-            raise DatasetError(
-                f"{ds.description}: the mapping {mapping.name} is onto {mapping.target.name} "
-                f"({mapping.target.num_classes} classes), the model has {num_classes}"
-            )
-        count = len(mapping.source)
-        if offset + count >= IGNORE_INDEX:
-            raise DatasetError(f"{ds.description}: too many coarse classes ({offset + count}, limit 254)")
-        send = np.full(65536, IGNORE_INDEX, dtype=np.uint16)
-        send[:count] = np.arange(offset, offset + count, dtype=np.uint16)
-        send[IGNORE_INDEX] = IGNORE_INDEX
-        base = ds.lut if ds.lut is not None else np.arange(65536, dtype=np.uint16)
-        ds.lut = send[base]
-        rows.append(mapping.matrix())
-        offset += count
-    return np.concatenate(rows) if len(rows) > 1 else None
-
-
-def union_loss(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    unions: torch.Tensor | None = None,
-    *,
-    weight: torch.Tensor | None = None,
-    ignore_index: int = IGNORE_INDEX,
-) -> torch.Tensor:
-    """Cross-entropy where a target may be a union of classes: ``-log sum_{c in u} p_c``.
-
-    ``logits`` [N, C, H, W]; ``target`` [N, H, W] ids into the rows of ``unions`` ([U, C],
-    first C rows the identity, see :func:`union_targets`); None or fine-only targets give
-    ``F.cross_entropy`` exactly. ``weight`` ([C]) weighs fine pixels as cross-entropy does;
-    a union pixel weighs the mean of its members' weights. Mean over labelled pixels.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    num_classes = logits.shape[1]
-    if unions is None or unions.shape[0] == num_classes:
-        return F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index)
-    log_p = F.log_softmax(logits, dim=1)
-    extra = unions[num_classes:]
-    # log sum_{c in u} p_c, with log 0 = -inf outside the union: [N, K, H, W]
-    mask = torch.where(extra > 0, 0.0, float("-inf")).to(log_p.dtype)
-    coarse = torch.logsumexp(log_p.unsqueeze(1) + mask[None, :, :, None, None], dim=2)
-    full = torch.cat([log_p, coarse], dim=1)
-    full_weight = None
-    if weight is not None:
-        union_weight = (extra * weight[None]).sum(1) / extra.sum(1).clamp(min=1)
-        full_weight = torch.cat([weight, union_weight])
-    return F.nll_loss(full, target, weight=full_weight, ignore_index=ignore_index)
-
-
 def _check_labels(labels: np.ndarray, label_set: LabelSet, coarse: int = 0) -> None:
     """Ground truth beyond the label set (and ``coarse`` union ids after it) fails here, by
     value, not inside torch's loss."""
@@ -311,8 +225,9 @@ def train(
 ) -> TrainResult:
     """Run the training loop; returns the validation history. ``out_dir`` None = no checkpoints.
 
-    ``unions`` (from :func:`union_targets`) lets targets name unions of classes (coarse
-    labels); a validation set with ``unions`` is scored on its own classes through them.
+    ``unions`` (from :func:`~refinenet_ros.training.losses.union_targets`) lets targets name
+    unions of classes (coarse labels); a validation set with ``unions`` is scored on its own
+    classes through them.
     """
     import torch
     import torch.nn.functional as F
