@@ -14,6 +14,7 @@ the input header. Malformed frames are counted and logged once per problem, neve
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -26,9 +27,12 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, LifecyclePublisher, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
 from rclpy.subscription import Subscription
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import Header
 
 from refinenet_ros.backends.prepare import BuildCancelled
 from refinenet_ros.errors import use_option_words
@@ -46,7 +50,7 @@ from refinenet_ros.ros.params import (
 )
 from refinenet_ros.ros.qos import publisher_callbacks, qos_profile, subscription_callbacks
 from refinenet_ros.scheduling import Frame, LatestFrameSlots, Throttle
-from refinenet_ros.segmenter import OUTPUT_KINDS, Segmenter
+from refinenet_ros.segmenter import OUTPUT_KINDS, SegmentationResult, Segmenter
 
 NODE_NAME = "refinenet_segmentation"
 OUTPUTS = OUTPUT_KINDS
@@ -178,7 +182,7 @@ class SegmentationNode(LifecycleNode):
                 self.create_subscription(
                     CompressedImage if compressed else Image,
                     topic,
-                    lambda msg, i=index: self._on_image(i, msg),
+                    functools.partial(self._on_image, index),
                     qos,
                     event_callbacks=subscription_callbacks(self._resolved(topic), self.cfg.qos, warn),
                 )
@@ -187,7 +191,7 @@ class SegmentationNode(LifecycleNode):
                 self.create_subscription(
                     CameraInfo,
                     cam.topic("camera_info"),
-                    lambda msg, i=index, c=cam: self._on_camera_info(i, c, msg),
+                    functools.partial(self._on_camera_info, index, cam),
                     qos,
                     event_callbacks=subscription_callbacks(
                         self._resolved(cam.topic("camera_info")), self.cfg.qos, warn
@@ -322,25 +326,25 @@ class SegmentationNode(LifecycleNode):
         except Exception:  # invalid names fail later with rclpy's own message
             return topic
 
-    def _validate_and_apply(self, params: list[Any]) -> Any:
+    def _validate_and_apply(self, params: list[Parameter]) -> SetParametersResult:
         result = validate_change(params)
         if result.successful:
             self._on_params_set(params)
         return result
 
-    def _on_params_set(self, params: list[Any]) -> None:
+    def _on_params_set(self, params: list[Parameter]) -> None:
         for p in params:
             if p.name in LIVE:
                 setattr(self.cfg, p.name, p.value)
 
     # ---- callbacks (never block) ---------------------------------------------------------
-    def _on_image(self, camera: int, msg: Any) -> None:  # Image or CompressedImage
+    def _on_image(self, camera: int, msg: Image | CompressedImage) -> None:
         self.stats.rate_in.tick()
         self.stats.last_input_t = time.monotonic()
         self.stats.transport.image(camera, _stamp_ns(msg), self.stats.last_input_t)
         self._slots.put(Frame(camera, msg, time.monotonic()))
 
-    def _on_camera_info(self, camera: int, cam: CameraIO, msg: Any) -> None:
+    def _on_camera_info(self, camera: int, cam: CameraIO, msg: CameraInfo) -> None:
         cam.camera_info = msg
         self.stats.transport.info(camera, _stamp_ns(msg), time.monotonic())
 
@@ -360,7 +364,7 @@ class SegmentationNode(LifecycleNode):
                 if self._throttle.allow(f"error:{type(exc).__name__}"):
                     self.get_logger().error(f"processing failed: {self.stats.last_problem}")
 
-    def _age_ms(self, msg: Any) -> float | None:
+    def _age_ms(self, msg: Image | CompressedImage) -> float | None:
         stamp_ns = _stamp_ns(msg)
         if stamp_ns == 0:
             return None  # unstamped: age unknown
@@ -438,7 +442,12 @@ class SegmentationNode(LifecycleNode):
                 stats.latency_ms.add(age)
 
     def _publish(
-        self, cam: CameraIO, header: Any, rgb: npt.NDArray[np.uint8], result: Any, wanted: dict[str, bool]
+        self,
+        cam: CameraIO,
+        header: Header,
+        rgb: npt.NDArray[np.uint8],
+        result: SegmentationResult,
+        wanted: dict[str, bool],
     ) -> float:
         """Render each wanted output into its reusable message (no per-frame allocation) and
         publish it at once, labels first, so the output most consumers need never waits for
@@ -480,7 +489,7 @@ class SegmentationNode(LifecycleNode):
                 )
 
 
-def _stamp_ns(msg: Any) -> int:
+def _stamp_ns(msg: Image | CompressedImage | CameraInfo) -> int:
     stamp = msg.header.stamp
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
