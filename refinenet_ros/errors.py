@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import errno
 import sqlite3
-import sys
 from collections.abc import Callable
 
 OptionWords = Callable[[str, object], str]
@@ -75,24 +74,10 @@ class RefineNetRosError(Exception):
     on; the subclasses say which part refused (``ConfigError``, ``BagError``, ...)."""
 
 
-_ROSBAGS_ERRORS: tuple[tuple[str, str], ...] = (
-    ("rosbags.rosbag2", "ReaderError"),
-    ("rosbags.rosbag2", "WriterError"),
-    ("rosbags.highlevel", "AnyReaderError"),
-)
-"""rosbags' own errors (a corrupt or unreadable bag): the user's input, never our bug. Looked
-up in ``sys.modules`` only: a library that was never imported cannot have raised its error,
-and ``--help`` stays free of the import."""
-
-
 def user_error_text(exc: BaseException) -> str | None:
     """One line for a user or environment error, or None for a bug (which keeps its traceback)."""
     if isinstance(exc, RefineNetRosError):
         return one_line(str(exc) or type(exc).__name__)
-    for module_name, name in _ROSBAGS_ERRORS:
-        error_type = getattr(sys.modules.get(module_name), name, None)
-        if isinstance(error_type, type) and isinstance(exc, error_type):
-            return one_line(str(exc) or type(exc).__name__)
     if isinstance(exc, OSError):
         return _os_error_text(exc)
     if isinstance(exc, sqlite3.Error):  # the output bag's database: disk full, read-only, locked

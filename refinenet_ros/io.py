@@ -93,6 +93,20 @@ def signals_deferred(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM))
             signal.raise_signal(pending[0])
 
 
+@contextlib.contextmanager
+def bag_errors(error: type[RefineNetRosError], what: str) -> Iterator[None]:
+    """rosbags' own errors inside the block (a corrupt, truncated, unknown or unwritable bag)
+    become ``error`` naming ``what``: the user's bag, not a bug of this package. Each layer
+    that reads or writes bags says it in its own error class."""
+    from rosbags.highlevel import AnyReaderError
+    from rosbags.rosbag2 import ReaderError, WriterError
+
+    try:
+        yield
+    except (AnyReaderError, ReaderError, WriterError) as exc:
+        raise error(f"{what}: {exc}") from exc
+
+
 def _fsync_dir(directory: Path) -> None:
     """Persist a rename (best effort: not every filesystem lets a directory be fsynced)."""
     with contextlib.suppress(OSError):

@@ -118,6 +118,16 @@ def test_bag_source_decodes_image_topics(tmp_path: Path, encoding: str, compress
         list(BagSource(bag, "/camera/camera_info", 3).images())
 
 
+def test_a_folder_that_is_not_a_bag_is_a_calibration_error_naming_it(tmp_path: Path) -> None:
+    """rosbags' own refusal reaches the user as this package's error, so the command line
+    prints one line (not a traceback) naming the calibration bag."""
+    not_a_bag = tmp_path / "notabag"
+    not_a_bag.mkdir()
+    (not_a_bag / "metadata.yaml").write_text("rosbag2_bagfile_information: [not, a, record]\n")
+    with pytest.raises(CalibrationError, match=rf"calibration bag {not_a_bag}: "):
+        list(BagSource(not_a_bag, "/camera/image_raw", 3).images())
+
+
 def test_make_source_validates_option_combinations(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(CalibrationError, match="needs --calib-topic"):
         make_source(bag=str(tmp_path))

@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from refinenet_ros.errors import RefineNetRosError
+from refinenet_ros.io import bag_errors
 
 log = logging.getLogger("refinenet_ros")
 
@@ -142,7 +143,7 @@ class BagSource:
     def images(self) -> Iterator[npt.NDArray[np.uint8]]:
         from refinenet_ros.images.encodings import MalformedImage, decode_message
 
-        with self._open() as reader:
+        with bag_errors(CalibrationError, f"calibration bag {self.bag}"), self._open() as reader:
             conns = self._connections(reader)
             total = sum(c.msgcount for c in conns)
             wanted = set(_evenly_spaced(total, self.count))
@@ -156,7 +157,7 @@ class BagSource:
                     log.warning("calibration: skipping message %d of %s: %s", index, self.topic, exc)
 
     def fingerprint(self) -> str:
-        with self._open() as reader:
+        with bag_errors(CalibrationError, f"calibration bag {self.bag}"), self._open() as reader:
             conns = self._connections(reader)
             total = sum(c.msgcount for c in conns)
         st = self.bag.stat()

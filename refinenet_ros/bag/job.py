@@ -27,6 +27,7 @@ from refinenet_ros.bag.topics import (
     camera_info_topic,
     output_base,
 )
+from refinenet_ros.io import bag_errors
 
 if TYPE_CHECKING:
     from rosbags.highlevel import AnyReader
@@ -232,15 +233,16 @@ class _BagJob:
         from rosbags.rosbag2 import StoragePlugin, Writer
 
         plugin = StoragePlugin.MCAP if self.options.storage == "mcap" else StoragePlugin.SQLITE3
-        writer = Writer(path, version=Writer.VERSION_LATEST, storage_plugin=plugin)
-        writer.open()
-        try:
-            self._write(writer)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                writer.close()
-            raise
-        writer.close()
+        with bag_errors(BagError, f"cannot write the output bag {path}"):
+            writer = Writer(path, version=Writer.VERSION_LATEST, storage_plugin=plugin)
+            writer.open()
+            try:
+                self._write(writer)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    writer.close()
+                raise
+            writer.close()
 
     def _messages(self, conns: Sequence[Connection]) -> Iterator[tuple[Connection, int, Any]]:
         """The reader's messages; a corrupt or truncated file is a :class:`BagError` naming the

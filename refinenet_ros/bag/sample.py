@@ -8,7 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from refinenet_ros.bag.options import BagError
 from refinenet_ros.bag.topics import CAMERA_INFO_TYPE, COMPRESSED_TYPE, IMAGE_TYPE, camera_info_topic
+from refinenet_ros.io import bag_errors
 
 
 def write_sample_bag(
@@ -40,7 +42,10 @@ def write_sample_bag(
     h, w = size
     plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
     path = Path(path)
-    with Writer(path, version=Writer.VERSION_LATEST, storage_plugin=plugin) as writer:
+    with (
+        bag_errors(BagError, f"cannot write the sample bag {path}"),
+        Writer(path, version=Writer.VERSION_LATEST, storage_plugin=plugin) as writer,
+    ):
         img_topic = f"{topic}/compressed" if compressed else topic
         img_conn = writer.add_connection(
             img_topic, COMPRESSED_TYPE if compressed else IMAGE_TYPE, typestore=ts

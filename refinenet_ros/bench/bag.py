@@ -36,6 +36,7 @@ from refinenet_ros.backends.base import BackendOptions
 from refinenet_ros.bench import BenchError
 from refinenet_ros.bench.report import model_json
 from refinenet_ros.config import ModelConfig
+from refinenet_ros.io import bag_errors
 from refinenet_ros.stats import format_table
 
 log = logging.getLogger("refinenet_ros")
@@ -81,7 +82,10 @@ def read_frames(bag: Path, topic: str) -> list[npt.NDArray[np.uint8]]:
     from refinenet_ros.images.encodings import MalformedImage, decode_compressed, decode_image
 
     frames: list[npt.NDArray[np.uint8]] = []
-    with AnyReader([bag], default_typestore=get_typestore(Stores.LATEST)) as reader:
+    with (
+        bag_errors(BenchError, f"bag {bag}"),
+        AnyReader([bag], default_typestore=get_typestore(Stores.LATEST)) as reader,
+    ):
         conns = [c for c in reader.connections if c.topic == topic]
         if not conns:
             topics = sorted({c.topic for c in reader.connections})

@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from refinenet_ros.errors import RefineNetRosError
+from refinenet_ros.io import bag_errors
 from refinenet_ros.labels import IGNORE_INDEX, LabelMapping, LabelSet
 
 if TYPE_CHECKING:
@@ -275,16 +276,17 @@ def _bag_frames(bag: Path, options: LabelOptions) -> Iterator[tuple[str, npt.NDA
         slug = options.topic.strip("/").replace("/", "_") or "image"
         limit = options.max_pixels
         count = 0
-        for index, (c, timestamp, raw) in enumerate(reader.messages(connections=[conn])):
-            if index % options.every:
-                continue
-            msg: Any = reader.deserialize(raw, c.msgtype)
-            rgb = decode_message(msg, max_pixels=limit, limit_name="--max-image-pixels")
-            stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec or timestamp
-            yield f"{slug}_{stamp:020d}", np.array(rgb)
-            count += 1
-            if options.limit and count >= options.limit:
-                return
+        with bag_errors(LabellingError, f"cannot read {bag}"):
+            for index, (c, timestamp, raw) in enumerate(reader.messages(connections=[conn])):
+                if index % options.every:
+                    continue
+                msg: Any = reader.deserialize(raw, c.msgtype)
+                rgb = decode_message(msg, max_pixels=limit, limit_name="--max-image-pixels")
+                stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec or timestamp
+                yield f"{slug}_{stamp:020d}", np.array(rgb)
+                count += 1
+                if options.limit and count >= options.limit:
+                    return
     finally:
         reader.close()
 
