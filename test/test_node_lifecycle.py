@@ -208,3 +208,32 @@ def test_a_second_node_in_one_process_logs_each_package_line_once(
     finally:
         rclpy.shutdown(context=context)
     assert capfd.readouterr().err.count("one line from the package") == 1
+
+
+def test_nodes_sharing_a_process_keep_the_log_and_parameter_words_until_the_last_goes(
+    ros_env: dict[str, str], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Two nodes in one process (a component container): destroying the first leaves the
+    second with the package's log and advice in parameter words; after the last, a Python
+    caller reads Python words again."""
+    import logging
+
+    import rclpy
+    from rclpy.context import Context
+
+    from refinenet_ros.errors import option
+    from refinenet_ros.ros.node import SegmentationNode
+
+    context = Context()
+    rclpy.init(context=context, signal_handler_options=rclpy.SignalHandlerOptions.NO)
+    try:
+        first = SegmentationNode(context=context)
+        second = SegmentationNode(context=context)
+        first.destroy_node()
+        assert option("device", "cpu") == "-p device:=cpu"
+        logging.getLogger("refinenet_ros").warning("said while the second node lives")
+        second.destroy_node()
+        assert option("device", "cpu") == "device='cpu'"
+    finally:
+        rclpy.shutdown(context=context)
+    assert capfd.readouterr().err.count("said while the second node lives") == 1

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 import os
 import sys
 import threading
@@ -35,11 +34,10 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
 from refinenet_ros.backends.prepare import BuildCancelled
-from refinenet_ros.errors import use_option_words
 from refinenet_ros.images.encodings import MalformedImage
+from refinenet_ros.ros import node_log
 from refinenet_ros.ros.diagnostics import LOW_CONFIDENCE, NodeStats, diagnostic_array, input_silence
 from refinenet_ros.ros.messages import image_to_rgb
-from refinenet_ros.ros.node_log import RosLogHandler, node_words
 from refinenet_ros.ros.outputs import CameraIO, PublishSink
 from refinenet_ros.ros.params import (
     LIVE,
@@ -73,14 +71,8 @@ class SegmentationNode(LifecycleNode):
         else:  # Humble: apply live values from the (only) on-set callback once they pass
             self.add_on_set_parameters_callback(self._validate_and_apply)
         # The package's log goes to this node's log, and its advice names parameters, while the
-        # node exists (destroy_node puts the package logger and its words back as they were).
-        self._words_before = use_option_words(node_words)
-        self._log_handler = RosLogHandler(self)
-        pkg_log = logging.getLogger("refinenet_ros")
-        self._pkg_log_before = (pkg_log.level, pkg_log.propagate)
-        pkg_log.addHandler(self._log_handler)
-        pkg_log.setLevel(logging.INFO)
-        pkg_log.propagate = False
+        # node exists (destroy_node detaches it).
+        self._log_handler = node_log.attach(self)
         self.cfg = NodeConfig()  # read (and validated) on configure
         self.autostart = bool(self.get_parameter("autostart").value)
         self.segmenter: Segmenter | None = None
@@ -230,12 +222,7 @@ class SegmentationNode(LifecycleNode):
         (another node in the same process, the shutdown path) does not reach a dead node."""
         handler = getattr(self, "_log_handler", None)  # absent when a parameter was refused
         if handler is not None:
-            pkg_log = logging.getLogger("refinenet_ros")
-            pkg_log.removeHandler(handler)
-            if not pkg_log.handlers:
-                pkg_log.setLevel(self._pkg_log_before[0])
-                pkg_log.propagate = self._pkg_log_before[1]
-            use_option_words(self._words_before)
+            node_log.detach(handler)
         super().destroy_node()
 
     def _stop_inputs(self) -> None:
