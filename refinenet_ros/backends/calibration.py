@@ -114,10 +114,8 @@ class BagSource:
     count: int = 64
 
     def _open(self) -> Any:
-        try:
-            from rosbags.highlevel import AnyReader
-        except ImportError as exc:  # pragma: no cover - rosbags is a dependency
-            raise CalibrationError("reading bags needs rosbags: pip install rosbags") from exc
+        from rosbags.highlevel import AnyReader
+
         if not self.bag.exists():
             raise CalibrationError(f"calibration bag {self.bag} does not exist")
         from rosbags.typesys import Stores, get_typestore
