@@ -252,7 +252,12 @@ def test_bombs_are_malformed_and_diagnostics_reflect_a_recent_window(
             assert ros_client.call(ChangeState, f"/diag/{OUT}/change_state", req, timeout=30).success
             values = _wait_diag(ros_client, "diag", lambda v, e=expect: v["state"] == e)
         assert "model" not in values and "backend" not in values, values
-        assert levels[-1][1] == 1 and levels[-1][2].startswith("unconfigured"), levels[-1]
+        # the recording subscription sees the same status a moment later than the query did
+        deadline = time.monotonic() + 5
+        while not levels[-1][2].startswith("unconfigured"):
+            assert time.monotonic() < deadline, levels[-3:]
+            time.sleep(0.1)
+        assert levels[-1][1] == 1, levels[-1]
     finally:
         node.stop()
 
