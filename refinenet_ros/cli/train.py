@@ -362,9 +362,10 @@ def run(args: argparse.Namespace) -> int:
         jitter=args.jitter, class_weighting=args.class_weighting, amp=resolve_amp(args.amp, device),
         mean=mean, std=std,
     )  # fmt: skip
-    log.info("training %s [%s] on %s (%d images), validation: %s", cfg.model, label_set.name,
+    log.info("training %s [%s] on %s (%d images), validation: %s; %s on %s", cfg.model, label_set.name,
              train_set.description, len(train_set),
-             f"{val_set.description} ({len(val_set)} images)" if val_set else "none")  # fmt: skip
+             f"{val_set.description} ({len(val_set)} images)" if val_set else "none",
+             "bf16 autocast" if config.amp == "bf16" else "fp32", device)  # fmt: skip
     try:
         result = train(model, cfg.model, label_set, train_set, val_set, config, out_dir=args.out,
                        resume=args.resume, progress=not args.no_progress, unions=unions)  # fmt: skip

@@ -207,6 +207,7 @@ def run_pack(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from refinenet_ros.config import checkpoint_metadata, recorded_temperature
     from refinenet_ros.weights import WEIGHTS
     from refinenet_ros.weights.records import weights_accuracy, weights_int8_ranges
 
@@ -247,4 +248,7 @@ def run(args: argparse.Namespace) -> int:
             print(
                 f"  INT8: activation ranges of {len(ranges['ranges'])} tensors ({ranges.get('source', '')})"
             )
+        temperature = recorded_temperature(checkpoint_metadata(path))
+        if temperature is not None:
+            print(f"  confidence: calibrated, softmax at temperature {temperature:g} (fitted on val)")
     return 0
