@@ -152,6 +152,27 @@ def test_registry_lists_the_bundled_camvid_model() -> None:
     assert listed["metrics"]["val_miou"] >= 0.5
 
 
+def test_bundled_camvid_ships_its_confidence_calibration_and_int8_record() -> None:
+    """What makes the robot path trustworthy without data on the robot: a fitted confidence
+    temperature, and INT8 figures close enough to FP32 that ``auto`` may choose INT8."""
+    from refinenet_ros.config import checkpoint_metadata, recorded_temperature
+    from refinenet_ros.weights import get_weights
+    from refinenet_ros.weights.records import MIOU_LOSS_LIMIT, weights_accuracy, weights_int8_ranges
+
+    path = get_weights("camvid").path
+    temperature = recorded_temperature(checkpoint_metadata(path))
+    assert temperature is not None and temperature != 1.0
+    record = weights_accuracy(path)
+    assert record is not None and record.frames >= 100 and "camvid val" in record.dataset
+    int8 = [k for k in record.miou if k.endswith(" int8")]
+    assert int8 and all(record.loss(k) is not None and record.loss(k) <= MIOU_LOSS_LIMIT for k in int8)
+    assert weights_int8_ranges(path) is not None
+    proc = run_cli("weights")
+    assert proc.returncode == 0, proc.stderr
+    camvid = proc.stdout.split("\nindoor:")[0]
+    assert f"temperature {temperature:g}" in camvid and "IDD-Lite" in camvid
+
+
 def test_config_resolves_names_paths_and_random() -> None:
     from refinenet_ros.config import ModelConfig
     from refinenet_ros.weights import get_weights
@@ -239,3 +260,19 @@ def test_onnxruntime_and_torch_agree_on_the_bundled_model(tmp_path: Path) -> Non
     assert (seg(image).labels == torch_labels).mean() > 0.995
     graph = next((tmp_path / "onnx").glob("*.onnx"))
     assert json.loads(read_metadata(graph)["mean"]) == [0.5, 0.5, 0.5]
+
+
+IDD = DATA / "idd_lite"
+
+
+@pytest.mark.skipif(not (IDD / "gtFine" / "train").is_dir(), reason=f"IDD-Lite is not here ({IDD})")
+def test_bundled_model_segments_roads_unlike_camvid(tmp_path: Path) -> None:
+    """Held-out IDD-Lite frames (other cameras, cities and roads), scored on the coarse classes
+    through the unions of the model's fine ones: the shipped model must hold up off CamVid."""
+    report = tmp_path / "idd.json"
+    proc = run_cli("evaluate", "--dataset", "idd_lite", "--root", str(IDD), "--split", "train_holdout",
+                   "--weights", "camvid", "--backend", "onnxruntime", "--limit", "12", "--no-progress",
+                   "--engine-dir", str(tmp_path), "--report", str(report))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads(report.read_text())["metrics"]
+    assert metrics["miou"] > 0.6 and metrics["pixel_accuracy"] > 0.8, metrics
