@@ -164,8 +164,8 @@ def test_bundled_camvid_ships_its_confidence_calibration_and_int8_record() -> No
     assert temperature is not None and temperature != 1.0
     record = weights_accuracy(path)
     assert record is not None and record.frames >= 100 and "camvid val" in record.dataset
-    int8 = [k for k in record.miou if k.endswith(" int8")]
-    assert int8 and all(record.loss(k) is not None and record.loss(k) <= MIOU_LOSS_LIMIT for k in int8)
+    losses = [record.loss(k) for k in record.miou if k.endswith(" int8")]
+    assert losses and all(loss is not None and loss <= MIOU_LOSS_LIMIT for loss in losses), losses
     assert weights_int8_ranges(path) is not None
     proc = run_cli("weights")
     assert proc.returncode == 0, proc.stderr
